@@ -1,0 +1,3 @@
+from alignx_demo.cli import main
+
+raise SystemExit(main())

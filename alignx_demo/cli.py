@@ -1,0 +1,148 @@
+"""Command line: `python -m alignx_demo <command>`.
+
+Commands: `generate` (a routed generation, printed as text or a JSON trace), `bench` (the
+efficiency benchmark), `evaluate` (the HHH and routing report) and `train <stage>` (wired in
+`training.commands`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from alignx_demo.training.commands import register as register_training
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate with per-token routing weights")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="MoCaE checkpoint folder")
+    p.add_argument("--base-model", default=None, help="load the base from this hub id or path instead of MODEL/base")
+    p.add_argument("--prompt", required=True)
+    cal = p.add_mutually_exclusive_group()
+    cal.add_argument("--calibrated", dest="calibrated", action="store_true", default=True)
+    cal.add_argument("--uncalibrated", dest="calibrated", action="store_false")
+    p.add_argument("--top1", action="store_true", help="route each token to its argmax expert only")
+    p.add_argument("--axis-prior", default=None, help="'helpful,harmless,honest' weights that replace routing")
+    p.add_argument("--prior-blend", type=float, default=1.0, help="1 replaces routing by the prior, 0 ignores it")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-4bit", action="store_true", help="load the base in full precision")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a base model's own code (off by default)")
+    p.add_argument("--json", action="store_true", help="print the full trace as JSON")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from alignx_demo.config import GenerationSettings, RoutingSettings
+    from alignx_demo.generation import RoutedGeneration
+    from alignx_demo.modeling import load_mocae
+
+    routing = RoutingSettings(
+        mode="top1" if args.top1 else "soft",
+        calibrated=args.calibrated,
+        axis_prior=args.axis_prior,
+        prior_blend=args.prior_blend,
+    )
+    generation = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    loaded = load_mocae(
+        args.model, load_in_4bit=not args.no_4bit, trust_remote_code=args.trust_remote_code, base_model=args.base_model
+    )
+    for notice in loaded.notices:
+        print(f"notice: {notice}", file=sys.stderr)
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, args.prompt, generation, routing, model_name=loaded.description)
+    if args.json:
+        for _ in run:
+            pass
+        trace = run.trace()
+        trace["notices"] = loaded.notices + trace["notices"]
+        print(json.dumps(trace, ensure_ascii=False))
+        return 0
+    for token in run:
+        if not token.is_prompt:
+            print(token.text, end="", flush=True)
+    print()
+    for notice in run.notices:
+        print(f"notice: {notice}", file=sys.stderr)
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="decode latency and memory of base vs MoCaE, as ratios")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and tokens (about a minute on 2 CPU cores)")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--hidden-size", type=int, default=1024)
+    p.add_argument("--intermediate-size", type=int, default=2816)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from alignx_demo.evaluation.efficiency import BenchShape, run_bench
+
+    shape = BenchShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size, num_layers=args.layers)
+    repeats, new_tokens = (3, 16) if args.quick else (7, 48)
+    report = run_bench(shape, rank=args.rank, repeats=repeats, new_tokens=new_tokens, device=args.device)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(json.dumps(report["ratios"], indent=2))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="held-out loss, routing calibration and refusal rates of a checkpoint")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="MoCaE checkpoint folder")
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--quick", action="store_true", help="a handful of examples per measurement (smoke test)")
+    p.add_argument("--out", type=Path, required=True, help="write the JSON report here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from alignx_demo.evaluation.harness import evaluate, write_report
+
+    report = evaluate(args.model, args.data_dir, quick=args.quick, progress=not args.no_progress)
+    write_report(report, args.out)
+    summary = {
+        "heldout_loss": report["heldout_loss"],
+        "routing_eval_prompt": {v: {k: round(m["prompt"][k], 4) for k in ("accuracy", "ece", "nll")} for v, m in report["routing"]["eval"].items()},
+        "refusal": report["refusal"],
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m alignx_demo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_bench(sub)
+    _add_evaluate(sub)
+    register_training(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,83 @@
+"""The record every reader returns, and the deterministic train / calibration / eval split.
+
+Splits are a pure function of a key string (sha256), so they are the same on every machine and in
+every run, and need no split files. Readers choose the key: the normalised prompt text for
+instruction data (so duplicates of one prompt, inside a file or across files, share a split), and
+the normalised question text for TruthfulQA and AlpacaEval (so every variant of one question —
+best answer, other correct answers, judge-training answers, MC targets — lands in the same split,
+and nothing from an eval question is ever trained on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from alignx_demo.config import AXES
+
+Split = Literal["train", "calibration", "eval"]
+SPLITS: tuple[str, str, str] = ("train", "calibration", "eval")
+"""Split names, in order. Fractions: 80 % train, 10 % calibration, 10 % eval."""
+
+SPLIT_SALT = "alignx-demo/split/v1"
+"""Salt mixed into the hash; changing it reshuffles every split (bump only on purpose)."""
+
+_BUCKETS = 1000
+_TRAIN_BUCKETS = 800
+_CALIBRATION_BUCKETS = 900
+
+
+@dataclass(frozen=True)
+class AxisExample:
+    """One prompt (and, for training data, its reference response) labelled with an HHH axis.
+
+    Attributes:
+        id: unique, stable id: "<source>:<row>" plus a suffix for variants of one row.
+        axis: one of `config.AXES`, or "" for an unlabelled prompt (e.g. XSTest's safe prompts,
+            which are benign but *look* harmful; their label is kept in `meta`).
+        prompt: the user's request (instruction and its input joined by a blank line).
+        response: the reference answer; "" for evaluation-only prompt sets.
+        source: short name of the source file (see `readers.SOURCE_FILES`).
+        split: "train", "calibration" or "eval" (see `split_of`).
+        meta: source-specific labels (category, MC targets, refusal labels, ...).
+    """
+
+    id: str
+    axis: str
+    prompt: str
+    response: str
+    source: str
+    split: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES and self.axis != "":
+            raise ValueError(f"axis must be one of {AXES} or '', got {self.axis!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+
+
+def normalize_key(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt or question, used as a split key."""
+    return " ".join(str(text).lower().split())
+
+
+def split_of(key: str) -> str:
+    """Deterministic split of a key: sha256 of the salted key -> 80/10/10 train/calibration/eval.
+
+    The key is used as given; callers that want "same question, same split" pass
+    `normalize_key(question)`.
+    """
+    digest = hashlib.sha256(f"{SPLIT_SALT}\x00{key}".encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") % _BUCKETS
+    if bucket < _TRAIN_BUCKETS:
+        return "train"
+    if bucket < _CALIBRATION_BUCKETS:
+        return "calibration"
+    return "eval"
+
+
+def stable_rank(key: str) -> int:
+    """A deterministic pseudo-random integer for ordering (subsampling without an RNG)."""
+    return int.from_bytes(hashlib.sha256(f"order\x00{key}".encode("utf-8")).digest()[:8], "big")

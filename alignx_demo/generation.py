@@ -1,0 +1,220 @@
+"""Streaming generation that yields every token together with the routing that produced it.
+
+Convention for the routing carried by each token (the UI's labels rely on it):
+- a **prompt token** at position i carries the routing computed at position i during prefill
+  (its own hidden states, which see tokens 0..i);
+- a **generated token** at position i carries the routing of the forward pass whose logits it was
+  drawn from, i.e. the routing computed at position i − 1. The first generated token therefore
+  carries the same weights as the last prompt token, and no extra forward is run for the last
+  token.
+Each entry holds the weights per layer (L × 3), their mean over layers (`weights`), the routing
+entropy (mean over layers of the per-layer entropy, in nats) and the top expert (argmax of the
+mean). Decoding uses the KV cache; greedy decoding gives exactly the tokens of `model.generate`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
+from alignx_demo.data.templates import encode_prompt
+from alignx_demo.modeling.mocae import MoCaEModel
+
+TRACE_SCHEMA = "alignx-trace/1"
+CONVENTION = (
+    "prompt tokens carry the routing computed at their own position; each generated token "
+    "carries the routing of the forward pass that produced it (computed at the previous position)"
+)
+
+
+@dataclass
+class TokenTrace:
+    """One token and the routing weights attached to it (see the module docstring)."""
+
+    text: str
+    id: int
+    position: int
+    is_prompt: bool
+    weights: dict[str, float]
+    layers: list[list[float]]
+    entropy: float
+    top_expert: str
+
+    @classmethod
+    def from_weights(cls, text: str, token_id: int, position: int, is_prompt: bool, layer_weights: torch.Tensor) -> TokenTrace:
+        """Build from the (L, K) weights of one position."""
+        lw = layer_weights.float().cpu()
+        mean = lw.mean(dim=0)
+        entropy = float(-(lw.clamp_min(1e-12).log() * lw).sum(dim=-1).mean())
+        return cls(
+            text=text,
+            id=int(token_id),
+            position=int(position),
+            is_prompt=is_prompt,
+            weights={axis: round(float(mean[k]), 6) for k, axis in enumerate(AXES)},
+            layers=[[round(float(v), 6) for v in row] for row in lw.tolist()],
+            entropy=round(entropy, 6),
+            top_expert=AXES[int(mean.argmax())],
+        )
+
+
+class IncrementalDecoder:
+    """Turns a stream of token ids into text pieces without splitting multi-byte characters.
+
+    Decodes a short window around the newest token and emits only the new, complete text;
+    a piece that would end in a broken character waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool) -> None:
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.emitted = ""
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            piece = text[len(prefix) :]
+            self.emitted += piece
+            return piece
+        return ""
+
+    def remainder(self) -> str:
+        """Text still held back at the end (an unfinished character), so pieces add up to the full text."""
+        full = self._decode(self.ids)
+        return full[len(self.emitted) :] if full.startswith(self.emitted) else ""
+
+
+def context_length(model: torch.nn.Module) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+
+
+@dataclass
+class RoutedGeneration:
+    """An iterator over TokenTraces (prompt tokens first, then generated ones).
+
+    After (or during) iteration, `trace()` returns the full trace as plain data.
+    """
+
+    mocae: MoCaEModel
+    tokenizer: Any
+    prompt: str
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    stop_event: threading.Event | None = None
+    model_name: str = ""
+    tokens: list[TokenTrace] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("the prompt is empty: type a question or an instruction")
+        self.prompt_ids, self.max_new_tokens = self._fit_context(encode_prompt(self.tokenizer, self.prompt))
+
+    def _fit_context(self, ids: list[int]) -> tuple[list[int], int]:
+        ctx = context_length(self.mocae.model)
+        max_new = self.generation.max_new_tokens
+        if max_new > ctx // 2:
+            self.notices.append(f"max_new_tokens lowered from {max_new} to {ctx // 2} (context is {ctx} tokens)")
+            max_new = ctx // 2
+        keep = ctx - max_new
+        if len(ids) > keep:
+            self.notices.append(f"prompt truncated from the left: {len(ids)} tokens to the last {keep} (context {ctx})")
+            ids = ids[-keep:]
+        return ids, max_new
+
+    def _forward(self, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """One forward under this generation's routing: (last logits, cache, weights (L, T, K))."""
+        with self.mocae.lock, self.mocae.routed(self.routing), self.mocae.record() as record, torch.no_grad():
+            out = self.mocae(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return out.logits[0, -1].float(), out.past_key_values, record.stacked_weights()[:, 0]
+
+    def _next_token(self, logits: torch.Tensor, generator: torch.Generator, history: torch.Tensor) -> int:
+        if not self.generation.do_sample:
+            return int(logits.argmax())
+        scores = logits.unsqueeze(0)
+        scores = TemperatureLogitsWarper(self.generation.temperature)(history, scores)
+        if self.generation.top_p < 1.0:
+            scores = TopPLogitsWarper(self.generation.top_p)(history, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=generator)[0, 0])
+
+    def __iter__(self) -> Iterator[TokenTrace]:
+        device = next(self.mocae.model.parameters()).device
+        ids = torch.tensor([self.prompt_ids], device=device)
+        generator = torch.Generator(device="cpu").manual_seed(self.generation.seed)
+        logits, cache, weights = self._forward(ids, None)
+        prompt_decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=False)
+        for i, token_id in enumerate(self.prompt_ids):
+            trace = TokenTrace.from_weights(prompt_decoder.push(token_id), token_id, i, True, weights[:, i])
+            self.tokens.append(trace)
+            yield trace
+        decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=True)
+        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(getattr(self.mocae.model.generation_config, "eos_token_id", None)))
+        step_weights = weights[:, -1]
+        history = ids
+        for step in range(self.max_new_tokens):
+            if self.stop_event is not None and self.stop_event.is_set():
+                self.finish_reason = "stopped"
+                return
+            token_id = self._next_token(logits, generator, history)
+            position = len(self.prompt_ids) + step
+            trace = TokenTrace.from_weights(decoder.push(token_id), token_id, position, False, step_weights)
+            if token_id in eos or step == self.max_new_tokens - 1:
+                trace.text += decoder.remainder()
+            self.tokens.append(trace)
+            yield trace
+            if token_id in eos:
+                self.finish_reason = "eos"
+                return
+            if step == self.max_new_tokens - 1:
+                break
+            next_ids = torch.tensor([[token_id]], device=device)
+            history = torch.cat([history, next_ids], dim=1)
+            logits, cache, new_weights = self._forward(next_ids, cache)
+            step_weights = new_weights[:, -1]
+        self.finish_reason = "length"
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens if not t.is_prompt)
+
+    def trace(self) -> dict[str, Any]:
+        calibration = self.mocae.calibration
+        return {
+            "schema": TRACE_SCHEMA,
+            "prompt": self.prompt,
+            "model": self.model_name,
+            "settings": {
+                "generation": self.generation.to_dict(),
+                "routing": self.routing.to_dict(),
+                "calibration": calibration.enabled() if (calibration is not None and self.routing.calibrated) else None,
+            },
+            "axes": list(AXES),
+            "convention": CONVENTION,
+            "notices": list(self.notices),
+            "finish_reason": self.finish_reason,
+            "text": self.text,
+            "tokens": [asdict(t) for t in self.tokens],
+        }
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [int(value)]

@@ -1,0 +1,19 @@
+"""The MoCaE model: experts, routers, calibration, injection into HF causal LMs, save/load."""
+
+from alignx_demo.modeling.calibration import CalibrationStack, TemperatureScaling
+from alignx_demo.modeling.checkpoint import CheckpointError, load_mocae, save_mocae
+from alignx_demo.modeling.families import UnsupportedModelError
+from alignx_demo.modeling.geometry import FractalGeometry, NaturalGeometry
+from alignx_demo.modeling.mocae import MoCaEModel
+
+__all__ = [
+    "CalibrationStack",
+    "CheckpointError",
+    "FractalGeometry",
+    "MoCaEModel",
+    "NaturalGeometry",
+    "TemperatureScaling",
+    "UnsupportedModelError",
+    "load_mocae",
+    "save_mocae",
+]

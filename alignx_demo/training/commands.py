@@ -1,0 +1,196 @@
+"""`python -m alignx_demo train <stage>`: argparse wiring of the training stages.
+
+`register(subparsers)` adds the `train` command and its stage subcommands to the project CLI; each
+stage parser sets `func` (called with the parsed args, returns an exit code). Every stage shares
+the options of `add_common_options` (--data-dir, --out, --quick, --threads, --seed, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from alignx_demo.data.readers import DEFAULT_DATA_DIR
+
+DEFAULT_OUT = "runs/demo"
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """Options every training stage takes."""
+    p.add_argument("--data-dir", type=Path, default=Path(DEFAULT_DATA_DIR),
+                   help=f"folder with the offline data files (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                   help=f"run folder; each stage writes its own subfolder (default: {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="tiny data sample and tiny sizes: a smoke test of the pipeline")
+    p.add_argument("--max-per-source", type=int, default=None, help="keep at most N examples per source file")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, polite for background runs; 0 = torch default)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of stages that run an optimiser loop (resume, budgets, logging cadence)."""
+    p.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint and start over")
+    p.add_argument("--max-steps", type=int, default=None, help="total optimiser steps (across resumes)")
+    p.add_argument("--max-minutes", type=float, default=None, help="total training minutes (across resumes)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None, help="held-out loss every N steps")
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer (OUT/tokenizer)")
+    add_common_options(p)
+    p.add_argument("--vocab-size", type=int, default=None, help="default 8192 (quick: 1024)")
+    p.add_argument("--context", type=int, default=None, help="model_max_length recorded in the tokenizer (default 256; quick 128)")
+    p.set_defaults(func=_run_tokenizer)
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    from alignx_demo.training.tokenizer import build_tokenizer  # noqa: PLC0415
+
+    out = Path(args.out) / "tokenizer"
+    summary = build_tokenizer(
+        args.data_dir, out, quick=args.quick, vocab_size=args.vocab_size, max_per_source=args.max_per_source,
+        model_max_length=args.context or (128 if args.quick else 256), show_progress=sys.stderr.isatty(),
+    )
+    print(f"tokenizer saved to {out}: {json.dumps(summary)}")
+    return 0
+
+
+def _add_base(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("base", help="pre-train the small demo base model from scratch (OUT/base)")
+    add_common_options(p)
+    add_run_options(p)
+    p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: OUT/tokenizer)")
+    p.add_argument("--hidden-size", type=int, default=None, help="default 256 (quick: 64)")
+    p.add_argument("--layers", type=int, default=None, help="default 6 (quick: 2)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (default 8; quick: 4)")
+    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: = heads)")
+    p.add_argument("--intermediate-size", type=int, default=None, help="MLP size (default 688; quick: 172)")
+    p.add_argument("--context", type=int, default=None, help="block length in tokens (default 256; quick: 128)")
+    p.add_argument("--axis-weights", default=None,
+                   help="sampling weights 'helpful,harmless,honest' of training tokens (default 0.7,0.15,0.15)")
+    p.set_defaults(func=_run_base)
+
+
+def _run_base(args: argparse.Namespace) -> int:
+    from alignx_demo.training.base import BaseTrainConfig, train_base  # noqa: PLC0415
+    from alignx_demo.training.common import parse_axis_weights  # noqa: PLC0415
+
+    overrides = {
+        "hidden_size": args.hidden_size,
+        "num_layers": args.layers,
+        "num_heads": args.heads,
+        "intermediate_size": args.intermediate_size,
+        "context": args.context,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "eval_every": args.eval_every,
+        "save_every": args.save_every,
+        "seed": args.seed,
+        "max_per_source": args.max_per_source,
+    }
+    if args.axis_weights:
+        overrides["axis_weights"] = parse_axis_weights(args.axis_weights)
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.max_minutes is not None:
+        overrides["max_minutes"] = args.max_minutes
+        if args.max_steps is None:
+            overrides["max_steps"] = None  # time budget only: the cosine runs over the minutes
+    if args.quick:
+        cfg = BaseTrainConfig.quick_recipe(**overrides)
+    else:
+        cfg = BaseTrainConfig(**{k: v for k, v in overrides.items() if v is not None or k in ("max_steps",)})
+    cfg.num_kv_heads = args.kv_heads or cfg.num_heads
+    cfg.threads = args.threads or None
+    if cfg.max_steps is None and cfg.max_minutes is None:
+        cfg.max_steps = BaseTrainConfig.max_steps
+    summary = train_base(
+        args.data_dir, args.out, cfg, tokenizer_dir=args.tokenizer, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(json.dumps({k: summary[k] for k in ("steps", "tokens_seen", "train_seconds", "tokens_per_s_session",
+                                               "final_heldout_loss", "stop_reason")}, indent=2))
+    return 0
+
+
+def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text)
+    add_common_options(p)
+    p.add_argument("--base-model", default=None,
+                   help="train on this base (hub id or local path) instead of OUT/base; it is not copied into OUT")
+    p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit NF4 while training (QLoRA-style)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (per expert / per baseline stage)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.set_defaults(func=lambda args, stage=name: _run_stages([stage], args))
+    return p
+
+
+def _run_stages(names: list[str], args: argparse.Namespace) -> int:
+    from alignx_demo.training.pipeline import run_stages  # noqa: PLC0415
+
+    summary = run_stages(
+        names, data_dir=args.data_dir, out=args.out, quick=args.quick, base_model=args.base_model,
+        load_in_4bit=args.load_in_4bit, steps=args.steps, threads=args.threads, seed=args.seed,
+        max_per_source=args.max_per_source, progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _add_all(sub: argparse._SubParsersAction) -> None:
+    p = _add_stage(sub, "all", "every stage in order: tokenizer, base, experts, router, calibrate, baselines")
+    p.add_argument("--base-minutes", type=float, default=None, help="time budget of base pre-training (default 60)")
+    p.add_argument("--resume", action="store_true", help="resume the base and skip stages already done")
+    p.set_defaults(func=_run_all)
+
+
+def _run_all(args: argparse.Namespace) -> int:
+    from alignx_demo.training.pipeline import STAGES, stage_done  # noqa: PLC0415
+
+    stages = list(STAGES)
+    if args.base_model is None:
+        tok = argparse.Namespace(**vars(args), vocab_size=None, context=None)
+        if not (args.resume and (Path(args.out) / "tokenizer" / "tokenizer.json").exists()):
+            _run_tokenizer(tok)
+        _run_base(_base_defaults(args))
+    if args.resume:
+        stages = [s for s in stages if not stage_done(Path(args.out), s)]
+    return _run_stages(stages, args)
+
+
+def _base_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """The `train base` arguments `train all` uses: default sizes, the --base-minutes budget."""
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    _add_base(sub)
+    argv = ["base", "--data-dir", str(args.data_dir), "--out", str(args.out), "--threads", str(args.threads),
+            "--seed", str(args.seed)]
+    if args.base_minutes or not args.quick:  # the quick recipe has its own step budget
+        argv += ["--max-minutes", str(args.base_minutes or 60)]
+    argv += ["--quick"] * args.quick + ["--resume"] * args.resume + ["--overwrite"] * (not args.resume)
+    argv += ["--no-progress"] * args.no_progress
+    return parser.parse_args(argv)
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add `train` with its stage subcommands to the CLI's subparsers; return the stage subparsers."""
+    train = subparsers.add_parser("train", help="train the demo model's stages (tokenizer, base, experts, ...)")
+    stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    _add_tokenizer(stages)
+    _add_base(stages)
+    _add_stage(stages, "experts", "Stage 1: the three prompt-injected LoRA experts and the feature bank")
+    _add_stage(stages, "router", "Stage 2: the per-layer routers (base and experts frozen)")
+    _add_stage(stages, "calibrate", "fit temperature, natural- and fractal-geometry calibration")
+    _add_stage(stages, "baselines", "joint SFT, sequential SFT and uniform merge adapters")
+    _add_all(stages)
+    return stages

@@ -1,0 +1,170 @@
+"""The fine-tuning loop shared by Stage 1 (experts), Stage 2 (routers) and the SFT baselines.
+
+Examples are encoded in the chat format (`templates.encode_example`, optionally with an axis
+preamble), right-padded into batches, and the LM loss is taken on response tokens only. The loop
+trains the given parameters of a MoCaEModel under given routing settings, so the same code trains
+one expert (routing forced to that expert), the routers (soft routing, plus a routing loss), or a
+baseline adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from alignx_demo.config import AXES, RoutingSettings
+from alignx_demo.data import templates
+from alignx_demo.data.records import AxisExample
+from alignx_demo.modeling.mocae import MoCaEModel
+from alignx_demo.training.common import JsonlLog, lr_at
+
+
+@dataclass
+class EncodedSet:
+    """Token ids, response start index and axis index of each example."""
+
+    ids: list[list[int]]
+    starts: list[int]
+    axes: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_set(
+    tokenizer: Any,
+    examples: Sequence[AxisExample],
+    max_len: int,
+    preamble: Callable[[str], str | None] = lambda axis: None,
+) -> EncodedSet:
+    """Encode examples (prompt + response), truncated to `max_len` tokens; `preamble(axis)` injects."""
+    ids, starts, axes = [], [], []
+    for example in examples:
+        seq, start = templates.encode_example(tokenizer, example.prompt, example.response, preamble(example.axis))
+        if start >= max_len - 1:  # a prompt that leaves no room for the answer teaches nothing
+            continue
+        ids.append(seq[:max_len])
+        starts.append(start)
+        axes.append(AXES.index(example.axis))
+    return EncodedSet(ids, starts, axes)
+
+
+def make_batch(data: EncodedSet, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels −100 on prompt and padding tokens."""
+    width = max(len(data.ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(input_ids, -100)
+    mask = torch.zeros_like(input_ids)
+    for row, i in enumerate(indices):
+        seq = torch.tensor(data.ids[i])
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+        labels[row, data.starts[i] : len(seq)] = seq[data.starts[i] :]
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "axis": torch.tensor([data.axes[i] for i in indices])}
+
+
+def balanced_indices(data: EncodedSet, rng: np.random.Generator, batch_size: int) -> list[int]:
+    """A batch with each axis equally likely (within each axis, examples uniformly)."""
+    by_axis = [np.flatnonzero(np.array(data.axes) == k) for k in range(len(AXES))]
+    present = [idx for idx in by_axis if len(idx)]
+    return [int(rng.choice(present[int(rng.integers(len(present)))])) for _ in range(batch_size)]
+
+
+def routing_losses(weights: list[torch.Tensor], mask: torch.Tensor, axis: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Routing cross-entropy, entropy and balance terms from recorded weights (per layer (B,T,K)).
+
+    - route: CE of the token-averaged weights (over non-padding tokens and layers) against the
+      example's axis, as in H3Fusion;
+    - entropy: mean per-token routing entropy (small weight: decisive routing per token);
+    - balance: KL(batch-mean weights ‖ uniform) (small weight: no expert starved).
+    """
+    p = torch.stack(weights)  # (L, B, T, K)
+    m = mask.to(p.dtype)[None, :, :, None]
+    mean_p = (p * m).sum(dim=(0, 2)) / (m.sum(dim=(0, 2)))  # (B, K)
+    route = F.nll_loss(mean_p.clamp_min(1e-8).log(), axis)
+    token_entropy = -(p * p.clamp_min(1e-8).log()).sum(-1)
+    entropy = (token_entropy * m[..., 0]).sum() / m.sum()
+    usage = mean_p.mean(0)
+    balance = (usage * (usage.clamp_min(1e-8) * len(AXES)).log()).sum()
+    return {"route": route, "entropy": entropy, "balance": balance}
+
+
+def train_loop(
+    mocae: MoCaEModel,
+    params: list[torch.nn.Parameter],
+    data: EncodedSet,
+    *,
+    routing: RoutingSettings,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    pad_id: int,
+    seed: int = 0,
+    balanced: bool = False,
+    loss_weights: dict[str, float] | None = None,
+    max_minutes: float | None = None,
+    log: JsonlLog | None = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `params` for `steps` steps; returns a summary (steps, seconds, first/last losses).
+
+    `loss_weights` adds routing terms (keys of `routing_losses`) to the LM loss; weight decay is
+    0 so parameters that receive no gradient (the other experts' blocks) do not move.
+    """
+    if not len(data):
+        raise ValueError(f"{desc}: no training examples")
+    loss_weights = {k: v for k, v in (loss_weights or {}).items() if v}
+    device = next(mocae.model.parameters()).device
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    rng = np.random.default_rng(seed)
+    mocae.train()
+    start, history = time.time(), []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    step = 0
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step / max(steps, 1), step, lr=lr, warmup_steps=max(1, steps // 20))
+        indices = balanced_indices(data, rng, batch_size) if balanced else rng.integers(len(data), size=batch_size).tolist()
+        batch = {k: v.to(device) for k, v in make_batch(data, indices, pad_id).items()}
+        recording = mocae.record(detach=False) if loss_weights else nullcontext()
+        with mocae.routed(routing), recording as record:
+            out = mocae(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        losses = {"lm": out.loss}
+        if record is not None:
+            extra = routing_losses([w[0] for w in record.weights], batch["attention_mask"], batch["axis"])
+            losses.update({k: extra[k] for k in loss_weights})
+        total = losses["lm"] + sum(loss_weights[k] * losses[k] for k in loss_weights)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        values = {k: round(float(v), 4) for k, v in losses.items()}
+        history.append(values)
+        bar.set_postfix(values)
+        if log is not None and (step % 10 == 0 or step == steps - 1):
+            log.write({"stage": desc, "step": step, **values, "seconds": round(time.time() - start, 1)})
+        if max_minutes is not None and time.time() - start > 60 * max_minutes:
+            break
+    mocae.eval()
+    window = max(1, min(10, len(history) // 5))
+
+    def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
+        return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
+
+    return {
+        "steps": step + 1,
+        "seconds": round(time.time() - start, 1),
+        "first_losses": mean_of(history[:window]),
+        "last_losses": mean_of(history[-window:]),
+        "finite": all(math.isfinite(v) for r in history for v in r.values()),
+    }

@@ -1,0 +1,71 @@
+"""Stage 2 — training the routers with the base and the experts frozen.
+
+Mixed axis data from the train split (axes sampled equally, no preamble: at inference the router
+must infer the axis from the prompt itself), soft uncalibrated routing. Loss:
+    L = L_LM(response tokens, through the mixture)
+        + w_route · CE(token-averaged p over tokens and layers, example axis)      (H3Fusion-style)
+        + w_entropy · mean per-token routing entropy
+        + w_balance · KL(batch-mean p ‖ uniform)
+with w_route = 1.0, w_entropy = 0.01, w_balance = 0.01 by default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from alignx_demo.config import RoutingSettings
+from alignx_demo.data.records import AxisExample
+from alignx_demo.modeling.checkpoint import ROUTER_FILE, load_mocae
+from alignx_demo.training.common import JsonlLog
+from alignx_demo.training.finetune import encode_set, train_loop
+
+
+@dataclass
+class RouterConfig:
+    """Stage 2 settings: steps, batch size, learning rate, loss weights, max tokens per example."""
+
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 5e-3
+    route_weight: float = 1.0
+    entropy_weight: float = 0.01
+    balance_weight: float = 0.01
+    max_len: int = 256
+    seed: int = 0
+
+    @classmethod
+    def quick_recipe(cls) -> RouterConfig:
+        return cls(steps=15, batch_size=6, max_len=128)
+
+
+def train_router(
+    out: str | Path, examples: list[AxisExample], cfg: RouterConfig, *, load_in_4bit: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train the routers of the checkpoint in `out` and rewrite its router.safetensors."""
+    out = Path(out)
+    loaded = load_mocae(out, load_in_4bit=load_in_4bit)
+    mocae, tokenizer = loaded.mocae, loaded.tokenizer
+    mocae.calibration = None  # calibration is fitted afterwards, on the new routers
+    train = [e for e in examples if e.split == "train" and e.response]
+    data = encode_set(tokenizer, train, cfg.max_len)
+    for p in mocae.expert_parameters():
+        p.requires_grad_(False)
+    result = train_loop(
+        mocae, list(mocae.routers.parameters()), data,
+        routing=RoutingSettings(mode="soft", calibrated=False),
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, pad_id=tokenizer.pad_token_id, seed=cfg.seed,
+        balanced=True,
+        loss_weights={"route": cfg.route_weight, "entropy": cfg.entropy_weight, "balance": cfg.balance_weight},
+        log=JsonlLog(out / "logs" / "router.jsonl"), desc="router", progress=progress,
+    )
+    routers = {f"routers.{k}": v.detach().float().cpu().contiguous() for k, v in mocae.routers.state_dict().items()}
+    save_file(routers, str(out / ROUTER_FILE), metadata={"format": "pt"})
+    (out / "calibration.safetensors").unlink(missing_ok=True)  # fitted for the old routers
+    summary = {"config": asdict(cfg), "examples": len(data)} | result
+    (out / "logs" / "router_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,50 @@
+"""Token chips: each token's background mixes the axis colours by its routing weights.
+
+Every string from a visitor or the model is HTML-escaped before it reaches the page; hover details
+live in the `title` attribute, escaped too.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from typing import Any
+
+from alignx_demo.config import AXES
+from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, mix_color
+
+
+def legend_html() -> str:
+    items = "".join(
+        f'<span><span class="ax-swatch" style="background:{AXIS_COLORS[a]}"></span>{AXIS_LABELS[a]} expert</span>'
+        for a in AXES
+    )
+    return f'<div class="ax-legend">{items}<span>· chip colour = mix of the three routing weights · dashed = prompt token</span></div>'
+
+
+def _visible(text: str) -> str:
+    return text.replace("\n", "↵\n") if text else "∅"
+
+
+def chip_title(token: dict[str, Any]) -> str:
+    weights = ", ".join(f"{a} {token['weights'][a]:.2f}" for a in AXES)
+    layers = "\n".join(
+        f"  layer {i}: " + " / ".join(f"{v:.2f}" for v in row) for i, row in enumerate(token["layers"])
+    )
+    kind = "prompt token" if token["is_prompt"] else "generated token"
+    return (
+        f"{kind} #{token['position']} (id {token['id']})\n{weights}\n"
+        f"top expert: {token['top_expert']} · entropy {token['entropy']:.3f} nats\n"
+        f"per layer (helpful / harmless / honest):\n{layers}"
+    )
+
+
+def chips_html(tokens: Iterable[dict[str, Any]]) -> str:
+    parts = []
+    for token in tokens:
+        cls = "ax-chip ax-prompt" if token["is_prompt"] else "ax-chip"
+        parts.append(
+            f'<span class="{cls}" style="background:{mix_color(token["weights"])}" '
+            f'title="{html.escape(chip_title(token), quote=True)}">{html.escape(_visible(token["text"]))}</span>'
+        )
+    return f'<div class="ax-chips">{"".join(parts)}</div>'

@@ -1,0 +1,37 @@
+"""AlignX Demo: `python app.py [--model DIR] [--base-model ID] [--no-4bit] [--host H] [--port P]`.
+
+Every option also has an environment variable (ALIGNX_MODEL, ALIGNX_BASE_MODEL, ALIGNX_NO_4BIT,
+ALIGNX_HOST, ALIGNX_PORT); on a Hugging Face Space (SPACE_ID set) the app listens on 0.0.0.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from alignx_demo.serving import ServerOptions, load_context
+from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
+
+
+def parse_args() -> ServerOptions:
+    defaults = ServerOptions.from_env()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=defaults.model, help="MoCaE checkpoint folder")
+    parser.add_argument("--base-model", default=defaults.base_model, help="hub id or path of the base, instead of MODEL/base")
+    parser.add_argument("--no-4bit", dest="load_in_4bit", action="store_false", default=defaults.load_in_4bit)
+    parser.add_argument("--trust-remote-code", action="store_true", default=defaults.trust_remote_code)
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    return ServerOptions(**vars(parser.parse_args()))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    options = parse_args()
+    context = load_context(options)
+    build_demo(context).launch(server_name=options.host, server_port=options.port, share=False, **LAUNCH_KWARGS)
+
+
+if __name__ == "__main__":
+    main()

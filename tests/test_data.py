@@ -1,0 +1,222 @@
+"""Data readers and splits, on tiny synthetic files in the real formats (tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from alignx_demo.config import AXES
+from alignx_demo.data import readers
+from alignx_demo.data.readers import (
+    SOURCE_FILES,
+    DataError,
+    load_axis_data,
+    load_eval_sets,
+    load_hf_dataset,
+    summarize,
+    summary_counts,
+)
+from alignx_demo.data.records import SPLITS, AxisExample, normalize_key, split_of
+
+sys.path.insert(0, str(Path(__file__).parent))
+from data_fixtures import make_data_dir, tqa_questions  # noqa: E402
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("data"))
+
+
+def test_split_of_is_deterministic_and_80_10_10():
+    keys = [f"key {i}" for i in range(20000)]
+    first = [split_of(k) for k in keys]
+    assert first == [split_of(k) for k in keys]
+    counts = Counter(first)
+    assert set(counts) == set(SPLITS)
+    assert abs(counts["train"] / len(keys) - 0.8) < 0.02
+    assert abs(counts["calibration"] / len(keys) - 0.1) < 0.01
+    assert abs(counts["eval"] / len(keys) - 0.1) < 0.01
+
+
+def test_axis_example_validates_axis_and_split():
+    AxisExample("a:1", "", "p", "", "a", "eval")
+    with pytest.raises(ValueError, match="axis"):
+        AxisExample("a:1", "kind", "p", "r", "a", "train")
+    with pytest.raises(ValueError, match="split"):
+        AxisExample("a:1", "helpful", "p", "r", "a", "test")
+
+
+def test_load_axis_data_covers_all_axes_with_disjoint_splits(data_dir):
+    result = load_axis_data(data_dir)
+    ex = result.examples
+    assert result.warnings == []
+    assert {e.axis for e in ex} == set(AXES)
+    ids = [e.id for e in ex]
+    assert len(ids) == len(set(ids)), "ids must be unique"
+    # same prompt never in two splits
+    split_by_prompt: dict[str, set[str]] = {}
+    for e in ex:
+        split_by_prompt.setdefault(normalize_key(e.prompt), set()).add(e.split)
+    assert all(len(s) == 1 for s in split_by_prompt.values())
+    assert {e.split for e in ex} == set(SPLITS)
+    sources = {e.source for e in ex}
+    for axis, srcs in readers.TRAINING_SOURCES.items():
+        assert set(srcs) <= sources, f"{axis}: {set(srcs) - sources} not loaded"
+    # determinism
+    assert [(e.id, e.split) for e in load_axis_data(data_dir).examples] == [(e.id, e.split) for e in ex]
+
+
+def test_exclusions_dedup_and_decontamination(data_dir):
+    result = load_axis_data(data_dir)
+    ids = {e.id for e in result.examples}
+    assert "dolly:2" not in ids and "dolly:1" in ids
+    assert "gpteacher_roleplay:0" not in ids
+    assert "safety_llamas:0" not in ids  # its prompt is an AdvBench prompt
+    assert result.dropped["alpacaeval_overlap_excluded"] == 2
+    assert result.dropped["eval_prompt_overlap"] == 1
+
+
+def test_first_turn_of_lima_and_hh(data_dir):
+    ex = {e.id: e for e in load_axis_data(data_dir).examples}
+    assert ex["lima:1"].prompt == "first lima turn question"
+    assert ex["lima:1"].response == "first lima turn answer"
+    hh = ex["hh_harmless:0"]
+    assert hh.prompt.startswith("risky question 0") and hh.response.startswith("I would rather not.")
+    assert "Human" not in hh.response
+
+
+def test_truthfulqa_split_by_question_judge_rows_follow(tmp_path):
+    # enough questions that some fall in eval; judge rows of eval questions must never be train
+    root = make_data_dir(tmp_path / "d", n=60)
+    questions = tqa_questions(60)
+    assert any(split_of(normalize_key(q)) == "eval" for q in questions)
+    result = load_axis_data(root)
+    honest = [e for e in result.examples if e.axis == "honest"]
+    assert {e.source for e in honest} == {"truthfulqa", "truthfulqa_judge"}
+    by_q: dict[str, set[str]] = {}
+    for e in honest:
+        by_q.setdefault(normalize_key(e.prompt), set()).add(e.split)
+        assert e.split == split_of(normalize_key(e.prompt))
+    assert all(len(s) == 1 for s in by_q.values())
+    eval_qs = {normalize_key(q) for q in questions if split_of(normalize_key(q)) == "eval"}
+    judge_train = [e for e in honest if e.source == "truthfulqa_judge" and e.split == "train"]
+    assert not [e for e in judge_train if normalize_key(e.prompt) in eval_qs]
+    # judged "no" answers are not training data; extra correct answers are
+    assert not any("false judged" in e.response for e in honest)
+    assert any(e.response == "I have no comment" for e in honest)
+    mc = load_eval_sets(root)["truthfulqa_mc"]
+    for e in mc:
+        assert by_q[normalize_key(e.prompt)] == {e.split}
+        assert set(e.meta) >= {"mc1_targets", "mc2_targets"}
+
+
+def test_alpacaeval_split_by_question_with_references(data_dir):
+    sets = load_eval_sets(data_dir)
+    ae = sets["alpacaeval"]
+    assert len(ae) == 40
+    for e in ae:
+        assert e.split == split_of(normalize_key(e.prompt))
+        assert set(e.meta["references"]) == {"gpt4_1106_preview", "text_davinci_003", "alpaca_7b"}
+
+
+def test_eval_sets_labels(data_dir):
+    sets = load_eval_sets(data_dir)
+    assert set(sets) >= {"xstest", "xstest_completions", "beavertails", "advbench", "stl_malicious", "stl_qharm",
+                         "stl_cona", "stl_controversial", "stl_physical_unsafe", "stl_alpaca", "stl_physical_safe",
+                         "truthfulqa_mc"}
+    for e in sets["xstest"]:
+        assert e.meta["label"] in ("safe", "unsafe")
+        assert e.axis == ("harmless" if e.meta["label"] == "unsafe" else "")
+        assert e.response == "" and "type" in e.meta
+    assert all(e.axis == "harmless" and e.meta["label"] == "unsafe" for e in sets["stl_cona"])
+    assert all(e.axis == "" and e.meta["label"] == "safe" for e in sets["stl_alpaca"] + sets["stl_physical_safe"])
+    assert sets["stl_malicious"][0].meta["tags"] == "crime"
+    assert all(e.axis == "harmless" for e in sets["beavertails"] + sets["advbench"])
+    comp = sets["xstest_completions"]
+    assert len(comp) == 5 * 20 and {e.meta["model"] for e in comp} == set(readers.XSTEST_COMPLETION_MODELS)
+    assert {e.meta["final_label"] for e in comp} == {"1_full_compliance", "2_full_refusal"}
+
+
+def test_missing_directory_error_names_path_and_option(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError) as err:
+        load_axis_data(missing)
+    assert str(missing) in str(err.value) and "--data-dir" in str(err.value)
+    with pytest.raises(DataError):
+        load_eval_sets(missing)
+
+
+def test_missing_file_error_names_file(tmp_path):
+    root = make_data_dir(tmp_path / "d", n=8)
+    (root / SOURCE_FILES["dolly"]).unlink()
+    with pytest.raises(DataError, match=SOURCE_FILES["dolly"]):
+        load_axis_data(root)
+
+
+def test_malformed_rows_warn_with_row_number_rest_loaded(tmp_path):
+    root = make_data_dir(tmp_path / "d", n=10)
+    path = root / SOURCE_FILES["dolly"]
+    lines = path.read_text().splitlines()
+    lines[3] = "{not json"  # row 4
+    lines[4] = json.dumps({"instruction": "no output here"})  # row 5
+    path.write_text("\n".join(lines) + "\n")
+    tqa = root / SOURCE_FILES["truthfulqa"]
+    text = tqa.read_text(encoding="utf-8-sig").splitlines()
+    text[2] = "Adversarial,Misconceptions,,,,,"  # data row 2: empty question
+    tqa.write_text("\n".join(text) + "\n", encoding="utf-8")
+    result = load_axis_data(root)
+    dolly_warn = [w for w in result.warnings if SOURCE_FILES["dolly"] in w]
+    assert any("row 4" in w for w in dolly_warn) and any("row 5" in w for w in dolly_warn)
+    assert any(SOURCE_FILES["truthfulqa"] in w and "row 2" in w for w in result.warnings)
+    dolly = [e for e in result.examples if e.source == "dolly"]
+    assert len(dolly) == 10 - 1 - 2  # one excluded overlap row, two malformed
+    assert sum(e.source == "truthfulqa" and e.id.count(".") == 0 for e in result.examples) == 9
+
+
+def test_quick_and_max_per_source(data_dir):
+    capped = load_axis_data(data_dir, max_per_source=5)
+    per_source = Counter(e.source for e in capped.examples)
+    assert max(per_source.values()) <= 5
+    assert capped.dropped["max_per_source"] > 0
+    assert [e.id for e in load_axis_data(data_dir, max_per_source=5).examples] == [e.id for e in capped.examples]
+    quick = load_axis_data(data_dir, quick=True)
+    counts = summary_counts(quick.examples)
+    for axis in AXES:
+        assert counts[axis]["train"] <= readers.QUICK_PER_AXIS["train"]
+
+
+def test_summary_table(data_dir):
+    ex = load_axis_data(data_dir).examples
+    table = summarize(ex)
+    assert list(table.columns) == ["axis", "source", "train", "calibration", "eval", "total"]
+    assert int(table["total"].sum()) == len(ex)
+    assert "helpful" in readers.format_summary(ex)
+
+
+def test_load_hf_dataset_without_datasets_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(DataError, match="datasets"):
+        load_hf_dataset("tatsu-lab/alpaca", "helpful", "instruction", "output", "train")
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not present")
+def test_real_data_loads():
+    result = load_axis_data(REAL_DATA)
+    counts = summary_counts(result.examples)
+    assert counts["helpful"]["train"] > 5000
+    assert counts["harmless"]["train"] > 2000
+    assert counts["honest"]["train"] > 2000
+    assert len(result.warnings) < 20
+    sets = load_eval_sets(REAL_DATA)
+    assert len(sets["xstest"]) == 450 and len(sets["truthfulqa_mc"]) == 817
+    assert sum(e.meta["label"] == "safe" for e in sets["xstest"]) == 250
+    # no training prompt is a TruthfulQA eval-split question in the train split
+    train_honest = {normalize_key(e.prompt) for e in result.examples if e.axis == "honest" and e.split == "train"}
+    eval_q = {normalize_key(e.prompt) for e in sets["truthfulqa_mc"] if e.split == "eval"}
+    assert not train_honest & eval_q

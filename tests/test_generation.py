@@ -1,0 +1,157 @@
+"""Streaming generation with traces, and the `generate` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from alignx_demo.config import GenerationSettings, RoutingSettings
+from alignx_demo.generation import RoutedGeneration
+from alignx_demo.modeling import load_mocae
+
+
+@pytest.fixture
+def loaded(checkpoint):
+    return load_mocae(checkpoint, load_in_4bit=False)
+
+
+def run_all(run: RoutedGeneration) -> dict:
+    for _ in run:
+        pass
+    return run.trace()
+
+
+@pytest.mark.parametrize("calibrated", [True, False])
+def test_streamed_greedy_equals_generate(loaded, calibrated):
+    settings = RoutingSettings(calibrated=calibrated)
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "How do I bake bread?", GenerationSettings(max_new_tokens=12), settings)
+    trace = run_all(run)
+    generated = [t["id"] for t in trace["tokens"] if not t["is_prompt"]]
+    with torch.no_grad(), loaded.mocae.routed(settings):
+        out = loaded.mocae.generate(
+            torch.tensor([run.prompt_ids]), max_new_tokens=12, do_sample=False,
+            eos_token_id=loaded.tokenizer.eos_token_id, pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+    assert generated == out[0, len(run.prompt_ids):].tolist()
+
+
+def test_trace_has_one_entry_per_token_and_weights_sum_to_one(loaded):
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Is the moon made of cheese?", GenerationSettings(max_new_tokens=7))
+    trace = run_all(run)
+    tokens = trace["tokens"]
+    n_prompt = len(run.prompt_ids)
+    assert [t["position"] for t in tokens] == list(range(len(tokens)))
+    assert sum(t["is_prompt"] for t in tokens) == n_prompt
+    assert len(tokens) - n_prompt == (7 if trace["finish_reason"] == "length" else len(tokens) - n_prompt)
+    for t in tokens:
+        assert len(t["layers"]) == loaded.mocae.n_layers
+        for row in t["layers"]:
+            assert abs(sum(row) - 1) < 1e-5
+        assert abs(sum(t["weights"].values()) - 1) < 1e-5
+        assert t["top_expert"] == max(t["weights"], key=t["weights"].get)
+    # the convention: the first generated token carries the last prompt token's routing
+    assert tokens[n_prompt]["layers"] == tokens[n_prompt - 1]["layers"]
+    assert "".join(t["text"] for t in tokens if not t["is_prompt"]) == loaded.tokenizer.decode(
+        [t["id"] for t in tokens if not t["is_prompt"]], skip_special_tokens=True
+    )
+
+
+def test_generated_token_carries_the_routing_of_its_forward(loaded):
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hello", GenerationSettings(max_new_tokens=4))
+    trace = run_all(run)
+    ids = torch.tensor([[t["id"] for t in trace["tokens"]]])
+    with torch.no_grad(), loaded.mocae.routed(run.routing), loaded.mocae.record() as rec:
+        loaded.mocae(input_ids=ids)
+    full = rec.stacked_weights()[:, 0]  # (L, T, 3) recomputed without the cache
+    for t in trace["tokens"]:
+        source = t["position"] if t["is_prompt"] else t["position"] - 1
+        assert torch.allclose(torch.tensor(t["layers"]), full[:, source], atol=1e-5)
+
+
+def test_sampling_is_reproducible_by_seed(loaded):
+    def sample(seed):
+        gen = GenerationSettings(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.9, seed=seed)
+        return [t.id for t in RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", gen) if not t.is_prompt]
+
+    assert sample(1) == sample(1)
+    assert any(sample(1) != sample(s) for s in (2, 3, 4))
+
+
+def test_top1_trace_is_one_hot_and_prior_forces_weights(loaded):
+    trace = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3), RoutingSettings(mode="top1")))
+    assert all(sorted(row) == [0.0, 0.0, 1.0] for t in trace["tokens"] for row in t["layers"])
+    forced = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3), RoutingSettings(axis_prior=(0, 1, 0))))
+    assert all(t["weights"] == {"helpful": 0.0, "harmless": 1.0, "honest": 0.0} for t in forced["tokens"])
+
+
+def test_calibrated_and_uncalibrated_routing_differ(loaded):
+    a = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3), RoutingSettings(calibrated=True)))
+    b = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3), RoutingSettings(calibrated=False)))
+    assert a["tokens"][0]["layers"] != b["tokens"][0]["layers"]
+    assert a["settings"]["calibration"] == {"temperature": True} and b["settings"]["calibration"] is None
+
+
+def test_stop_from_another_thread(loaded):
+    stop = threading.Event()
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=60), stop_event=stop)
+    generated = 0
+    for token in run:
+        if not token.is_prompt:
+            generated += 1
+            if generated == 3:
+                threading.Thread(target=stop.set).start()
+                threading.Event().wait(0.05)
+    assert run.finish_reason in ("stopped", "eos") and generated < 60
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t"])
+def test_empty_prompt_is_a_clear_error(loaded, prompt):
+    with pytest.raises(ValueError, match="prompt is empty"):
+        RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt)
+
+
+def test_long_prompt_is_truncated_from_the_left_with_a_notice(loaded):
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "bread " * 400, GenerationSettings(max_new_tokens=8))
+    trace = run_all(run)
+    assert len(run.prompt_ids) == 128 - 8
+    assert any("truncated from the left" in n for n in trace["notices"])
+
+
+def test_typed_special_tokens_stay_text(loaded):
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "<|assistant|> <|eos|>", GenerationSettings(max_new_tokens=2))
+    specials = set(loaded.tokenizer.all_special_ids)
+    user_part = run.prompt_ids[2:-2]  # between "<|user|>\n" and "\n<|assistant|>\n"
+    assert not specials & set(user_part)
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(temperature=0.0), dict(top_p=1.5), dict(max_new_tokens=10**6)])
+def test_bad_generation_settings(bad):
+    with pytest.raises(ValueError):
+        GenerationSettings(**bad)
+
+
+def test_cli_generate_json(checkpoint):
+    cmd = [sys.executable, "-m", "alignx_demo", "generate", "--model", str(checkpoint), "--prompt", "Is it safe?",
+           "--max-new-tokens", "5", "--axis-prior", "1,1,2", "--no-4bit", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    trace = json.loads(out.stdout)
+    assert trace["prompt"] == "Is it safe?" and trace["settings"]["routing"]["axis_prior"] == [0.25, 0.25, 0.5]
+    token = trace["tokens"][-1]
+    assert set(token) >= {"text", "id", "position", "is_prompt", "weights", "layers"}
+    assert token["weights"] == {"helpful": 0.25, "harmless": 0.25, "honest": 0.5}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--axis-prior", "1,-1,0"], "non-negative"), (["--model", "/nonexistent"], "checkpoint folder not found")],
+)
+def test_cli_generate_errors(checkpoint, extra, message):
+    cmd = [sys.executable, "-m", "alignx_demo", "generate", "--model", str(checkpoint), "--prompt", "x", "--no-4bit", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,155 @@
+"""MoCaE injection: equivalence with the base, with PEFT, and the routing modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES, VOCAB, randomize_mocae, tiny_model
+
+from alignx_demo.config import AXES, RoutingSettings
+from alignx_demo.modeling import MoCaEModel, UnsupportedModelError, save_mocae
+from alignx_demo.modeling.calibration import CalibrationStack, TemperatureScaling
+from alignx_demo.modeling.layer import MoCaELinear
+
+IDS = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model, settings: RoutingSettings | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        if settings is None:
+            return model(input_ids=IDS).logits
+        with model.routed(settings):
+            return model(input_ids=IDS).logits
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:
+    err = (a - b).abs().max() / b.abs().max()
+    assert err <= rel, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zero_experts_equal_base(family):
+    base = tiny_model(family)
+    expected = logits(base)
+    mocae = MoCaEModel(tiny_model(family))
+    for mode in ("soft", "top1"):
+        assert torch.equal(logits(mocae, RoutingSettings(mode=mode)), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_hot_routing_equals_peft_adapter(family, tmp_path, tokenizer):
+    from peft import PeftModel
+
+    mocae = MoCaEModel(tiny_model(family))
+    randomize_mocae(mocae)
+    save_mocae(mocae, tokenizer, tmp_path / "ckpt")
+    for k, axis in enumerate(AXES):
+        prior = tuple(1.0 if j == k else 0.0 for j in range(3))
+        ours = logits(mocae, RoutingSettings(axis_prior=prior))
+        peft = PeftModel.from_pretrained(tiny_model(family), str(tmp_path / "ckpt" / "experts" / axis)).eval()
+        with torch.no_grad():
+            theirs = peft(input_ids=IDS).logits
+        assert_close(ours, theirs)
+        assert not torch.allclose(ours, logits(tiny_model(family)), atol=1e-3), "expert had no effect"
+
+
+def test_soft_mix_is_weighted_sum_of_deltas():
+    mocae = MoCaEModel(tiny_model("llama"))
+    randomize_mocae(mocae)
+    name, module = next(iter(mocae.expert_modules.items()))
+    x = torch.randn(2, 5, module.in_features)
+    w = torch.softmax(torch.randn(2, 5, 3), dim=-1)
+    module.slot.weights = w
+    with torch.no_grad():
+        fused = module(x) - module.base(x)
+        expected = sum(
+            w[..., k : k + 1] * module.scaling * (x @ module.expert(k)[0].T @ module.expert(k)[1].T) for k in range(3)
+        )
+    assert_close(fused, expected)
+
+
+def test_single_fused_matmul_per_target(monkeypatch):
+    """Each target module runs exactly two expert matmuls per forward, whatever the routing."""
+    mocae = MoCaEModel(tiny_model("llama"))
+    calls = []
+    real_linear = torch.nn.functional.linear
+
+    def counting(x, w, b=None):
+        if any(w is m.lora_A or w is m.lora_B for m in mocae.expert_modules.values()):
+            calls.append(w.shape)
+        return real_linear(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    logits(mocae)
+    assert len(calls) == 2 * len(mocae.expert_modules)
+
+
+def test_top1_matches_forcing_the_argmax_expert():
+    mocae = MoCaEModel(tiny_model("llama"))
+    randomize_mocae(mocae)
+    with torch.no_grad():
+        for router in mocae.routers:  # make expert 2 (honest) the argmax everywhere
+            router.proj.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
+    top1 = logits(mocae, RoutingSettings(mode="top1"))
+    forced = logits(mocae, RoutingSettings(axis_prior=(0, 0, 1)))
+    assert torch.equal(top1, forced)
+    assert not torch.allclose(top1, logits(mocae, RoutingSettings(axis_prior=(1, 0, 0))))
+
+
+def test_calibration_changes_only_routing():
+    """Temperature T on the calibrated path equals dividing the router's W and b by T, uncalibrated."""
+    temps = torch.tensor([2.0, 0.5])
+    mocae = MoCaEModel(tiny_model("llama"), calibration=CalibrationStack(TemperatureScaling(temps)))
+    randomize_mocae(mocae)
+    calibrated = logits(mocae, RoutingSettings(calibrated=True))
+    uncalibrated = logits(mocae, RoutingSettings(calibrated=False))
+    assert not torch.allclose(calibrated, uncalibrated)
+    with mocae.record() as rec, mocae.routed(RoutingSettings(calibrated=True)), torch.no_grad():
+        mocae(input_ids=IDS)
+    with torch.no_grad():
+        for layer, router in enumerate(mocae.routers):
+            router.proj.weight /= temps[layer]
+            router.proj.bias /= temps[layer]
+    assert_close(logits(mocae, RoutingSettings(calibrated=False)), calibrated)
+    with mocae.record() as rec2, mocae.routed(RoutingSettings(calibrated=False)), torch.no_grad():
+        mocae(input_ids=IDS)
+    assert_close(rec2.stacked_weights(), rec.stacked_weights())
+
+
+def test_prior_blend_and_weights_sum_to_one():
+    mocae = MoCaEModel(tiny_model("llama"))
+    randomize_mocae(mocae)
+    with mocae.record() as raw, torch.no_grad():
+        mocae(input_ids=IDS)
+    with mocae.record() as blended, mocae.routed(RoutingSettings(axis_prior=(1, 0, 0), prior_blend=0.5)), torch.no_grad():
+        mocae(input_ids=IDS)
+    # layer 0 sees the same input either way; later layers see the blended mixture's output
+    expected = 0.5 * raw.stacked_weights()[0] + 0.5 * torch.tensor([1.0, 0.0, 0.0])
+    assert_close(blended.stacked_weights()[0], expected)
+    assert torch.allclose(raw.stacked_weights().sum(-1), torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    "prior, message",
+    [((1, -1, 1), "non-negative"), ((1, float("nan"), 1), "finite"), ((1, 1), "exactly 3"), ("a,b,c", "three numbers"),
+     ((0, 0, 0), "all be zero"), (object(), "three numbers")],
+)
+def test_bad_axis_prior_is_a_clear_error(prior, message):
+    with pytest.raises(ValueError, match=message):
+        RoutingSettings(axis_prior=prior)
+
+
+def test_unknown_architecture_lists_supported_families():
+    from transformers import BertConfig, BertForMaskedLM
+
+    with pytest.raises(UnsupportedModelError, match="supported families: llama"):
+        MoCaEModel(BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)))
+
+
+def test_gpt2_conv1d_is_wrapped_and_router_counts():
+    mocae = MoCaEModel(tiny_model("gpt2"))
+    assert all(isinstance(m, MoCaELinear) for m in mocae.expert_modules.values())
+    assert sorted({n.split(".")[-1] for n in mocae.expert_modules}) == ["c_fc", "c_proj"]
+    assert not any(".attn." in n for n in mocae.expert_modules)
+    counts = mocae.count_parameters()
+    assert counts["routers"] == mocae.n_layers * (64 * 3 + 3)

@@ -1,0 +1,135 @@
+"""The quick training pipeline end to end, calibration, geometry calibrators and `evaluate`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from data_fixtures import make_data_dir
+
+from alignx_demo.config import GenerationSettings, RoutingSettings
+from alignx_demo.generation import RoutedGeneration
+from alignx_demo.modeling import load_mocae
+from alignx_demo.modeling.geometry import FractalGeometry, knn_distances, levina_bickel_lid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "alignx_demo", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A quick `train all` on a synthetic data directory written in the real formats."""
+    root = tmp_path_factory.mktemp("pipeline")
+    data = make_data_dir(root / "data", n=60)
+    run_cli("train", "all", "--quick", "--data-dir", str(data), "--out", str(root / "run"), "--no-progress")
+    return root / "run", data
+
+
+def test_quick_pipeline_produces_a_loadable_checkpoint(quick_run):
+    out, _ = quick_run
+    for name in ("mocae_config.json", "router.safetensors", "calibration.safetensors", "feature_bank.safetensors"):
+        assert (out / name).exists(), name
+    for name in ("joint_sft", "sequential_sft", "uniform_merge"):
+        assert (out / "baselines" / name / "adapter_model.safetensors").exists()
+    loaded = load_mocae(out, load_in_4bit=False)
+    assert loaded.mocae.calibration.names == ["temperature", "natural", "fractal"]
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Give me a tip.", GenerationSettings(max_new_tokens=5))
+    assert sum(not t.is_prompt for t in run) >= 1
+
+
+def test_baseline_adapters_load_in_peft(quick_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _ = quick_run
+    merged = json.loads((out / "baselines" / "sequential_sft" / "adapter_config.json").read_text())
+    assert merged["r"] == 24
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), str(out / "baselines" / "uniform_merge"))
+    loaded = load_mocae(out, load_in_4bit=False)
+    ids = torch.tensor([[3, 40, 41, 42, 43]])
+    with torch.no_grad(), loaded.mocae.routed(RoutingSettings(axis_prior=(1, 1, 1))):
+        ours = loaded.mocae(input_ids=ids).logits
+    assert torch.allclose(model(input_ids=ids).logits, ours, atol=1e-5)
+
+
+def test_calibration_reduces_nll_on_the_calibration_split(quick_run):
+    out, _ = quick_run
+    nll = json.loads((out / "logs" / "calibration_summary.json").read_text())["calibration_split_nll"]
+    assert nll["temperature"] <= nll["uncalibrated"]
+    assert nll["natural"] <= nll["temperature"] + 1e-6
+    assert nll["fractal"] <= nll["natural"] + 1e-6
+    assert nll["fractal"] < nll["uncalibrated"]
+
+
+def test_each_calibrator_can_be_switched_off(quick_run):
+    out, _ = quick_run
+    loaded = load_mocae(out, load_in_4bit=False)
+    stack = loaded.mocae.calibration
+    stack.parts[1].beta = 2.0  # make the fractal part active whatever the fit chose
+    ids = torch.tensor([[3, 40, 41, 42, 43, 44]])
+
+    def weights() -> torch.Tensor:
+        with torch.no_grad(), loaded.mocae.routed(RoutingSettings(calibrated=True)), loaded.mocae.record() as rec:
+            loaded.mocae(input_ids=ids)
+        return rec.stacked_weights()
+
+    full = weights()
+    for name in ("temperature", "natural", "fractal"):
+        stack.set_enabled(**{name: False})
+        assert not torch.allclose(weights(), full), f"switching {name} off changed nothing"
+        stack.set_enabled(**{name: True})
+    assert torch.equal(weights(), full)
+    with pytest.raises(KeyError, match="no calibration part"):
+        stack.set_enabled(bogus=False)
+
+
+def test_levina_bickel_lid_recovers_known_dimension():
+    gen = torch.Generator().manual_seed(0)
+    for dim in (2, 5):
+        latent = torch.rand(3000, dim, generator=gen)
+        points = latent @ torch.randn(dim, 20, generator=gen)  # a dim-dimensional subspace of R^20
+        lid = levina_bickel_lid(knn_distances(points[:300], points, 20, exclude_self=True)).median()
+        assert abs(float(lid) - dim) < 0.25 * dim + 0.3
+
+
+def test_fractal_tempering_flattens_off_manifold_tokens():
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(500, 4, generator=gen) * 0.1
+    part = FractalGeometry(torch.zeros(1, 4), torch.eye(4)[None], bank[None], torch.tensor([4.0]), torch.tensor([0.1]), k=10, beta=0.0, beta_dist=1.0)
+    logp = torch.log(torch.tensor([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05]]))
+    features = torch.stack([torch.zeros(4), torch.full((4,), 10.0)])
+    out = part.apply(0, logp, features).exp()
+    assert out[0, 0] > 0.85 and out[1, 0] < 0.5
+
+
+def test_evaluate_quick_schema(quick_run, tmp_path):
+    out, data = quick_run
+    report_path = tmp_path / "eval.json"
+    run_cli("evaluate", "--model", str(out), "--data-dir", str(data), "--quick", "--out", str(report_path), "--no-progress")
+    report = json.loads(report_path.read_text())
+    assert {"base", "expert_helpful", "expert_harmless", "expert_honest", "mocae", "mocae_uncalibrated", "joint_sft",
+            "sequential_sft", "uniform_merge"} <= set(report["heldout_loss"])
+    for split in ("eval", "xstest_shifted"):
+        assert set(report["routing"][split]) == {"uncalibrated", "temperature", "natural", "fractal"}
+        metrics = report["routing"][split]["fractal"]["prompt"]
+        assert {"accuracy", "ece", "classwise_ece", "brier", "nll"} <= set(metrics) and 0 <= metrics["ece"] <= 1
+    assert 0 <= report["refusal"]["mocae"]["xstest_safe_over_refusal"] <= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["train", "experts", "--out", "/nonexistent/run"], "no base model"),
+     (["train", "tokenizer", "--data-dir", "/nonexistent/data", "--out", "/nonexistent/run"], "/nonexistent/data")],
+)
+def test_training_errors_are_clear(args, message):
+    out = subprocess.run([sys.executable, "-m", "alignx_demo", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and message in out.stderr
