@@ -14,6 +14,8 @@ from pathlib import Path
 
 from alignx_demo.training.commands import register as register_training
 
+ALL_SYSTEMS = ("base", "mocae_soft", "mocae_top1", "xlora", "dense_moe", "ensemble")
+
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 
 
@@ -80,28 +82,36 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="decode latency and memory of base vs MoCaE, as ratios")
-    p.add_argument("--quick", action="store_true", help="fewer rounds and tokens (about a minute on 2 CPU cores)")
+    p = sub.add_parser("bench", help="decode latency and memory of MoCaE vs base, X-LoRA, dense MoE, ensemble")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and tokens, batch 1 only (about a minute on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
+    p.add_argument("--llama7b", action="store_true", help="Llama-7B layer shapes (hidden 4096, FFN 11008, 2 layers)")
     p.add_argument("--hidden-size", type=int, default=1024)
     p.add_argument("--intermediate-size", type=int, default=2816)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from alignx_demo.evaluation.efficiency import BenchShape, run_bench
+    from alignx_demo.evaluation.efficiency import LLAMA_7B_SHAPE, BenchShape, run_bench
 
-    shape = BenchShape(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size, num_layers=args.layers)
-    repeats, new_tokens = (3, 16) if args.quick else (7, 48)
-    report = run_bench(shape, rank=args.rank, repeats=repeats, new_tokens=new_tokens, device=args.device)
-    text = json.dumps(report, indent=2)
+    systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    unknown = sorted(set(systems) - set(ALL_SYSTEMS))
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; systems: {', '.join(ALL_SYSTEMS)}")
+    shape = LLAMA_7B_SHAPE if args.llama7b else BenchShape(args.hidden_size, args.intermediate_size, args.layers)
+    repeats, new_tokens, batches = (3, 16, (1,)) if args.quick else (5, 32, (1, 8))
+    report = run_bench(shape, systems=systems, rank=args.rank, repeats=args.repeats or repeats, new_tokens=new_tokens,
+                       batches=batches, device=args.device)
+    report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(json.dumps(report["ratios"], indent=2))
+        args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps({"ratios": report["ratios"], "analytic": report["analytic"]}, indent=2))
     return 0
 
 
