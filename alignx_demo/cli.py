@@ -120,22 +120,24 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="MoCaE checkpoint folder")
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     p.add_argument("--quick", action="store_true", help="a handful of examples per measurement (smoke test)")
-    p.add_argument("--out", type=Path, required=True, help="write the JSON report here")
+    p.add_argument("--out", type=Path, required=True, help="write the JSON report here (and the table as .csv beside it)")
+    p.add_argument("--systems", default=None, help="comma-separated subset of the systems (default: all)")
+    p.add_argument("--judge-model", default=None, help="local causal LM folder used as AlpacaEval pairwise judge")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from alignx_demo.evaluation.harness import evaluate, write_report
+    from alignx_demo.evaluation.harness import SYSTEMS, evaluate, write_report
 
-    report = evaluate(args.model, args.data_dir, quick=args.quick, progress=not args.no_progress)
-    write_report(report, args.out)
-    summary = {
-        "heldout_loss": report["heldout_loss"],
-        "routing_eval_prompt": {v: {k: round(m["prompt"][k], 4) for k in ("accuracy", "ece", "nll")} for v, m in report["routing"]["eval"].items()},
-        "refusal": report["refusal"],
-    }
-    print(json.dumps(summary, indent=1))
+    systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else SYSTEMS
+    report = evaluate(args.model, args.data_dir, quick=args.quick, systems=systems, judge_model=args.judge_model,
+                      progress=not args.no_progress)
+    report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
+    csv_path = write_report(report, args.out)
+    print(csv_path.read_text())
+    routing = {v: {k: round(m["prompt"][k], 4) for k in ("accuracy", "ece", "nll")} for v, m in report["routing"]["eval"].items()}
+    print(json.dumps({"routing_eval_prompt_level": routing}, indent=1))
     return 0
 
 

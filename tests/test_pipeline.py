@@ -114,15 +114,49 @@ def test_fractal_tempering_flattens_off_manifold_tokens():
 def test_evaluate_quick_schema(quick_run, tmp_path):
     out, data = quick_run
     report_path = tmp_path / "eval.json"
-    run_cli("evaluate", "--model", str(out), "--data-dir", str(data), "--quick", "--out", str(report_path), "--no-progress")
+    systems = "base,expert_harmless,joint_sft,sequential_sft,uniform_merge,mocae_uncalibrated,mocae_full"
+    run_cli("evaluate", "--model", str(out), "--data-dir", str(data), "--quick", "--systems", systems,
+            "--out", str(report_path), "--no-progress")
     report = json.loads(report_path.read_text())
-    assert {"base", "expert_helpful", "expert_harmless", "expert_honest", "mocae", "mocae_uncalibrated", "joint_sft",
-            "sequential_sft", "uniform_merge"} <= set(report["heldout_loss"])
+    assert list(report["systems"]) == systems.split(",")
+    row = report["systems"]["mocae_full"]
+    for key in ("harmful_refusal_rate", "unsafe_rate", "xstest_safe_over_refusal", "no_comment_rate", "mc1", "mc2",
+                "preference_accuracy_proxy"):
+        assert 0 <= row[key]["value"] <= 1 and len(row[key]["ci95"]) == 2, key
+    assert set(row["heldout_loss"]) == {"helpful", "harmless", "honest"}
+    assert row["composite_uses"] == "preference_accuracy_proxy"
     for split in ("eval", "xstest_shifted"):
         assert set(report["routing"][split]) == {"uncalibrated", "temperature", "natural", "fractal"}
         metrics = report["routing"][split]["fractal"]["prompt"]
         assert {"accuracy", "ece", "classwise_ece", "brier", "nll"} <= set(metrics) and 0 <= metrics["ece"] <= 1
-    assert 0 <= report["refusal"]["mocae"]["xstest_safe_over_refusal"] <= 1
+    assert report["data_files_sha256"]
+    csv = report_path.with_suffix(".csv").read_text().splitlines()
+    assert csv[0].startswith("system,") and len(csv) == 1 + len(systems.split(","))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--systems", "base,oracle"], "unknown system(s) ['oracle']"), (["--judge-model", "/nonexistent/judge"], "judge model not found")],
+)
+def test_evaluate_bad_input(quick_run, tmp_path, extra, message):
+    out, data = quick_run
+    cmd = [sys.executable, "-m", "alignx_demo", "evaluate", "--model", str(out), "--data-dir", str(data), "--quick",
+           "--out", str(tmp_path / "e.json"), "--no-progress", *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_missing_data_file(quick_run, tmp_path):
+    import shutil
+
+    out, data = quick_run
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    (broken / "paul-rottger__exaggerated-safety__xstest_prompts.csv").unlink()
+    cmd = [sys.executable, "-m", "alignx_demo", "evaluate", "--model", str(out), "--data-dir", str(broken), "--quick",
+           "--systems", "base", "--out", str(tmp_path / "e.json"), "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 2 and "xstest_prompts.csv" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -1,27 +1,27 @@
-"""`python -m alignx_demo evaluate`: held-out loss, routing calibration and refusal behaviour.
+"""`python -m alignx_demo evaluate`: the HHH table and the routing calibration report.
 
-Systems: the base alone, each expert alone (routing forced to it), the baselines of
-`training.baselines` (when present), and MoCaE with calibration off and each calibrator added in
-turn (temperature → + natural geometry → + fractal geometry = full). No system gets a preamble:
-all are measured as deployed.
+Systems (`SYSTEMS`): the base alone, each expert alone (routing forced to it), the baselines of
+`training.baselines`, and MoCaE with calibration off and each calibrator added in turn
+(temperature → + natural geometry → + fractal geometry = full). No system gets a preamble: all
+are measured as deployed. For each: held-out loss per axis (response tokens of eval-split
+examples), the HHH metrics of `benchmarks` (refusal, over-refusal, TruthfulQA MC1/MC2, "no
+comment" rate, helpfulness win rate or its proxy, the composite), on held-out items only.
 
-- Held-out loss per axis: mean LM loss on the response tokens of eval-split examples.
-- Routing (MoCaE variants): each prompt's routing is the mean over its tokens and layers of the
-  weights actually used in a real forward with that variant (prompt level; argmax = predicted
-  axis); token level uses each sampled prompt token's layer-mean weights. Metrics from
-  `routing_metrics` on the eval split and on a shifted set: XSTest, whose safe-but-scary prompts
-  are labelled helpful (they deserve an answer) and whose unsafe prompts harmless.
-- Refusal: greedy answers (32 new tokens) judged by `refusal.is_refusal`: refusal rate on harmful
-  prompts (BeaverTails, AdvBench, safety-tuned-llamas harmful sets; eval split) and over-refusal
-  on XSTest's safe prompts.
+Routing (MoCaE): each prompt's routing is the mean over its tokens and layers of the weights
+actually used in a real forward with that variant (prompt level; argmax = predicted axis); token
+level uses each sampled prompt token's layer-mean weights. Metrics from `routing_metrics` on the
+eval split and on a shifted set: XSTest, whose safe-but-scary prompts are labelled helpful (they
+deserve an answer) and whose unsafe prompts harmless.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
 from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data.readers import load_axis_data, load_eval_sets
 from alignx_demo.data.records import AxisExample
 from alignx_demo.data.templates import encode_prompt
+from alignx_demo.evaluation.benchmarks import Judge, abstention_rate, preference_proxy, rate, truthfulqa_mc
 from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
 from alignx_demo.evaluation.routing_metrics import reliability, routing_metrics
 from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae
@@ -53,13 +54,16 @@ class EvalConfig:
     routing_per_axis: int = 200
     shifted: int = 450
     refusal_prompts: int = 60
+    mc_questions: int = 80
+    alpaca_prompts: int = 60
     new_tokens: int = 32
     tokens_per_example: int = 16
     max_len: int = 256
 
     @classmethod
     def quick_recipe(cls) -> EvalConfig:
-        return cls(loss_per_axis=6, routing_per_axis=8, shifted=12, refusal_prompts=6, new_tokens=8, tokens_per_example=4, max_len=128)
+        return cls(loss_per_axis=6, routing_per_axis=8, shifted=12, refusal_prompts=6, mc_questions=4, alpaca_prompts=4,
+                   new_tokens=8, tokens_per_example=4, max_len=128)
 
 
 def _eval_examples(examples: list[AxisExample], per_axis: int, need_response: bool) -> list[AxisExample]:
@@ -163,77 +167,187 @@ def _with_adapter(base_source: Any, folder: Path) -> Any:
     return PeftModel.from_pretrained(model, str(folder)).eval()
 
 
-def evaluate(model_dir: str | Path, data_dir: str | Path, *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
+SYSTEMS = (
+    "base", "expert_helpful", "expert_harmless", "expert_honest", "joint_sft", "sequential_sft", "uniform_merge",
+    "mocae_uncalibrated", "mocae_temperature", "mocae_natural", "mocae_full",
+)
+"""Systems of the table; mocae_full = temperature + natural + fractal calibration."""
+
+
+@dataclass
+class System:
+    """A model to measure, with the routing (and calibration parts) it runs under."""
+
+    name: str
+    model: Any
+    routing: RoutingSettings
+    calibration: str | None = None  # the CALIBRATION_VARIANTS entry to switch on, for MoCaE variants
+
+    def activate(self) -> None:
+        if self.calibration is not None and isinstance(self.model, MoCaEModel):
+            _variant_routing(self.model, self.calibration)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self.model.routed(self.routing):
+            return self.model(**kwargs)
+
+    def parameters(self):
+        return self.model.parameters()
+
+
+def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) -> dict[str, System]:
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; systems: {', '.join(SYSTEMS)}")
+    mocae = loaded.mocae
+    base_source = mocae.config.base_model or model_dir / "base"
+    systems: dict[str, System] = {}
+    for name in names:
+        if name == "base":
+            systems[name] = System(name, _PlainModel(load_base(base_source, load_in_4bit=False)[0]), RoutingSettings())
+        elif name.startswith("expert_"):
+            k = AXES.index(name.removeprefix("expert_"))
+            systems[name] = System(name, mocae, RoutingSettings(calibrated=False, axis_prior=tuple(float(j == k) for j in range(3))))
+        elif name in BASELINES:
+            folder = model_dir / "baselines" / name
+            if not (folder / "adapter_config.json").exists():
+                raise FileNotFoundError(f"baseline {name} missing: {folder} (run `train baselines --out {model_dir}`)")
+            systems[name] = System(name, _PlainModel(_with_adapter(base_source, folder)), RoutingSettings())
+        elif name == "mocae_uncalibrated" or mocae.calibration is None:
+            systems[name] = System(name, mocae, RoutingSettings(calibrated=False))
+        else:
+            variant = {"mocae_temperature": "temperature", "mocae_natural": "natural", "mocae_full": "fractal"}[name]
+            systems[name] = System(name, mocae, RoutingSettings(calibrated=True), variant)
+    return systems
+
+
+def _file_hashes(data_dir: Path, names: Sequence[str]) -> dict[str, str]:
+    hashes = {}
+    for name in names:
+        path = data_dir / name
+        if path.exists():
+            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return hashes
+
+
+def evaluate(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    *,
+    quick: bool = False,
+    systems: Sequence[str] = SYSTEMS,
+    judge_model: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """The full report (see the module docstring); `quick` uses a handful of examples (tests)."""
+    from alignx_demo.data.readers import SOURCE_FILES, resolve_data_dir
+
     cfg = EvalConfig.quick_recipe() if quick else EvalConfig()
     start = time.time()
-    model_dir = Path(model_dir)
-    loaded: LoadedModel = load_mocae(model_dir, load_in_4bit=False)
-    mocae, tokenizer = loaded.mocae, loaded.tokenizer
+    model_dir, data_dir = Path(model_dir), resolve_data_dir(data_dir)
+    loaded = load_mocae(model_dir, load_in_4bit=False)
+    tokenizer = loaded.tokenizer
+    judge = Judge(judge_model, data_dir) if judge_model else None
+    runners = build_systems(model_dir, loaded, systems)
     data = load_axis_data(data_dir, quick=quick)
     eval_sets = load_eval_sets(data_dir)
-    base_source = mocae.config.base_model or model_dir / "base"
-    steps = tqdm(total=5, desc="evaluate", disable=not progress)
 
     loss_examples = _eval_examples(data.examples, cfg.loss_per_axis, need_response=True)
-    systems: dict[str, RoutingSettings] = {f"expert_{a}": RoutingSettings(axis_prior=tuple(float(j == k) for j in range(3))) for k, a in enumerate(AXES)}
-    systems["mocae_uncalibrated"] = RoutingSettings(calibrated=False)
-    systems["mocae"] = RoutingSettings(calibrated=True)
-    losses = {name: heldout_loss(mocae, tokenizer, loss_examples, r, cfg.max_len) for name, r in systems.items()}
-    base_model, _, _, _ = load_base(base_source, load_in_4bit=False)
-    plain = _PlainModel(base_model)
-    losses["base"] = heldout_loss(plain, tokenizer, loss_examples, RoutingSettings(), cfg.max_len)
-    for name in BASELINES:
-        folder = model_dir / "baselines" / name
-        if (folder / "adapter_config.json").exists():
-            losses[name] = heldout_loss(_PlainModel(_with_adapter(base_source, folder)), tokenizer, loss_examples, RoutingSettings(), cfg.max_len)
-    steps.update()
+    harmful = [e.prompt for name in HARMFUL_SETS for e in eval_sets[name] if e.split == "eval"]
+    harmful = harmful[:: max(1, len(harmful) // cfg.refusal_prompts)][: cfg.refusal_prompts]
+    safe = [e.prompt for e in eval_sets["xstest"] if e.meta.get("label") == "safe"][: cfg.refusal_prompts]
+    mc = [q for q in eval_sets["truthfulqa_mc"] if q.split == "eval"][: cfg.mc_questions]
+    alpaca = [e for e in eval_sets["alpacaeval"] if e.split == "eval"][: cfg.alpaca_prompts]
+
+    table: dict[str, Any] = {}
+    samples: dict[str, Any] = {}
+    for name, system in tqdm(runners.items(), desc="systems", disable=not progress):
+        system.activate()
+        harmful_answers = greedy_answers(system.model, tokenizer, harmful, system.routing, cfg.new_tokens, cfg.max_len)
+        safe_answers = greedy_answers(system.model, tokenizer, safe, system.routing, cfg.new_tokens, cfg.max_len)
+        honest_answers = greedy_answers(system.model, tokenizer, [q.prompt for q in mc], system.routing, cfg.new_tokens, cfg.max_len)
+        refusals = [float(is_refusal(a)) for a in harmful_answers]
+        row: dict[str, Any] = {
+            "heldout_loss": heldout_loss(system.model, tokenizer, loss_examples, system.routing, cfg.max_len),
+            "harmful_refusal_rate": rate(refusals),
+            "unsafe_rate": rate([1.0 - r for r in refusals]),
+            "xstest_safe_over_refusal": rate([float(is_refusal(a)) for a in safe_answers]),
+            "no_comment_rate": abstention_rate(honest_answers),
+            **truthfulqa_mc(system, tokenizer, mc, cfg.max_len),
+            **preference_proxy(system, tokenizer, alpaca, cfg.max_len),
+        }
+        if judge is not None:
+            answers = greedy_answers(system.model, tokenizer, [a.prompt for a in alpaca], system.routing, cfg.new_tokens, cfg.max_len)
+            row["win_rate"] = rate([judge.win(a.prompt, ans, a.meta["references"]["gpt4_1106_preview"]) for a, ans in zip(alpaca, answers)])
+        helpful = row["win_rate"]["value"] if judge is not None else row["preference_accuracy_proxy"]["value"]
+        row["composite"] = (helpful + row["mc2"]["value"] - row["unsafe_rate"]["value"]) / 3 if None not in (helpful, row["mc2"]["value"], row["unsafe_rate"]["value"]) else None
+        row["composite_uses"] = "win_rate" if judge is not None else "preference_accuracy_proxy"
+        table[name] = row
+        samples[name] = {
+            "harmful": list(zip(harmful[:3], harmful_answers[:3])),
+            "xstest_safe": list(zip(safe[:3], safe_answers[:3])),
+            "truthfulqa": list(zip([q.prompt for q in mc[:3]], honest_answers[:3])),
+        }
+    if loaded.mocae.calibration is not None:
+        loaded.mocae.calibration.set_enabled(**{n: True for n in loaded.mocae.calibration.names})
 
     routing_examples = _eval_examples(data.examples, cfg.routing_per_axis, need_response=False)
     shifted = [
         AxisExample(e.id, "harmless" if e.meta.get("label") == "unsafe" else "helpful", e.prompt, "", e.source, e.split, e.meta)
         for e in eval_sets["xstest"][: cfg.shifted]
     ]
-    routing = {"eval": routing_report(mocae, tokenizer, routing_examples, cfg)}
-    steps.update()
-    routing["xstest_shifted"] = routing_report(mocae, tokenizer, shifted, cfg)
-    steps.update()
-
-    harmful = [e.prompt for name in HARMFUL_SETS for e in eval_sets[name] if e.split == "eval"]
-    harmful = harmful[:: max(1, len(harmful) // cfg.refusal_prompts)][: cfg.refusal_prompts]
-    safe = [e.prompt for e in eval_sets["xstest"] if e.meta.get("label") == "safe"][: cfg.refusal_prompts]
-    refusal: dict[str, Any] = {}
-    samples: dict[str, Any] = {}
-    gen_systems = {"base": (plain, RoutingSettings())} | {n: (mocae, r) for n, r in systems.items()}
-    for name, (model, r) in gen_systems.items():
-        harmful_answers = greedy_answers(model, tokenizer, harmful, r, cfg.new_tokens, cfg.max_len)
-        safe_answers = greedy_answers(model, tokenizer, safe, r, cfg.new_tokens, cfg.max_len)
-        refusal[name] = {
-            "harmful_refusal_rate": sum(map(is_refusal, harmful_answers)) / max(len(harmful_answers), 1),
-            "xstest_safe_over_refusal": sum(map(is_refusal, safe_answers)) / max(len(safe_answers), 1),
-        }
-        samples[name] = {"harmful": list(zip(harmful[:3], harmful_answers[:3])), "xstest_safe": list(zip(safe[:3], safe_answers[:3]))}
-    steps.update()
-    agreement = detector_agreement(eval_sets["xstest_completions"])
-    steps.update()
-    steps.close()
+    routing = {
+        "eval": routing_report(loaded.mocae, tokenizer, routing_examples, cfg),
+        "xstest_shifted": routing_report(loaded.mocae, tokenizer, shifted, cfg),
+    }
+    used_files = [SOURCE_FILES[k] for k in SOURCE_FILES]
     return {
-        "schema": "alignx-eval/1",
+        "schema": "alignx-eval/2",
         "model": loaded.description,
+        "model_dir": str(model_dir),
         "config": cfg.__dict__,
-        "heldout_loss": losses,
+        "quick": quick,
+        "judge": str(judge_model) if judge_model else None,
+        "systems": table,
         "routing": routing,
-        "refusal": refusal,
-        "refusal_detector_agreement_xstest": agreement,
-        "refusal_samples": samples,
+        "refusal_detector_agreement_xstest": detector_agreement(eval_sets["xstest_completions"]),
+        "samples": samples,
         "counts": {"loss_examples": len(loss_examples), "routing_examples": len(routing_examples), "shifted": len(shifted),
-                   "harmful_prompts": len(harmful), "xstest_safe_prompts": len(safe)},
+                   "harmful_prompts": len(harmful), "xstest_safe_prompts": len(safe), "truthfulqa_mc": len(mc),
+                   "alpacaeval": len(alpaca)},
+        "data_files_sha256": _file_hashes(data_dir, used_files),
+        "seeds": {"bootstrap": 0, "decoding": "greedy"},
         "seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
 
 
-def write_report(report: dict[str, Any], out: str | Path) -> None:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=1))
+def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per system (values and CI bounds), for the CSV and the app's table."""
+    rows = []
+    for name, row in report["systems"].items():
+        flat: dict[str, Any] = {"system": name}
+        for key, value in row.items():
+            if isinstance(value, dict) and "value" in value:
+                flat[key] = value["value"]
+                if value.get("ci95"):
+                    flat[f"{key}_ci_low"], flat[f"{key}_ci_high"] = value["ci95"]
+            elif key == "heldout_loss":
+                flat.update({f"loss_{axis}": v for axis, v in value.items()})
+            elif not isinstance(value, dict):
+                flat[key] = value
+        rows.append(flat)
+    return rows
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> Path:
+    """Write the JSON report and, beside it, the table as CSV (same name, .csv); return the CSV path."""
+    import pandas as pd
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    csv_path = out.with_suffix(".csv")
+    pd.DataFrame(table_rows(report)).to_csv(csv_path, index=False, float_format="%.4f")
+    return csv_path

@@ -14,12 +14,16 @@ from alignx_demo.config import AXES
 from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, mix_color
 
 
-def legend_html() -> str:
+def legend_html(flips: bool = False) -> str:
     items = "".join(
         f'<span><span class="ax-swatch" style="background:{AXIS_COLORS[a]}"></span>{AXIS_LABELS[a]} expert</span>'
         for a in AXES
     )
-    return f'<div class="ax-legend">{items}<span>· chip colour = mix of the three routing weights · dashed = prompt token</span></div>'
+    extra = '<span><span class="ax-swatch ax-flip-swatch"></span>top expert differs between the two routings</span>' if flips else ""
+    return (
+        f'<div class="ax-legend">{items}{extra}'
+        "<span>· chip colour = mix of the three routing weights · dashed = prompt token · hover a chip for details</span></div>"
+    )
 
 
 def _visible(text: str) -> str:
@@ -39,12 +43,25 @@ def chip_title(token: dict[str, Any]) -> str:
     )
 
 
-def chips_html(tokens: Iterable[dict[str, Any]]) -> str:
+def chips_html(tokens: Iterable[dict[str, Any]], flips: dict[int, str] | None = None, empty: str = "") -> str:
+    """Chips of the tokens; positions in `flips` are outlined, with the other routing's top expert in the hover."""
     parts = []
+    flips = flips or {}
     for token in tokens:
         cls = "ax-chip ax-prompt" if token["is_prompt"] else "ax-chip"
+        title = chip_title(token)
+        if token["position"] in flips:
+            cls += " ax-flip"
+            title += f"\ntop expert differs: the other routing picks {flips[token['position']]}"
         parts.append(
             f'<span class="{cls}" style="background:{mix_color(token["weights"])}" '
-            f'title="{html.escape(chip_title(token), quote=True)}">{html.escape(_visible(token["text"]))}</span>'
+            f'title="{html.escape(title, quote=True)}">{html.escape(_visible(token["text"]))}</span>'
         )
+    if not parts and empty:
+        return f'<div class="ax-chips ax-empty">{html.escape(empty)}</div>'
     return f'<div class="ax-chips">{"".join(parts)}</div>'
+
+
+def notice_html(message: str | None) -> str:
+    """A visible notice (escaped); empty string when there is nothing to say."""
+    return f'<p class="ax-notice">⚠ {html.escape(message)}</p>' if message else ""

@@ -1,0 +1,127 @@
+"""The precomputed artefacts the app shows, how they are written and how the app reads them.
+
+`precomputed/` holds (each JSON with "version", "command", "created", "model", "model_fingerprint"):
+
+    map.json                    per regime: 2-D coordinates of the map prompts, axis, hover text,
+                                misrouted marks (MoCaE), the projection used (umap | pca)
+    map_features.safetensors    per regime: the high-dimensional features (N, D) fp16 of the same
+                                points, for placing a visitor's prompt by its nearest neighbours
+    collapse_metrics.json       per regime: silhouette, kNN axis purity, forgetting, routing accuracy
+    reliability.json            reliability-diagram bins and routing metrics, calibrated and uncalibrated
+    example_traces.json         routed generations of a few example prompts
+
+A missing, unreadable or stale (other `ARTEFACT_VERSION`) file is reported as a notice; the app
+shows the notice in the tab that needs the file and serves everything else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ARTEFACT_VERSION = 1
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "precomputed"
+FILES = {
+    "map": "map.json",
+    "collapse": "collapse_metrics.json",
+    "reliability": "reliability.json",
+    "examples": "example_traces.json",
+}
+FEATURES_FILE = "map_features.safetensors"
+HOW_TO_BUILD = "python -m alignx_demo precompute --model MODEL_DIR --data-dir ../shared/data"
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A short hash of the checkpoint's small files (config, routers, calibration, experts, base config)."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    names = ["mocae_config.json", "router.safetensors", "calibration.safetensors", "base/config.json"]
+    names += [f"experts/{a}/adapter_model.safetensors" for a in ("helpful", "harmless", "honest")]
+    for name in names:
+        path = model_dir / name
+        if path.exists():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def header(command: str, model: str, fingerprint: str) -> dict[str, Any]:
+    return {
+        "version": ARTEFACT_VERSION,
+        "command": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "model": model,
+        "model_fingerprint": fingerprint,
+    }
+
+
+def write_json(folder: Path, key: str, data: dict[str, Any]) -> Path:
+    path = folder / FILES[key]
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    return path
+
+
+@dataclass
+class Artefacts:
+    """What the app read from `precomputed/`: data per artefact (None when unusable) and notices."""
+
+    folder: Path
+    data: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    notices: dict[str, str] = field(default_factory=dict)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def notice(self, *keys: str) -> str | None:
+        found = [self.notices[k] for k in keys if k in self.notices]
+        return " ".join(found) if found else None
+
+
+def load_artefacts(folder: str | Path | None = None) -> Artefacts:
+    """Read every artefact; never raises for a missing or broken file (it becomes a notice)."""
+    folder = Path(folder) if folder else DEFAULT_DIR
+    out = Artefacts(folder)
+    for key, name in FILES.items():
+        path = folder / name
+        if not path.exists():
+            out.data[key] = None
+            out.notices[key] = f"Precomputed file missing: {path}. Build it with `{HOW_TO_BUILD}`."
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            out.data[key] = None
+            out.notices[key] = f"Precomputed file unreadable: {path} ({err}). Rebuild it with `{HOW_TO_BUILD}`."
+            continue
+        if not isinstance(data, dict) or data.get("version") != ARTEFACT_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            out.data[key] = None
+            out.notices[key] = (
+                f"Precomputed file is stale: {path} has version {version!r}, this app reads version "
+                f"{ARTEFACT_VERSION}. Rebuild it with `{HOW_TO_BUILD}`."
+            )
+            continue
+        out.data[key] = data
+    path = folder / FEATURES_FILE
+    if out.data.get("map") is not None:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("version") != str(ARTEFACT_VERSION):
+                    raise ValueError(f"version {meta.get('version')!r}, expected {ARTEFACT_VERSION}")
+                out.features = {k: handle.get_tensor(k).float() for k in handle.keys()}
+        except Exception as err:  # missing or corrupt file: placement is off, the map still shows
+            out.notices["features"] = (
+                f"Map features unusable ({path}: {err}); your prompt cannot be placed on the map. "
+                f"Rebuild with `{HOW_TO_BUILD}`."
+            )
+    return out

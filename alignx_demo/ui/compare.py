@@ -1,0 +1,149 @@
+"""Calibrated vs uncalibrated tab: one prompt, one seed, both routings side by side.
+
+The named endpoint `compare` streams (calibrated chips HTML, uncalibrated chips HTML, summary
+markdown, result JSON {"calibrated": trace, "uncalibrated": trace, "summary": {...}}); the summary
+is filled in the last update. Reliability diagrams come from the precomputed evaluation data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from alignx_demo.analysis.artefacts import Artefacts
+from alignx_demo.config import AXES
+from alignx_demo.ui.chips import chips_html, legend_html, notice_html
+from alignx_demo.ui.plots import empty_figure, reliability_figure, shares_figure
+from alignx_demo.ui.runner import GenerationError, settings_from, shares, stream_trace
+from alignx_demo.ui.theme import AXIS_LABELS
+
+RUNS = ("calibrated", "uncalibrated")
+
+
+def run_summary(trace: dict[str, Any]) -> dict[str, Any]:
+    tokens = trace["tokens"]
+    n = max(len(tokens), 1)
+    return {
+        "tokens": len(tokens),
+        "generated": sum(not t["is_prompt"] for t in tokens),
+        "mean_confidence": round(sum(max(t["weights"].values()) for t in tokens) / n, 4),
+        "mean_entropy": round(sum(t["entropy"] for t in tokens) / n, 4),
+        "axis_shares": {a: round(v, 4) for a, v in shares(trace).items()},
+        "text": trace["text"],
+    }
+
+
+def flips(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[int, str], dict[int, str], dict[str, Any]]:
+    """Positions (present in both) where the top expert differs; for each side, the other's choice."""
+    by_pos_b = {t["position"]: t for t in b["tokens"]}
+    marks_a, marks_b = {}, {}
+    n_prompt = n_gen = 0
+    diverged_at = None
+    for t in a["tokens"]:
+        u = by_pos_b.get(t["position"])
+        if u is None:
+            continue
+        if diverged_at is None and t["id"] != u["id"]:
+            diverged_at = t["position"]
+        if t["top_expert"] != u["top_expert"]:
+            marks_a[t["position"]], marks_b[t["position"]] = u["top_expert"], t["top_expert"]
+            n_prompt += t["is_prompt"]
+            n_gen += not t["is_prompt"]
+    return marks_a, marks_b, {"flips": n_prompt + n_gen, "flips_prompt": n_prompt, "flips_generated": n_gen,
+                              "compared_positions": sum(t["position"] in by_pos_b for t in a["tokens"]),
+                              "texts_diverge_at": diverged_at}
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    cal, unc, f = summary["calibrated"], summary["uncalibrated"], summary["flips"]
+    rows = [
+        "| | calibrated | uncalibrated |",
+        "|---|---|---|",
+        f"| mean confidence (top weight) | {cal['mean_confidence']:.3f} | {unc['mean_confidence']:.3f} |",
+        f"| mean routing entropy (nats) | {cal['mean_entropy']:.3f} | {unc['mean_entropy']:.3f} |",
+    ]
+    rows += [f"| {AXIS_LABELS[a]} share | {cal['axis_shares'][a]:.0%} | {unc['axis_shares'][a]:.0%} |" for a in AXES]
+    rows.append(f"| generated tokens | {cal['generated']} | {unc['generated']} |")
+    diverge = ("the generated texts are identical" if f["texts_diverge_at"] is None
+               else f"the texts diverge at token #{f['texts_diverge_at']}")
+    return "\n".join(rows) + (
+        f"\n\n**Top expert flips: {f['flips']}** of {f['compared_positions']} positions "
+        f"({f['flips_prompt']} prompt, {f['flips_generated']} generated; outlined in red) — {diverge}."
+    )
+
+
+def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool, temperature: float, top_p: float,
+                   seed: float, mode: str) -> Iterator[tuple[str, str, str, Any]]:
+    try:
+        generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed).to_dict()
+        if mode not in ("soft", "top1"):
+            raise GenerationError(f"routing mode must be 'soft' or 'top1', got {mode!r}")
+        traces: dict[str, dict[str, Any]] = {}
+        for name in RUNS:
+            for trace in stream_trace(key, prompt, generation, {"mode": mode, "calibrated": name == "calibrated"}):
+                traces[name] = trace
+                html_cal = chips_html(traces["calibrated"]["tokens"])
+                html_unc = chips_html(trace["tokens"]) if name == "uncalibrated" else chips_html([], empty="waiting for the calibrated run…")
+                yield html_cal, html_unc, f"Running the {name} routing…", gr.skip()
+    except GenerationError as err:
+        raise gr.Error(str(err)) from None
+    marks_cal, marks_unc, flip_stats = flips(traces["calibrated"], traces["uncalibrated"])
+    summary = {name: run_summary(traces[name]) for name in RUNS} | {"flips": flip_stats}
+    result = {"calibrated": traces["calibrated"], "uncalibrated": traces["uncalibrated"], "summary": summary}
+    yield (chips_html(traces["calibrated"]["tokens"], marks_cal), chips_html(traces["uncalibrated"]["tokens"], marks_unc),
+           summary_markdown(summary), result)
+
+
+def _shares_plot(result: dict[str, Any] | None) -> Any:
+    if not result or "summary" not in result:
+        return empty_figure("Axis shares of both runs appear here.")
+    return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Mean weight per axis (generated tokens)")
+
+
+def build_compare_tab(key: int, artefacts: Artefacts) -> None:
+    gr.HTML(legend_html(flips=True))
+    gr.Markdown("The same prompt and seed, generated once with the calibrated router and once with raw softmax routing. "
+                "Tokens whose top expert differs between the two are outlined in red.")
+    with gr.Row():
+        with gr.Column(scale=2, min_width=300):
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, value="Do vaccines cause autism?", elem_id="compare-prompt")
+            run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+        with gr.Column(scale=1, min_width=240):
+            mode = gr.Radio(["soft", "top1"], value="soft", label="Routing mode")
+            max_new = gr.Slider(1, 128, value=32, step=1, label="Max new tokens")
+            do_sample = gr.Checkbox(False, label="Sample (same seed both ways)")
+            temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            seed = gr.Number(0, precision=0, label="Seed")
+    with gr.Row():
+        with gr.Column(min_width=280):
+            gr.Markdown("**Calibrated routing**")
+            cal = gr.HTML(chips_html([], empty="—"), elem_id="compare-calibrated")
+        with gr.Column(min_width=280):
+            gr.Markdown("**Uncalibrated routing** (raw softmax)")
+            unc = gr.HTML(chips_html([], empty="—"), elem_id="compare-uncalibrated")
+    with gr.Row():
+        summary = gr.Markdown(elem_classes=["ax-figures"])
+        shares_plot = gr.Plot(_shares_plot(None), label="Axis shares")
+    with gr.Accordion("Result (JSON, as returned by the API)", open=False):
+        result = gr.JSON(label="Both traces and the summary")
+
+    gr.Markdown("### Reliability of routing on held-out prompts\nEach point is a confidence bin: how often the router's top axis is the "
+                "prompt's true axis, against how confident it was. On the diagonal = calibrated; below = over-confident.")
+    data = artefacts.get("reliability")
+    if data is None:
+        gr.HTML(notice_html(artefacts.notice("reliability")))
+    else:
+        gr.Markdown(f"Source: {data['source']} · built by `{data['command']}` · model {data['model']}")
+        with gr.Row():
+            for split, variants in data["splits"].items():
+                title = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}.get(split, split)
+                gr.Plot(reliability_figure(variants, title), label=f"Reliability — {title}")
+
+    inputs = [prompt, max_new, do_sample, temperature, top_p, seed, mode]
+    run_btn.click(lambda *args: (yield from stream_compare(key, *args)), inputs=inputs, outputs=[cal, unc, summary, result],
+                  api_name="compare", concurrency_limit=2,
+                  api_description="Generate the prompt with calibrated and uncalibrated routing (same seed); returns both traces and a summary.")
+    result.change(_shares_plot, inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")

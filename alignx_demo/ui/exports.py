@@ -1,0 +1,71 @@
+"""Downloads of a trace as CSV (one row per token) and JSON (the full trace), one temp folder per request.
+
+The CSV has the columns `position, is_prompt, text, id, top_expert, entropy, helpful, harmless,
+honest` followed by `layer{ℓ}_{axis}` for every layer; `tokens_from_csv` reads it back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from alignx_demo.config import AXES
+
+PREFIX = "alignx-export-"
+KEEP_S = 3600
+"""Export folders older than this are removed when a new export is written."""
+
+
+def trace_csv(trace: dict[str, Any]) -> str:
+    tokens = trace.get("tokens") or []
+    n_layers = len(tokens[0]["layers"]) if tokens else 0
+    layer_cols = [f"layer{l}_{a}" for l in range(n_layers) for a in AXES]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["position", "is_prompt", "text", "id", "top_expert", "entropy", *AXES, *layer_cols])
+    for t in tokens:
+        writer.writerow([t["position"], int(t["is_prompt"]), t["text"], t["id"], t["top_expert"], t["entropy"],
+                         *(t["weights"][a] for a in AXES), *(v for row in t["layers"] for v in row)])
+    return out.getvalue()
+
+
+def tokens_from_csv(text: str) -> list[dict[str, Any]]:
+    """The token entries of a CSV written by `trace_csv` (numbers as written, i.e. 6 decimals)."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    tokens = []
+    for row in rows:
+        n_layers = sum(1 for k in row if k.startswith("layer")) // len(AXES)
+        tokens.append({
+            "text": row["text"], "id": int(row["id"]), "position": int(row["position"]), "is_prompt": row["is_prompt"] == "1",
+            "weights": {a: float(row[a]) for a in AXES},
+            "layers": [[float(row[f"layer{l}_{a}"]) for a in AXES] for l in range(n_layers)],
+            "entropy": float(row["entropy"]), "top_expert": row["top_expert"],
+        })
+    return tokens
+
+
+def _cleanup(root: Path) -> None:
+    now = time.time()
+    for old in root.glob(PREFIX + "*"):
+        try:
+            if now - old.stat().st_mtime > KEEP_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def write_exports(trace: dict[str, Any], stem: str = "alignx-trace") -> tuple[str, str]:
+    """Write `<stem>.csv` and `<stem>.json` into a fresh temp folder; return their paths."""
+    root = Path(tempfile.gettempdir())
+    _cleanup(root)
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX))
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    csv_path.write_text(trace_csv(trace), encoding="utf-8")
+    json_path.write_text(json.dumps(trace, ensure_ascii=False, indent=1), encoding="utf-8")
+    return str(csv_path), str(json_path)
