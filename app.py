@@ -1,20 +1,23 @@
-"""AlignX Demo: `python app.py [--model DIR] [--base-model ID] [--no-4bit] [--host H] [--port P]`.
+"""AlignX Demo: `python app.py [--model DIR] [--base-model ID] [--no-4bit] [--host H] [--port P] [--precomputed DIR]`.
 
 Every option also has an environment variable (ALIGNX_MODEL, ALIGNX_BASE_MODEL, ALIGNX_NO_4BIT,
-ALIGNX_HOST, ALIGNX_PORT); on a Hugging Face Space (SPACE_ID set) the app listens on 0.0.0.0.
+ALIGNX_HOST, ALIGNX_PORT, ALIGNX_PRECOMPUTED); on a Hugging Face Space (SPACE_ID set) the app
+listens on 0.0.0.0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
+from alignx_demo.analysis.artefacts import DEFAULT_DIR
 from alignx_demo.serving import ServerOptions, load_context
 from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
 
-def parse_args() -> ServerOptions:
+def parse_args() -> tuple[ServerOptions, Path]:
     defaults = ServerOptions.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=defaults.model, help="MoCaE checkpoint folder")
@@ -23,14 +26,19 @@ def parse_args() -> ServerOptions:
     parser.add_argument("--trust-remote-code", action="store_true", default=defaults.trust_remote_code)
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port)
-    return ServerOptions(**vars(parser.parse_args()))
+    parser.add_argument("--precomputed", type=Path, default=Path(os.environ.get("ALIGNX_PRECOMPUTED", DEFAULT_DIR)),
+                        help="folder of precomputed artefacts (default precomputed/)")
+    args = vars(parser.parse_args())
+    precomputed = args.pop("precomputed")
+    return ServerOptions(**args), precomputed
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = parse_args()
+    options, precomputed = parse_args()
     context = load_context(options)
-    build_demo(context).launch(server_name=options.host, server_port=options.port, share=False, **LAUNCH_KWARGS)
+    demo = build_demo(context, precomputed)
+    demo.launch(server_name=options.host, server_port=options.port, share=False, **LAUNCH_KWARGS)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from alignx_demo.evaluation.release import release
 from alignx_demo.training.commands import register as register_training
 
 ALL_SYSTEMS = ("base", "mocae_soft", "mocae_top1", "xlora", "dense_moe", "ensemble")
@@ -141,12 +142,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_release(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="copy a trained run into a bundle (e.g. assets/demo-model) and write MODEL_CARD.md")
+    p.add_argument("--run", type=Path, required=True, help="the training run folder (train all --out)")
+    p.add_argument("--to", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--eval-report", type=Path, required=True, help="JSON written by `evaluate` for this run")
+    p.set_defaults(func=lambda args: print(release(args.run, args.to, args.data_dir, args.eval_report)) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m alignx_demo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_bench(sub)
     _add_evaluate(sub)
+    _add_release(sub)
     register_training(sub)
     return parser
 

@@ -1,20 +1,29 @@
-"""The Gradio Blocks app: a header, the model status, and one tab per view."""
+"""The Gradio Blocks app: a header, the model status, and one tab per view (each built by its own module)."""
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import gradio as gr
 
+from alignx_demo.analysis.artefacts import Artefacts, load_artefacts
 from alignx_demo.serving import ModelContext
+from alignx_demo.ui.about import build_about_tab
+from alignx_demo.ui.collapse import build_collapse_tab
+from alignx_demo.ui.compare import build_compare_tab
 from alignx_demo.ui.live import build_live_tab
+from alignx_demo.ui.runner import serve
 from alignx_demo.ui.theme import CSS
+from alignx_demo.ui.tradeoff import build_tradeoff_tab
 
 TITLE = "AlignX Demo — Mixture of Calibrated Experts"
 HEADER = (
-    "Watch each token appear, coloured by how much the **Helpful**, **Harmless** and **Honest** "
-    "experts contributed to it — with the router's calibration on or off."
+    "A language model with three experts — **Helpful**, **Harmless**, **Honest** — mixed token by token by a "
+    "calibrated router: watch which expert shapes each word, switch calibration off, and see how training regimes "
+    "collapse the three axes."
 )
+TAB_IDS = ("live", "compare", "collapse", "tradeoff", "about")
 
 
 def status_html(context: ModelContext) -> str:
@@ -24,12 +33,24 @@ def status_html(context: ModelContext) -> str:
     return f"<p>Model loaded: <b>{html.escape(context.name)}</b></p>{notices}"
 
 
-def build_demo(context: ModelContext) -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as demo:
+def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None = None) -> gr.Blocks:
+    """The whole app for one served model; `precomputed` is the artefact folder (default `precomputed/`)."""
+    artefacts = precomputed if isinstance(precomputed, Artefacts) else load_artefacts(precomputed)
+    key = serve(context)
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{HEADER}")
-        gr.HTML(status_html(context))
-        with gr.Tab("Live routing"):
-            build_live_tab(context)
+        gr.HTML(status_html(context), elem_id="model-status")
+        with gr.Tabs():
+            with gr.Tab("Live routing", id="live", elem_id="tab-live"):
+                build_live_tab(key, artefacts, context.loaded is not None)
+            with gr.Tab("Calibrated vs uncalibrated", id="compare", elem_id="tab-compare"):
+                build_compare_tab(key, artefacts)
+            with gr.Tab("Axis Collapse", id="collapse", elem_id="tab-collapse"):
+                build_collapse_tab(key, artefacts)
+            with gr.Tab("Trade-off", id="tradeoff", elem_id="tab-tradeoff"):
+                build_tradeoff_tab(key)
+            with gr.Tab("About", id="about", elem_id="tab-about"):
+                build_about_tab(context, artefacts)
     demo.queue(default_concurrency_limit=2, max_size=32)
     return demo
 

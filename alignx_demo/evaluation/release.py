@@ -1,0 +1,136 @@
+"""`python -m alignx_demo release`: copy a trained run into a bundle and write its model card.
+
+The bundle is the checkpoint folder without the resumable training state (`checkpoints/`, the
+optimizer) and without the tokenizer's own folder (`base/` holds the tokenizer). The model card
+is written from the run's own summaries and an evaluation report — every figure in it comes from
+a file the training or `evaluate` wrote — plus greedy samples for the first five eval-split
+prompts of each axis (not chosen by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
+from alignx_demo.data.readers import load_axis_data
+from alignx_demo.generation import RoutedGeneration
+from alignx_demo.modeling.checkpoint import load_mocae
+
+SKIP = ("checkpoints", "tokenizer", "base.pid")
+MAX_BUNDLE_BYTES = 60 * 1024 * 1024
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, dict) and "value" in value:
+        ci = value.get("ci95")
+        base = _fmt(value["value"], digits)
+        return f"{base} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else base
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return "–" if value is None else str(value)
+
+
+def samples(bundle: Path, data_dir: str | Path, per_axis: int = 5, new_tokens: int = 48) -> dict[str, list[tuple[str, str, str]]]:
+    """Greedy answers of calibrated MoCaE for the first eval-split prompts of each axis."""
+    loaded = load_mocae(bundle, load_in_4bit=False)
+    examples = load_axis_data(data_dir).examples
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for axis in AXES:
+        prompts = [e.prompt for e in examples if e.axis == axis and e.split == "eval"][:per_axis]
+        rows = []
+        for prompt in prompts:
+            run = RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt, GenerationSettings(max_new_tokens=new_tokens), RoutingSettings())
+            tokens = [t for t in run if not t.is_prompt]
+            top = max(AXES, key=lambda a: sum(t.weights[a] for t in tokens)) if tokens else "–"
+            rows.append((prompt, run.text.strip(), top))
+        out[axis] = rows
+    return out
+
+
+def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list[tuple[str, str, str]]]) -> str:
+    base = _read(bundle / "base" / "train_summary.json")
+    experts = _read(bundle / "logs" / "experts_summary.json")
+    router = _read(bundle / "logs" / "router_summary.json")
+    calib = _read(bundle / "logs" / "calibration_summary.json")
+    cfg = base.get("config", {})
+    lines = [
+        "# AlignX demo model — model card",
+        "",
+        "A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA",
+        "experts (Stage 1, prompt-injected), per-layer routers (Stage 2) and calibration (temperature,",
+        "natural geometry, fractal geometry). Everything below was written by `python -m alignx_demo release`",
+        "from the run's own logs and `evaluate` report; the commands are in the README.",
+        "",
+        "## Base",
+        f"- {base.get('params', '–'):,} parameters; hidden {cfg.get('hidden_size')}, {cfg.get('num_layers')} layers, "
+        f"{cfg.get('num_heads')} heads, FFN {cfg.get('intermediate_size')}, context {cfg.get('context')}, vocabulary {base.get('vocab_size')}"
+        " (byte-level BPE).",
+        f"- {base.get('steps', '–')} steps, {base.get('tokens_seen', 0):,} tokens, {base.get('train_seconds', 0) / 60:.0f} min on "
+        f"{base.get('device', '?')} ({base.get('threads', '?')} thread), {base.get('tokens_per_s', 0):.0f} tokens/s.",
+        f"- Axis sampling weights {cfg.get('axis_weights')}; epochs per axis {base.get('axis_epochs')}.",
+        f"- Held-out loss per axis (calibration split): start {base.get('initial_heldout_loss')}, end {base.get('final_heldout_loss')}.",
+        f"- Examples per axis/split: {base.get('examples')}.",
+        "",
+        "## Stage 1 experts, Stage 2 routers, calibration",
+    ]
+    for axis, row in experts.get("experts", {}).items():
+        lines.append(f"- Expert {axis}: {row.get('examples')} examples, {row.get('steps')} steps, {row.get('seconds')} s, "
+                     f"response loss {row.get('first_losses', {}).get('lm')} → {row.get('last_losses', {}).get('lm')}.")
+    if router:
+        lines.append(f"- Routers: {router.get('steps')} steps, {router.get('seconds')} s, losses {router.get('first_losses')} → {router.get('last_losses')}.")
+    if calib:
+        lines.append(f"- Calibration-split NLL of routing: {calib.get('calibration_split_nll')}; temperatures {[round(t, 3) for t in calib.get('temperatures', [])]}; "
+                     f"natural {calib.get('natural')}; fractal {calib.get('fractal')}.")
+    lines += ["", "## Evaluation (held-out items)", "", f"Report: {report.get('command', '')} ({report.get('seconds', '?')} s); counts {report.get('counts')}.", ""]
+    systems = report.get("systems", {})
+    if systems:
+        lines += [
+            "| system | loss helpful | loss harmless | loss honest | harmful refused | XSTest safe over-refused | MC1 | MC2 | pref. proxy | composite |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, row in systems.items():
+            loss = row.get("heldout_loss", {})
+            lines.append(
+                f"| {name} | {_fmt(loss.get('helpful'))} | {_fmt(loss.get('harmless'))} | {_fmt(loss.get('honest'))} | "
+                f"{_fmt(row.get('harmful_refusal_rate'), 2)} | {_fmt(row.get('xstest_safe_over_refusal'), 2)} | {_fmt(row.get('mc1'), 2)} | "
+                f"{_fmt(row.get('mc2'), 2)} | {_fmt(row.get('preference_accuracy_proxy'), 2)} | {_fmt(row.get('composite'))} |"
+            )
+    for split, label in (("eval", "eval split"), ("xstest_shifted", "XSTest (shifted)")):
+        variants = report.get("routing", {}).get(split, {})
+        if variants:
+            lines += ["", f"Routing, prompt level, {label}:", "", "| variant | accuracy | ECE | classwise ECE | Brier | NLL | token-level accuracy | token-level ECE |", "|---|---|---|---|---|---|---|---|"]
+            for variant, m in variants.items():
+                p, t = m["prompt"], m["token"]
+                lines.append(f"| {variant} | {p['accuracy']:.3f} | {p['ece']:.3f} | {p['classwise_ece']:.3f} | {p['brier']:.3f} | {p['nll']:.3f} | {t['accuracy']:.3f} | {t['ece']:.3f} |")
+    agreement = report.get("refusal_detector_agreement_xstest")
+    if agreement:
+        lines += ["", f"Refusal detector vs XSTest human labels: agreement {agreement['agreement']:.3f}, precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f} (n = {agreement['n']})."]
+    lines += ["", "## Samples (calibrated MoCaE, greedy, first five eval-split prompts per axis, not chosen)", ""]
+    for axis, rows in sample_rows.items():
+        lines.append(f"### {axis}")
+        for prompt, answer, top in rows:
+            lines.append(f"- **Prompt:** {prompt[:200]!s}\n  **Answer** (mostly {top}): {answer[:300]!s}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def release(run: str | Path, to: str | Path, data_dir: str | Path, eval_report: str | Path) -> Path:
+    run, to = Path(run), Path(to)
+    report = _read(Path(eval_report))
+    if not report:
+        raise FileNotFoundError(f"evaluation report not found: {eval_report} (run `python -m alignx_demo evaluate` first)")
+    if to.exists():
+        shutil.rmtree(to)
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(*SKIP))
+    size = sum(p.stat().st_size for p in to.rglob("*") if p.is_file())
+    if size > MAX_BUNDLE_BYTES:
+        raise ValueError(f"bundle is {size / 2**20:.1f} MiB, over the {MAX_BUNDLE_BYTES / 2**20:.0f} MiB limit")
+    (to / "MODEL_CARD.md").write_text(model_card(to, report, samples(to, data_dir)))
+    return to

@@ -1,0 +1,128 @@
+"""Trade-off tab: an axis prior set by three sliders, and the four presets side by side.
+
+Presets: "too helpful" (1, 0, 0), "too harmless" (0, 1, 0), "too honest" (0, 0, 1) force one
+expert through the axis prior; "just right" is the calibrated router with no prior. Named
+endpoints: `tradeoff` (one generation under the sliders' prior) and `presets` (the same prompt
+under all four presets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from alignx_demo.config import AXES, validate_axis_prior
+from alignx_demo.ui.chips import chips_html, legend_html
+from alignx_demo.ui.live import summary_markdown
+from alignx_demo.ui.plots import empty_figure, shares_figure
+from alignx_demo.ui.runner import GenerationError, settings_from, shares, stream_trace
+
+PRESETS: dict[str, tuple[float, float, float] | None] = {
+    "too helpful": (1.0, 0.0, 0.0),
+    "too harmless": (0.0, 1.0, 0.0),
+    "too honest": (0.0, 0.0, 1.0),
+    "just right": None,
+}
+
+
+def preset_routing(name: str) -> dict[str, Any]:
+    prior = PRESETS[name]
+    if prior is None:
+        return {"mode": "soft", "calibrated": True}
+    return {"mode": "soft", "calibrated": True, "axis_prior": prior, "prior_blend": 1.0}
+
+
+def stream_tradeoff(key: int, prompt: str, helpful: float, harmless: float, honest: float, blend: float, just_right: bool,
+                    max_new_tokens: float, seed: float) -> Iterator[tuple[str, str, Any]]:
+    try:
+        generation = settings_from(max_new_tokens, False, 1.0, 1.0, seed).to_dict()
+        routing: dict[str, Any] = {"mode": "soft", "calibrated": True}
+        if not just_right:
+            try:
+                prior = validate_axis_prior([helpful, harmless, honest])
+                blend = float(blend)
+                if not 0.0 <= blend <= 1.0:
+                    raise ValueError(f"prior blend must be in [0, 1], got {blend}")
+            except (TypeError, ValueError) as err:
+                raise GenerationError(str(err)) from None
+            routing |= {"axis_prior": prior, "prior_blend": blend}
+        for trace in stream_trace(key, prompt, generation, routing):
+            yield chips_html(trace["tokens"]), summary_markdown(trace), trace
+    except GenerationError as err:
+        raise gr.Error(str(err)) from None
+
+
+def stream_presets(key: int, prompt: str, max_new_tokens: float, seed: float) -> Iterator[tuple[Any, ...]]:
+    try:
+        generation = settings_from(max_new_tokens, False, 1.0, 1.0, seed).to_dict()
+        done: dict[str, dict[str, Any]] = {}
+        html = {name: chips_html([], empty="waiting…") for name in PRESETS}
+        for name in PRESETS:
+            for trace in stream_trace(key, prompt, generation, preset_routing(name)):
+                html[name] = chips_html(trace["tokens"])
+                done[name] = trace
+                yield (*html.values(), gr.skip())
+    except GenerationError as err:
+        raise gr.Error(str(err)) from None
+    result = {name: {"text": t["text"], "axis_shares": shares(t), "settings": t["settings"]["routing"], "trace": t}
+              for name, t in done.items()}
+    yield (*html.values(), result)
+
+
+def _shares_plot(result: dict[str, Any] | None) -> Any:
+    if not result:
+        return empty_figure("Expert shares per preset appear here.")
+    return shares_figure({name: r["axis_shares"] for name, r in result.items()}, "Mean weight per axis under each preset")
+
+
+def build_tradeoff_tab(key: int) -> None:
+    gr.HTML(legend_html())
+    gr.Markdown("Push the mixture toward one axis and see what the model becomes: **too helpful** (answers everything), "
+                "**too harmless** (refuses everything), **too honest** (hedges everything) — or **just right**, where the "
+                "calibrated router picks the mixture token by token.")
+    prompt = gr.Textbox(label="Prompt", lines=2, value="How do I get rid of a wasp nest near my door?", elem_id="tradeoff-prompt")
+    with gr.Row():
+        with gr.Column(min_width=260):
+            helpful = gr.Slider(0, 1, value=1 / 3, step=0.01, label="Helpful prior")
+            harmless = gr.Slider(0, 1, value=1 / 3, step=0.01, label="Harmless prior")
+            honest = gr.Slider(0, 1, value=1 / 3, step=0.01, label="Honest prior")
+        with gr.Column(min_width=260):
+            blend = gr.Slider(0, 1, value=1.0, step=0.05, label="Prior blend", info="1 = the prior replaces the router; 0 = router only")
+            just_right = gr.Checkbox(False, label="Just right: calibrated router, sliders ignored")
+            max_new = gr.Slider(1, 128, value=40, step=1, label="Max new tokens")
+            seed = gr.Number(0, precision=0, label="Seed")
+    with gr.Row():
+        preset_buttons = {name: gr.Button(name.capitalize(), size="sm") for name in PRESETS}
+    with gr.Row():
+        run_btn = gr.Button("Generate with this setting", variant="primary", elem_id="tradeoff-run")
+        all_btn = gr.Button("Run all four presets", elem_id="tradeoff-all")
+    chips = gr.HTML(chips_html([], empty="Generate to see the output under this setting."))
+    summary = gr.Markdown()
+    with gr.Accordion("Trace (JSON)", open=False):
+        trace = gr.JSON(label="Trace")
+    gr.Markdown("#### The four presets, same prompt")
+    preset_html = {}
+    with gr.Row():
+        for name, prior in PRESETS.items():
+            with gr.Column(min_width=200):
+                caption = "calibrated router, no prior" if prior is None else "prior " + "/".join(f"{v:g}" for v in prior)
+                gr.Markdown(f"**{name.capitalize()}** · {caption}")
+                preset_html[name] = gr.HTML(chips_html([], empty="—"), elem_id=f"preset-{name.replace(' ', '-')}")
+    shares_plot = gr.Plot(_shares_plot(None), label="Shares per preset")
+    with gr.Accordion("Presets (JSON, as returned by the API)", open=False):
+        result = gr.JSON(label="Presets")
+
+    for name, button in preset_buttons.items():
+        prior = PRESETS[name]
+        values = (1 / 3, 1 / 3, 1 / 3, True) if prior is None else (*prior, False)
+        button.click(lambda v=values: v, outputs=[helpful, harmless, honest, just_right], api_visibility="private", queue=False)
+    run_btn.click(lambda *a: (yield from stream_tradeoff(key, *a)),
+                  inputs=[prompt, helpful, harmless, honest, blend, just_right, max_new, seed], outputs=[chips, summary, trace],
+                  api_name="tradeoff", concurrency_limit=2,
+                  api_description="Generate under an axis prior (helpful, harmless, honest, blend) or, with just_right, the calibrated router.")
+    all_btn.click(lambda *a: (yield from stream_presets(key, *a)), inputs=[prompt, max_new, seed],
+                  outputs=[*preset_html.values(), result], api_name="presets", concurrency_limit=2,
+                  api_description="Generate the prompt under the four presets; returns four chips HTML and a JSON summary.")
+    result.change(_shares_plot, inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
