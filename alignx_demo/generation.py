@@ -14,6 +14,7 @@ mean). Decoding uses the KV cache; greedy decoding gives exactly the tokens of `
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,9 @@ from alignx_demo.data.templates import encode_prompt
 from alignx_demo.modeling.mocae import MoCaEModel
 
 TRACE_SCHEMA = "alignx-trace/1"
+MAX_PROMPT_CHARS = 8000
+"""Longer prompts are cut (keeping the end, nearest the question) before tokenisation."""
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 CONVENTION = (
     "prompt tokens carry the routing computed at their own position; each generated token "
     "carries the routing of the forward pass that produced it (computed at the previous position)"
@@ -122,9 +126,25 @@ class RoutedGeneration:
     finish_reason: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError("the prompt is empty: type a question or an instruction")
+        self.prompt = self._clean(self.prompt)
         self.prompt_ids, self.max_new_tokens = self._fit_context(encode_prompt(self.tokenizer, self.prompt))
+
+    def _clean(self, prompt: object) -> str:
+        """Remove control characters and lone surrogates, cap the length; notices say what changed."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"the prompt must be text, got {type(prompt).__name__}")
+        text = prompt.encode("utf-8", "replace").decode("utf-8")
+        if text != prompt:
+            self.notices.append("invalid characters (lone surrogates) replaced by '?'")
+        cleaned = _CONTROL.sub("", text)
+        if cleaned != text:
+            self.notices.append(f"{len(text) - len(cleaned)} control character(s) removed from the prompt")
+        if len(cleaned) > MAX_PROMPT_CHARS:
+            self.notices.append(f"prompt cut to its last {MAX_PROMPT_CHARS} of {len(cleaned)} characters")
+            cleaned = cleaned[-MAX_PROMPT_CHARS:]
+        if not cleaned.strip():
+            raise ValueError("the prompt is empty: type a question or an instruction")
+        return cleaned
 
     def _fit_context(self, ids: list[int]) -> tuple[list[int], int]:
         ctx = context_length(self.mocae.model)

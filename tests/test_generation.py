@@ -155,3 +155,28 @@ def test_cli_generate_errors(checkpoint, extra, message):
     cmd = [sys.executable, "-m", "alignx_demo", "generate", "--model", str(checkpoint), "--prompt", "x", "--no-4bit", *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "prompt, notice",
+    [("hello\x00 world\x07", "control character"), ("bad \ud800 surrogate", "lone surrogates"), ("x" * 9000, "prompt cut")],
+)
+def test_odd_prompts_are_cleaned_with_a_notice(loaded, prompt, notice):
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt, GenerationSettings(max_new_tokens=2))
+    trace = run_all(run)
+    assert any(notice in n for n in trace["notices"])
+    assert "\x00" not in trace["prompt"] and len(trace["prompt"]) <= 8000
+
+
+def test_non_text_prompt_and_control_only_prompt(loaded):
+    with pytest.raises(ValueError, match="must be text"):
+        RoutedGeneration(loaded.mocae, loaded.tokenizer, 42)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        RoutedGeneration(loaded.mocae, loaded.tokenizer, "\x00\x01\x02")
+
+
+def test_emoji_and_rtl_marks_survive(loaded):
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "\u200fשלום 👋🏽 مرحبا", GenerationSettings(max_new_tokens=2))
+    trace = run_all(run)
+    prompt_text = "".join(t["text"] for t in trace["tokens"] if t["is_prompt"])
+    assert "👋🏽" in prompt_text and "\u200f" in prompt_text and not trace["notices"]
