@@ -252,6 +252,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that rebuilds these artefacts, from the parsed options."""
+    def rel(path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(path)
+
+    parts = ["python -m alignx_demo precompute", "--model", rel(args.model)]
+    for flag, value in (("--data-dir", args.data_dir), ("--eval-report", args.eval_report), ("--out", args.out),
+                        ("--projection", args.projection), ("--per-axis", args.per_axis)):
+        if value is not None:
+            parts += [flag, rel(value) if isinstance(value, Path) else str(value)]
+    if args.k != DEFAULT_K:
+        parts += ["--k", str(args.k)]
+    if args.quick:
+        parts.append("--quick")
+    return " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts))
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.eval_report is not None and not args.eval_report.exists():
         raise FileNotFoundError(f"evaluation report not found: {args.eval_report}")
@@ -259,7 +279,7 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"data directory not found: {args.data_dir}")
     summary = run_precompute(
         args.model, args.data_dir, args.out, quick=args.quick, eval_report=args.eval_report, projection=args.projection,
-        per_axis=args.per_axis, k=args.k, command="python -m alignx_demo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        per_axis=args.per_axis, k=args.k, command=_command(args),
         progress=not args.no_progress, threads=args.threads or None,
     )
     print(json.dumps(summary, indent=1))

@@ -12,7 +12,7 @@ Layout (schema version in `mocae_config.json`):
       calibration.safetensors      the calibration stack (optional)
 
 Only safetensors are read: nothing is unpickled, and remote code stays off unless the operator
-passes `trust_remote_code=True`.
+passes the trust-remote-code flag.
 """
 
 from __future__ import annotations

@@ -39,16 +39,16 @@ def figures_markdown(artefacts: Artefacts, regime: str) -> str:
         return f"No figures for {REGIME_LABELS[regime]}."
     s = data["sentences"]
     lines = [f"#### {REGIME_LABELS[regime]}", f"*{(artefacts.get('map') or {}).get('regimes', {}).get(regime, {}).get('sentence', '')}*", ""]
-    lines.append(f"**Silhouette {_fmt(row['silhouette'])}** — {s['silhouette']}")
-    lines.append(f"\n**kNN axis purity {_fmt(row['knn_purity'])}** (k = {data.get('knn_k', 10)}) — {s['knn_purity']}")
+    lines.append(f"**Silhouette {_fmt(row['silhouette'])}** — {_sentence(s['silhouette'])}")
+    lines.append(f"\n**kNN axis purity {_fmt(row['knn_purity'])}** (k = {data.get('knn_k', 10)}) — {_sentence(s['knn_purity'])}")
     forgetting = row.get("forgetting")
     if forgetting:
         parts = ", ".join(f"{AXIS_LABELS[a]} {v['forgetting']:+.3f}" for a, v in forgetting.items())
-        lines.append(f"\n**Forgetting** {parts} — {s['forgetting']}")
+        lines.append(f"\n**Forgetting** {parts} — {_sentence(s['forgetting'])}")
     else:
-        lines.append(f"\n**Forgetting** — not available ({data.get('forgetting_source') or 'no evaluation data'}). {s['forgetting']}")
+        lines.append(f"\n**Forgetting** — not available ({data.get('forgetting_source') or 'no evaluation data'}). {_sentence(s['forgetting'])}")
     acc = row.get("routing_accuracy")
-    lines.append(f"\n**Routing accuracy {_fmt(acc) if acc is not None else 'n/a (no router in this regime)'}** — {s['routing_accuracy']}")
+    lines.append(f"\n**Routing accuracy {_fmt(acc) if acc is not None else 'n/a (no router in this regime)'}** — {_sentence(s['routing_accuracy'])}")
     return "\n".join(lines)
 
 
@@ -79,6 +79,18 @@ def neighbours_markdown(placement: dict[str, Any] | None, regime: str) -> str:
     for n in spot.get("neighbours", []):
         lines.append(f"- {AXIS_LABELS[n['axis']]}: {html.escape(n['text'])} (distance {n['distance']:.3f})")
     return "\n".join(lines)
+
+
+def _per_axis(map_data: dict[str, Any] | None) -> str:
+    if not map_data:
+        return "the same for every regime"
+    counts = {a: sum(p["axis"] == a for p in map_data["prompts"]) for a in AXES}
+    return ", ".join(f"{n} {AXIS_LABELS[a].lower()}" for a, n in counts.items())
+
+
+def _sentence(text: str) -> str:
+    """The explanation without its leading 'Name (range):' label."""
+    return text.split(": ", 1)[1] if ": " in text else text
 
 
 def legend() -> str:
@@ -140,7 +152,7 @@ def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
     map_data = artefacts.get("map")
     gr.Markdown("**Axis Collapse** — when one model is trained on all three axes, their features overlap (interference) or later "
                 "training erases earlier skills (forgetting). Each map shows the same prompts — written for this demo, "
-                "40 per axis — as a regime's model sees them.")
+                f"{_per_axis(map_data)} — as a regime's model sees them.")
     gr.HTML(legend())
     if map_data is None:
         gr.HTML(notice_html(artefacts.notice("map")))

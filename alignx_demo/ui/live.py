@@ -86,6 +86,16 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
             with gr.Row():
                 run_btn = gr.Button("Generate", variant="primary", elem_id="live-generate")
                 stop_btn = gr.Button("Stop", variant="stop")
+            if not model_ready and artefacts.get("examples"):
+                gr.Markdown("No model is loaded, but you can look at precomputed example generations:")
+            example_choices = []
+            if artefacts.get("examples"):
+                example_choices = [
+                    f"{'calibrated' if t['settings']['routing']['calibrated'] else 'uncalibrated'} · {t['prompt']}"
+                    for t in artefacts.get("examples")["traces"]
+                ]
+            example_pick = gr.Dropdown(example_choices, value=None, label="…or show a precomputed example trace",
+                                       visible=bool(example_choices))
         with gr.Column(scale=1, min_width=240):
             calibrated = gr.Checkbox(True, label="Calibrated routing")
             mode = gr.Radio(["soft", "top1"], value="soft", label="Routing mode", info="soft mixes all three experts; top1 uses only the strongest")
@@ -94,16 +104,6 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
             seed = gr.Number(0, precision=0, label="Seed")
-    if not model_ready and artefacts.get("examples"):
-        gr.Markdown("No model is loaded, but you can look at precomputed example generations:")
-    example_choices = []
-    if artefacts.get("examples"):
-        example_choices = [
-            f"{'calibrated' if t['settings']['routing']['calibrated'] else 'uncalibrated'} · {t['prompt']}"
-            for t in artefacts.get("examples")["traces"]
-        ]
-    example_pick = gr.Dropdown(example_choices, value=None, label="…or show a precomputed example trace",
-                               visible=bool(example_choices))
     chips = gr.HTML(chips_html([], empty="Tokens appear here, coloured by routing, as they are generated."), elem_id="live-chips")
     summary = gr.Markdown(elem_id="live-summary")
     with gr.Row():

@@ -126,6 +126,7 @@ def screenshot(driver: Any, path: Path, width: int = 1280) -> Path:
     """Full-page PNG: resize the window to the page's height, capture, restore."""
     height = int(driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight);"))
     driver.set_window_size(width, min(max(height + 40, 800), 6000))
+    driver.execute_script("window.scrollTo(0, 0);")
     time.sleep(0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(path))

@@ -1,0 +1,139 @@
+"""`precompute`: the artefacts, the regimes behind the Axis Collapse map, and how the app reads them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from app_fixtures import REPO, quick_precomputed, quick_run
+from safetensors import safe_open
+
+from alignx_demo.analysis.artefacts import ARTEFACT_VERSION, FEATURES_FILE, FILES, load_artefacts, model_fingerprint
+from alignx_demo.analysis.map_prompts import MAP_PROMPTS
+from alignx_demo.analysis.metrics import knn_purity
+from alignx_demo.analysis.regimes import REGIMES, RegimeSet
+from alignx_demo.config import AXES
+from alignx_demo.modeling import load_mocae
+
+
+def test_map_prompts_are_our_own_and_balanced():
+    assert tuple(MAP_PROMPTS) == AXES
+    for axis, prompts in MAP_PROMPTS.items():
+        assert len(prompts) == 40, axis
+        assert len(set(prompts)) == 40 and all(p.strip() for p in prompts)
+    all_prompts = [p for ps in MAP_PROMPTS.values() for p in ps]
+    assert len(set(all_prompts)) == len(all_prompts)
+
+
+def test_artefacts_are_versioned_and_complete():
+    folder = quick_precomputed()
+    run, _ = quick_run()
+    for key, name in FILES.items():
+        data = json.loads((folder / name).read_text())
+        assert data["version"] == ARTEFACT_VERSION, name
+        assert data["command"].startswith("python -m alignx_demo precompute") and "--quick" in data["command"]
+        assert data["created"] and data["model"].startswith("run (")
+        assert data["model_fingerprint"] == model_fingerprint(run)
+    map_data = json.loads((folder / FILES["map"]).read_text())
+    assert map_data["projection"] == "pca" and "PCA" in map_data["projection_note"]
+    assert set(map_data["regimes"]) == set(REGIMES)
+    n = len(map_data["prompts"])
+    assert n == 3 * 12 and {p["axis"] for p in map_data["prompts"]} == set(AXES)
+    for regime, info in map_data["regimes"].items():
+        assert len(info["coords"]) == n and all(len(c) == 2 for c in info["coords"])
+    mocae = map_data["regimes"]["mocae"]
+    assert len(mocae["misrouted"]) == n and set(mocae["routed_axis"]) <= set(AXES)
+    with safe_open(str(folder / FEATURES_FILE), "pt") as handle:
+        assert handle.metadata()["version"] == str(ARTEFACT_VERSION)
+        for regime in REGIMES:
+            assert handle.get_tensor(regime).dtype == torch.float16 and handle.get_tensor(regime).shape[0] == n
+    collapse = json.loads((folder / FILES["collapse"]).read_text())
+    for regime in REGIMES:
+        row = collapse["regimes"][regime]
+        assert -1 <= row["silhouette"] <= 1 and 0 <= row["knn_purity"] <= 1
+        assert set(row["forgetting"]) == set(AXES)
+    assert collapse["regimes"]["stage1_experts"]["forgetting"]["helpful"]["forgetting"] == 0
+    assert 0 <= collapse["regimes"]["mocae"]["routing_accuracy"] <= 1
+    reliability = json.loads((folder / FILES["reliability"]).read_text())
+    eval_split = reliability["splits"]["eval"]
+    assert set(eval_split) == {"uncalibrated", "calibrated"}
+    assert sum(b["count"] for b in eval_split["calibrated"]["bins"]) == eval_split["calibrated"]["prompt_metrics"]["n"]
+    examples = json.loads((folder / FILES["examples"]).read_text())
+    assert examples["traces"] and {t["settings"]["routing"]["calibrated"] for t in examples["traces"]} == {True, False}
+
+
+def test_baseline_regime_equals_the_peft_adapter_and_is_restored():
+    from peft import PeftModel
+    from torch.nn import functional as F
+    from transformers import AutoModelForCausalLM
+
+    from alignx_demo.data.templates import encode_prompt
+
+    run, _ = quick_run()
+    loaded = load_mocae(run, load_in_4bit=False)
+    regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, run)
+    assert regimes.available == list(REGIMES)
+    before = {n: (m.lora_A.clone(), m.lora_B.clone()) for n, m in loaded.mocae.expert_modules.items()}
+    prompt = "How do I bake bread?"
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+    for regime in ("joint_sft", "sequential_sft"):
+        ours, _ = regimes.pooled(regime, [prompt], [None])
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base"), str(run / "baselines" / regime)).eval()
+        with torch.no_grad():
+            hidden = peft(input_ids=ids, output_hidden_states=True).hidden_states
+        last_input = hidden[loaded.mocae.n_layers - 1][0]  # input of the last decoder layer
+        expected = F.rms_norm(last_input, (last_input.shape[-1],), eps=1e-6).mean(0)
+        assert torch.allclose(ours[0], expected, atol=1e-4), regime
+    for name, module in loaded.mocae.expert_modules.items():
+        assert torch.equal(module.lora_A, before[name][0]) and torch.equal(module.lora_B, before[name][1])
+
+
+def test_checkpoint_without_baselines_reports_those_regimes_missing(checkpoint, tokenizer):
+    loaded = load_mocae(checkpoint, load_in_4bit=False)
+    regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, checkpoint)
+    assert set(regimes.missing) == {"joint_sft", "sequential_sft"}
+    assert "train baselines" in regimes.missing["joint_sft"]
+    features, weights = regimes.pooled("base", ["hello", "bread"], [None, None])
+    assert features.shape[0] == 2 and torch.allclose(weights.sum(-1), torch.ones(2))
+
+
+def test_knn_purity_of_separated_clusters():
+    x = torch.cat([torch.randn(10, 4) * 0.01 + c for c in (0.0, 5.0, 10.0)])
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
+    assert knn_purity(x, labels, k=5) == 1.0
+
+
+def test_missing_stale_and_corrupt_artefacts_become_notices(tmp_path):
+    empty = load_artefacts(tmp_path / "nothing")
+    assert all(empty.get(k) is None for k in FILES)
+    assert "missing" in empty.notice("map") and "precompute" in empty.notice("map")
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    (folder / FILES["map"]).write_text(json.dumps({"version": ARTEFACT_VERSION + 1}))
+    (folder / FILES["collapse"]).write_text("{not json")
+    found = load_artefacts(folder)
+    assert "stale" in found.notice("map") and "unreadable" in found.notice("collapse")
+
+
+def test_precompute_errors_are_clear(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "alignx_demo.precompute", "precompute", "--model", str(tmp_path), "--eval-report", str(tmp_path / "none.json")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "evaluation report not found" in out.stderr
+
+
+def test_the_app_never_imports_umap():
+    code = "import sys, alignx_demo.ui.app, alignx_demo.analysis.placement; assert 'umap' not in sys.modules, 'umap imported'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", ["pca"])
+def test_projection_shape(method):
+    from alignx_demo.analysis.projection import project_2d
+
+    assert project_2d(torch.randn(20, 8), method).shape == (20, 2)
