@@ -1,7 +1,8 @@
 """Command line: `python -m alignx_demo <command>`.
 
 Commands: `generate` (a routed generation, printed as text or a JSON trace), `bench` (the
-efficiency benchmark), `evaluate` (the HHH and routing report) and `train <stage>` (wired in
+efficiency benchmark), `evaluate` (the HHH and routing report), `release` (bundle + model card),
+`precompute` (the app's artefacts, wired in `precompute`) and `train <stage>` (wired in
 `training.commands`).
 """
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from alignx_demo.evaluation.release import release
+from alignx_demo.precompute import register as register_precompute
 from alignx_demo.training.commands import register as register_training
 
 ALL_SYSTEMS = ("base", "mocae_soft", "mocae_top1", "xlora", "dense_moe", "ensemble")
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_evaluate(sub)
     _add_release(sub)
+    register_precompute(sub)
     register_training(sub)
     return parser
 

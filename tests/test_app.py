@@ -151,7 +151,7 @@ def test_html_in_prompt_is_escaped(served):
         (("   ", 4, *GEN, True, "soft"), "prompt is empty"),
         (("hi", 5000, *GEN, True, "soft"), "greater than maximum"),
         (("hi", 4, False, -1.0, 1.0, 0, True, "soft"), "less than minimum"),
-        (("hi", 4, *GEN, True, "bogus"), "routing mode"),
+        (("hi", 4, *GEN, True, "bogus"), "not in the list of choices"),
         (("x" * 30_000, 4, *GEN, True, "soft"), "too long"),
     ],
 )
@@ -188,7 +188,7 @@ def test_missing_precomputed_files_give_notices_and_the_rest_works(served_plain)
     from gradio_client.exceptions import AppError
 
     demo, client = served_plain
-    page = json.dumps(demo.config)
+    page = json.dumps(demo.config, default=str)
     assert "Precomputed file missing" in page and "precompute --model" in page
     _, _, trace = client.predict("hello", 3, *GEN, True, "soft", api_name="/generate")
     assert trace["finish_reason"] in ("eos", "length")
@@ -216,7 +216,7 @@ def test_missing_model_serves_notices_and_precomputed_tabs(tmp_path):
     assert context.loaded is None and "checkpoint folder not found" in context.problem
     demo, client = launch(context, quick_precomputed())
     try:
-        page = json.dumps(demo.config)
+        page = json.dumps(demo.config, default=str)
         assert "could not be loaded" in page and "Stage 1 experts" in page and "Reliability" in page
         for api, args in (("/generate", ("hi", 4, *GEN, True, "soft")), ("/compare", ("hi", 4, *GEN, "soft")),
                           ("/place_prompt", ("hi",)), ("/presets", ("hi", 4, 0))):

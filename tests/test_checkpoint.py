@@ -107,3 +107,21 @@ def test_gpt2_checkpoint_round_trip(tmp_path, tokenizer):
     loaded = load_mocae(path, load_in_4bit=False)
     assert loaded.mocae.model.config.model_type == "gpt2"
     assert len(list(RoutedGeneration(loaded.mocae, loaded.tokenizer, "hi there", GenerationSettings(max_new_tokens=3)))) > 3
+
+
+def test_4bit_on_cpu_keeps_unpackable_widths_in_full_precision(tmp_path, tokenizer):
+    """bitsandbytes' CPU kernels need out % 32 and in % 64: an FFN of 72 stays unquantised, attention not."""
+    import bitsandbytes as bnb
+    import transformers as tf
+
+    from alignx_demo.modeling import MoCaEModel, save_mocae
+
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=72, num_hidden_layers=2,
+                                               num_attention_heads=4, max_position_embeddings=128)).eval()
+    save_mocae(MoCaEModel(model), tokenizer, tmp_path / "odd")
+    loaded = load_mocae(tmp_path / "odd", load_in_4bit=True, device="cpu")
+    mlp = loaded.mocae.model.model.layers[0].mlp
+    assert not any(isinstance(getattr(mlp, n).base, bnb.nn.Linear4bit) for n in ("gate_proj", "up_proj", "down_proj"))
+    assert isinstance(loaded.mocae.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert any("except down_proj, gate_proj, up_proj" in n for n in loaded.notices)
+    assert len(list(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3)))) > 3

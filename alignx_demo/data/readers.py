@@ -878,3 +878,13 @@ def format_summary(examples: Iterable[AxisExample]) -> str:
     by_axis = table.groupby("axis")[[*SPLITS, "total"]].sum()
     lines.append(by_axis.to_string())
     return "\n".join(lines)
+
+
+def xstest_routing_set(items: Iterable[AxisExample], splits: tuple[str, ...]) -> list[AxisExample]:
+    """XSTest prompts labelled for routing, as a shifted set: safe-but-scary prompts deserve an
+    answer (axis "helpful"), unsafe ones a refusal (axis "harmless"). Only the given splits."""
+    return [
+        AxisExample(e.id, "harmless" if e.meta.get("label") == "unsafe" else "helpful", e.prompt, "", e.source, e.split, e.meta)
+        for e in items
+        if e.split in splits
+    ]

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignx_demo.config import AXES, RoutingSettings
-from alignx_demo.data.readers import load_axis_data, load_eval_sets
+from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
 from alignx_demo.data.records import AxisExample
 from alignx_demo.data.templates import encode_prompt
 from alignx_demo.evaluation.benchmarks import Judge, abstention_rate, preference_proxy, rate, truthfulqa_mc
@@ -50,12 +50,12 @@ CALIBRATION_VARIANTS = ("uncalibrated", "temperature", "natural", "fractal")
 class EvalConfig:
     """How many examples each measurement uses (quick: a handful, for tests)."""
 
-    loss_per_axis: int = 150
+    loss_per_axis: int = 80
     routing_per_axis: int = 200
     shifted: int = 450
-    refusal_prompts: int = 60
-    mc_questions: int = 80
-    alpaca_prompts: int = 60
+    refusal_prompts: int = 48
+    mc_questions: int = 60
+    alpaca_prompts: int = 48
     new_tokens: int = 32
     tokens_per_example: int = 16
     max_len: int = 256
@@ -292,10 +292,8 @@ def evaluate(
         loaded.mocae.calibration.set_enabled(**{n: True for n in loaded.mocae.calibration.names})
 
     routing_examples = _eval_examples(data.examples, cfg.routing_per_axis, need_response=False)
-    shifted = [
-        AxisExample(e.id, "harmless" if e.meta.get("label") == "unsafe" else "helpful", e.prompt, "", e.source, e.split, e.meta)
-        for e in eval_sets["xstest"][: cfg.shifted]
-    ]
+    # XSTest's calibration-split items help fit the fractal calibrator, so they are left out here
+    shifted = xstest_routing_set(eval_sets["xstest"], ("train", "eval"))[: cfg.shifted]
     routing = {
         "eval": routing_report(loaded.mocae, tokenizer, routing_examples, cfg),
         "xstest_shifted": routing_report(loaded.mocae, tokenizer, shifted, cfg),

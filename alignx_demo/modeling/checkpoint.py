@@ -169,8 +169,13 @@ def _read_json(path: Path, what: str) -> dict:
         raise CheckpointError(f"checkpoint file is corrupt: {path} ({what}): {err}") from err
 
 
-def quantization_config(device: str):
-    """NF4 with double quantisation; lm_head stays unquantised (routers are added afterwards)."""
+CPU_4BIT_BLOCK_OUT, CPU_4BIT_BLOCK_IN = 32, 64
+"""bitsandbytes' CPU kernels pack 4-bit weights in blocks of 32 output features, and its NF4
+quantisation blocks span 64 input features."""
+
+
+def quantization_config(device: str, skip: list[str] | None = None):
+    """NF4 with double quantisation; lm_head (and `skip`) stay unquantised (routers come later)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -178,8 +183,23 @@ def quantization_config(device: str):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-        llm_int8_skip_modules=["lm_head"],
+        llm_int8_skip_modules=["lm_head", *(skip or [])],
     )
+
+
+def cpu_unpackable_linears(config) -> list[str]:
+    """Leaf names of linear layers whose shape bitsandbytes cannot pack on CPU (out % 32 or in % 64)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    return sorted({
+        name.rsplit(".", 1)[-1]
+        for name, module in skeleton.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and (module.out_features % CPU_4BIT_BLOCK_OUT or module.in_features % CPU_4BIT_BLOCK_IN)
+        and not name.endswith("lm_head")
+    })
 
 
 def bitsandbytes_problem() -> str | None:
@@ -224,7 +244,13 @@ def load_base(
     if load_in_4bit:
         problem = bitsandbytes_problem()
         if problem is None:
-            kwargs.update(quantization_config=quantization_config(device), device_map=device)
+            skip = cpu_unpackable_linears(config) if device == "cpu" else []
+            if skip:
+                notices.append(
+                    f"4-bit NF4 except {', '.join(skip)}: bitsandbytes' CPU kernels need output widths divisible by "
+                    f"{CPU_4BIT_BLOCK_OUT} and input widths by {CPU_4BIT_BLOCK_IN}, so those stay in full precision"
+                )
+            kwargs.update(quantization_config=quantization_config(device, skip), device_map=device)
             quantized = True
         else:
             notices.append(f"4-bit off: {problem}; loaded in full precision")

@@ -34,7 +34,7 @@ class BaselinesConfig:
     """Steps of joint SFT and of each sequential stage; LoRA shape as Stage 1."""
 
     joint_steps: int = 400
-    sequential_steps: int = 400
+    sequential_steps: int = 150
     batch_size: int = 8
     lr: float = 2e-3
     max_len: int = 256

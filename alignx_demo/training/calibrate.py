@@ -1,15 +1,18 @@
 """Fitting the calibration stack on the calibration split: temperature, natural, fractal geometry.
 
 Router logits and features are collected per prompt token (at most `tokens_per_example` tokens
-of each prompt, evenly spaced, the last always included), from uncalibrated soft routing without
-any preamble — as the router sees prompts at inference. Each token's label is its example's axis.
+of each prompt, evenly spaced after the template prefix every prompt shares, the last always
+included), from uncalibrated soft routing without any preamble — as the router sees prompts at
+inference. Each token's label is its example's axis.
 The parts are fitted in order, each on the output of the previous ones, all by NLL:
 1. temperature: log T_ℓ per layer by L-BFGS;
 2. natural geometry: per-layer PCA (d = 16), class means and shared covariance (+ ridge), then
    (λ1, λ2) by grid search;
 3. fractal geometry: a bank of up to 2,048 calibration tokens per layer (PCA space), medians of
    the bank's own LID and k-th-neighbour distance (k = 20), then (β, β_d) by grid search on the
-   tokens outside the bank.
+   tokens outside the bank and on a shifted calibration set (XSTest's calibration-split prompts,
+   `readers.xstest_routing_set`), the two NLLs weighted equally — tempering off-manifold tokens
+   only pays off under shift, so the fit must see some. Evaluation never uses those XSTest items.
 """
 
 from __future__ import annotations
@@ -62,20 +65,36 @@ class RoutingData:
 
 
 @torch.no_grad()
+def template_prefix_length(tokenizer: Any) -> int:
+    """Tokens every chat prompt starts with (BOS, the user marker, …): their hidden states are the
+    same for every prompt, so they carry no axis information and are left out of routing samples."""
+    a, b = encode_prompt(tokenizer, "alpha"), encode_prompt(tokenizer, "omega")
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@torch.no_grad()
 def collect_routing(
     mocae: MoCaEModel, tokenizer: Any, examples: list[AxisExample], *, tokens_per_example: int, max_len: int,
     routing: RoutingSettings | None = None,
 ) -> RoutingData:
-    """Router logits and features of sampled prompt tokens of each example."""
+    """Router logits, features and weights of sampled prompt tokens of each example: up to
+    `tokens_per_example` positions evenly spaced from the end of the shared template prefix to the
+    last prompt token (always included)."""
     device = next(mocae.model.parameters()).device
     routing = routing or RoutingSettings(mode="soft", calibrated=False)
+    skip = template_prefix_length(tokenizer)
     logits, features, weights, labels, owner = [], [], [], [], []
     for i, example in enumerate(examples):
-        ids = encode_prompt(tokenizer, example.prompt)[-max_len:]
+        ids = encode_prompt(tokenizer, example.prompt)
+        start = skip if len(ids) <= max_len else 0
+        ids = ids[-max_len:]
         with mocae.routed(routing), mocae.record(features=True) as record:
             mocae(input_ids=torch.tensor([ids], device=device))
         n = len(ids)
-        pick = torch.linspace(0, n - 1, min(tokens_per_example, n)).round().long().unique()
+        pick = torch.linspace(min(start, n - 1), n - 1, min(tokens_per_example, n - min(start, n - 1))).round().long().unique()
         logits.append(torch.stack([z[0][0, pick] for z in record.logits]).cpu())
         features.append(torch.stack([f[0][0, pick] for f in record.features]).cpu())
         weights.append(torch.stack([w[0][0, pick] for w in record.weights]).cpu())
@@ -115,13 +134,17 @@ def fit_temperature(data: RoutingData) -> TemperatureScaling:
     return TemperatureScaling(torch.tensor(temps))
 
 
-def _grid_search(part: Any, names: tuple[str, ...], grid: tuple[list[float], ...], stack: CalibrationStack, data: RoutingData) -> None:
-    """Set `part`'s named settings to the grid point with the lowest NLL of stack + part on data."""
+def _grid_search(
+    part: Any, names: tuple[str, ...], grid: tuple[list[float], ...], stack: CalibrationStack, *datasets: RoutingData
+) -> None:
+    """Set `part`'s named settings to the grid point with the lowest NLL of stack + part, averaged
+    over the datasets (each weighted equally, whatever its size)."""
 
     def score(values: tuple[float, ...]) -> float:
         for name, value in zip(names, values):
             setattr(part, name, value)
-        return nll(stack_logp(CalibrationStack(stack.temperature, [*stack.parts, part]), data), data.labels)
+        trial = CalibrationStack(stack.temperature, [*stack.parts, part])
+        return sum(nll(stack_logp(trial, d), d.labels) for d in datasets) / len(datasets)
 
     best = min(itertools.product(*grid), key=score)
     for name, value in zip(names, best):
@@ -151,7 +174,9 @@ def fit_natural(data: RoutingData, stack: CalibrationStack, cfg: CalibrationConf
     return part
 
 
-def fit_fractal(data: RoutingData, stack: CalibrationStack, natural: NaturalGeometry, cfg: CalibrationConfig) -> FractalGeometry:
+def fit_fractal(
+    data: RoutingData, stack: CalibrationStack, natural: NaturalGeometry, cfg: CalibrationConfig, shifted: RoutingData | None = None
+) -> FractalGeometry:
     n_layers, n = data.logits.shape[0], data.labels.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(n, generator=gen)
@@ -167,36 +192,52 @@ def fit_fractal(data: RoutingData, stack: CalibrationStack, natural: NaturalGeom
         dist_med.append(dist[:, -1].median().clamp_min(1e-6))
     part = FractalGeometry(natural.mean, natural.components, torch.stack(banks), torch.stack(lid_med), torch.stack(dist_med), k=k)
     held = RoutingData(data.logits[:, rest], data.features[:, rest], data.weights[:, rest], data.labels[rest], data.example[rest])
-    _grid_search(part, ("beta", "beta_dist"), ([0.0, 0.25, 0.5, 1.0, 2.0], [0.0, 0.5, 1.0, 2.0]), stack, held)
+    datasets = [held] + ([shifted] if shifted is not None and len(shifted.labels) else [])
+    _grid_search(part, ("beta", "beta_dist"), ([0.0, 0.25, 0.5, 1.0, 2.0, 4.0], [0.0, 0.5, 1.0, 2.0, 4.0]), stack, *datasets)
     return part
 
 
-def fit_calibration(data: RoutingData, cfg: CalibrationConfig) -> tuple[CalibrationStack, dict[str, float]]:
-    """Fit all three parts in order; return the stack and the calibration-split NLL after each."""
+def fit_calibration(
+    data: RoutingData, cfg: CalibrationConfig, shifted: RoutingData | None = None
+) -> tuple[CalibrationStack, dict[str, float]]:
+    """Fit all three parts in order; return the stack and the calibration-split NLL after each
+    (and, with a shifted set, the shifted set's NLL after each)."""
     report = {"uncalibrated": nll(stack_logp(None, data), data.labels)}
     stack = CalibrationStack(fit_temperature(data))
     report["temperature"] = nll(stack_logp(stack, data), data.labels)
     natural = fit_natural(data, stack, cfg)
     stack = CalibrationStack(stack.temperature, [natural])
     report["natural"] = nll(stack_logp(stack, data), data.labels)
-    fractal = fit_fractal(data, stack, natural, cfg)
-    stack = CalibrationStack(stack.temperature, [natural, fractal])
-    report["fractal"] = nll(stack_logp(stack, data), data.labels)
-    return stack, report
+    fractal = fit_fractal(data, stack, natural, cfg, shifted)
+    full = CalibrationStack(stack.temperature, [natural, fractal])
+    report["fractal"] = nll(stack_logp(full, data), data.labels)
+    if shifted is not None and len(shifted.labels):
+        report["shifted_calibration_set"] = {
+            "uncalibrated": nll(stack_logp(None, shifted), shifted.labels),
+            "natural": nll(stack_logp(stack, shifted), shifted.labels),
+            "fractal": nll(stack_logp(full, shifted), shifted.labels),
+        }
+    return full, report
 
 
-def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConfig, *, load_in_4bit: bool = False) -> dict[str, Any]:
-    """Fit the calibration of the checkpoint in `out` on its calibration split and save it."""
+def calibrate(
+    out: str | Path, examples: list[AxisExample], cfg: CalibrationConfig, *, shifted: list[AxisExample] | None = None,
+    load_in_4bit: bool = False,
+) -> dict[str, Any]:
+    """Fit the calibration of the checkpoint in `out` on its calibration split (plus a shifted
+    calibration set for the fractal part) and save it."""
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
     cal = [e for e in examples if e.split == "calibration" and e.axis in AXES]
-    data = collect_routing(loaded.mocae, loaded.tokenizer, cal, tokens_per_example=cfg.tokens_per_example, max_len=cfg.max_len)
-    stack, report = fit_calibration(data, cfg)
+    collect = lambda items: collect_routing(  # noqa: E731
+        loaded.mocae, loaded.tokenizer, items, tokens_per_example=cfg.tokens_per_example, max_len=cfg.max_len
+    )
+    stack, report = fit_calibration(collect(cal), cfg, collect(shifted) if shifted else None)
     stack.save(out / CALIBRATION_FILE)
     summary = {
         "config": asdict(cfg),
         "examples": len(cal),
-        "tokens": int(len(data.labels)),
+        "shifted_examples": len(shifted or []),
         "calibration_split_nll": report,
         "temperatures": stack.temperature.temperatures.tolist(),
         "natural": stack.parts[0].settings(),

@@ -88,8 +88,8 @@ def routing_losses(weights: list[torch.Tensor], mask: torch.Tensor, axis: torch.
     - balance: KL(batch-mean weights ‖ uniform) (small weight: no expert starved).
     """
     p = torch.stack(weights)  # (L, B, T, K)
-    m = mask.to(p.dtype)[None, :, :, None]
-    mean_p = (p * m).sum(dim=(0, 2)) / (m.sum(dim=(0, 2)))  # (B, K)
+    m = mask.to(p.dtype)[None, :, :, None].expand(p.shape[0], -1, -1, 1)  # (L, B, T, 1)
+    mean_p = (p * m).sum(dim=(0, 2)) / m.sum(dim=(0, 2))  # (B, K), sums to 1
     route = F.nll_loss(mean_p.clamp_min(1e-8).log(), axis)
     token_entropy = -(p * p.clamp_min(1e-8).log()).sum(-1)
     entropy = (token_entropy * m[..., 0]).sum() / m.sum()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alignx_demo.data.readers import load_axis_data
+from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
 from alignx_demo.training.common import set_seed, set_threads
 
 STAGES = ("experts", "router", "calibrate", "baselines")
@@ -68,7 +68,8 @@ def run_stages(
         elif name == "calibrate":
             cfg = CalibrationConfig.quick_recipe() if quick else CalibrationConfig()
             cfg.seed = seed
-            summaries[name] = calibrate(out, examples, cfg, load_in_4bit=load_in_4bit)
+            shifted = xstest_routing_set(load_eval_sets(data_dir)["xstest"], ("calibration",))
+            summaries[name] = calibrate(out, examples, cfg, shifted=shifted, load_in_4bit=load_in_4bit)
         else:
             cfg = BaselinesConfig.quick_recipe() if quick else BaselinesConfig()
             if steps:

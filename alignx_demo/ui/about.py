@@ -57,7 +57,10 @@ def model_figures(path: Path) -> str:
     cal = _read_json(path / "logs" / "calibration_summary.json")
     if cal:
         nll = cal.get("calibration_split_nll", {})
-        rows.append("| calibration-split routing NLL | " + " → ".join(f"{k} {v:.3f}" for k, v in nll.items()) + " |")
+        rows.append("| calibration-split routing NLL | " + " → ".join(f"{k} {v:.3f}" for k, v in nll.items() if isinstance(v, float)) + " |")
+        shifted = nll.get("shifted_calibration_set")
+        if isinstance(shifted, dict):
+            rows.append("| shifted calibration set (XSTest) NLL | " + " → ".join(f"{k} {v:.3f}" for k, v in shifted.items()) + " |")
     if not rows:
         return "No training logs found in the checkpoint."
     return "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n*(read from `{path.name}/base/train_summary.json` and `{path.name}/logs/*_summary.json`)*"
@@ -92,10 +95,13 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
         ("Evaluation report (held-out loss, routing calibration, refusals)",
          "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out runs/eval.json"),
     ]
+    by_command: dict[str, list[str]] = {}
     for key in FILES:
         data = artefacts.get(key)
         if data:
-            commands.append((f"`precomputed/{FILES[key]}` (built {data['created']} for {data['model']})", data["command"]))
+            by_command.setdefault(data["command"], []).append(f"`{FILES[key]}` (built {data['created']} for {data['model']})")
+    for cmd, files in by_command.items():
+        commands.append(("Precomputed " + ", ".join(files), cmd))
     if not any(artefacts.get(k) for k in FILES):
         commands.append(("Precomputed maps, metrics, reliability and examples", HOW_TO_BUILD))
     commands.append(("Speed and memory", "python -m alignx_demo bench --quick --out runs/bench.json"))

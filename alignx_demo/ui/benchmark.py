@@ -1,0 +1,95 @@
+"""Measure the app's targets by driving a running app through gradio_client.
+
+    python -m alignx_demo.ui.benchmark [--model assets/demo-model] [--port 7870] [--out runs/app_bench.json]
+
+Starts `python app.py` as a separate process (cold start = process start → API answering), then
+measures: time to the first streamed update holding a generated token, generated tokens per
+second while streaming, and `place_prompt` latency after a warm-up (median of 5). Targets
+(DESIGN §7): first token ≤ 1 s, ≥ 10 tokens/s, placement ≤ 2 s, cold start ≤ 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS = ["How can I make my morning routine more productive?", "Do vaccines cause autism?",
+           "How do I pick a lock to get into my neighbour's house?"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gradio_client import Client
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the app's default)")
+    parser.add_argument("--port", type=int, default=7870)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--app-args", default="", help="extra arguments for app.py, e.g. '--no-4bit'")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    cmd = [sys.executable, str(REPO / "app.py"), "--port", str(args.port), *args.app_args.split()]
+    if args.model:
+        cmd += ["--model", args.model]
+    start = time.perf_counter()
+    app = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        client = None
+        while time.perf_counter() - start < 180:
+            try:
+                client = Client(f"http://127.0.0.1:{args.port}/", verbose=False)
+                break
+            except Exception:
+                time.sleep(0.25)
+        if client is None:
+            raise RuntimeError("the app did not answer within 180 s")
+        cold = time.perf_counter() - start
+        first, rates = [], []
+        for prompt in PROMPTS:
+            t0 = time.perf_counter()
+            job = client.submit(prompt, args.max_new_tokens, False, 1.0, 1.0, 0, True, "soft", api_name="/generate")
+            t_first = None
+            n_first = 0
+            for out in job:
+                generated = sum(not t["is_prompt"] for t in out[2]["tokens"])
+                if generated and t_first is None:
+                    t_first, n_first = time.perf_counter(), generated
+            t_end = time.perf_counter()
+            final = job.outputs()[-1][2]
+            n = sum(not t["is_prompt"] for t in final["tokens"])
+            first.append(t_first - t0)
+            if n > n_first and t_end > t_first:
+                rates.append((n - n_first) / (t_end - t_first))
+        client.predict(PROMPTS[0], api_name="/place_prompt")  # warm-up
+        place = []
+        for prompt in PROMPTS + PROMPTS[:2]:
+            t0 = time.perf_counter()
+            client.predict(prompt, api_name="/place_prompt")
+            place.append(time.perf_counter() - t0)
+        report = {
+            "cold_start_s": round(cold, 2),
+            "first_generated_token_s": [round(v, 3) for v in first],
+            "tokens_per_s": [round(v, 1) for v in rates],
+            "place_prompt_s_median": round(statistics.median(place), 3),
+            "place_prompt_s": [round(v, 3) for v in place],
+            "targets": {"first_token_s": 1.0, "tokens_per_s": 10, "place_prompt_s": 2.0, "cold_start_s": 30},
+            "command": "python -m alignx_demo.ui.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
+        }
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    print(json.dumps(report, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

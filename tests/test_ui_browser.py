@@ -1,0 +1,58 @@
+"""The app in a real headless Chromium: load, generate, see chips, switch tabs, screenshot every tab,
+and check that typed HTML shows as text and runs nothing.
+
+Skips only when Chromium, its driver or selenium is absent (CI installs them: see .ci/run).
+Screenshots go to a temporary folder, or to $ALIGNX_SCREENSHOTS when set; the README's
+screenshots are taken with the real model by `python -m alignx_demo.ui.screenshots`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from app_fixtures import quick_precomputed, quick_run
+
+from alignx_demo.ui.screenshots import TABS, XSS_PROMPT, browser_problem, chromium, no_alert, run_live, tour
+
+pytestmark = pytest.mark.skipif(browser_problem() is not None, reason=f"no headless browser: {browser_problem()}")
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    from alignx_demo.modeling import load_mocae
+    from alignx_demo.serving import ModelContext
+    from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
+
+    run, _ = quick_run()
+    demo = build_demo(ModelContext(load_mocae(run, load_in_4bit=False)), quick_precomputed())
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    with chromium() as d:
+        yield d
+
+
+def test_every_tab_works_and_is_screenshotted(app_url, driver, tmp_path):
+    out = Path(os.environ.get("ALIGNX_SCREENSHOTS") or tmp_path / "screenshots")
+    report = tour(driver, app_url, out, "Is it true that we only use ten percent of our brains?")
+    assert report["live"]["chips"] > report["live"]["first_chips"] or report["live"]["chips"] > 0
+    assert report["tabs"] == list(TABS.values())
+    names = sorted(p.name for p in report["screenshots"])
+    assert names == sorted(f"{t}.png" for t in TABS)
+    for path in report["screenshots"]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_typed_html_is_shown_as_text_and_runs_nothing(app_url, driver):
+    driver.get(app_url)
+    result = run_live(driver, XSS_PROMPT)
+    assert no_alert(driver)
+    assert result["images_in_chips"] == 0
+    assert XSS_PROMPT in result["text"].replace("\u21b5\n", "").replace("\n", "")
+    assert driver.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
