@@ -13,6 +13,7 @@ from alignx_demo.ui.about import build_about_tab
 from alignx_demo.ui.collapse import build_collapse_tab
 from alignx_demo.ui.compare import build_compare_tab
 from alignx_demo.ui.live import build_live_tab
+from alignx_demo.ui.results import build_results_tab
 from alignx_demo.ui.runner import serve
 from alignx_demo.ui.theme import CSS
 from alignx_demo.ui.tradeoff import build_tradeoff_tab
@@ -23,7 +24,7 @@ HEADER = (
     "calibrated router: watch which expert shapes each word, switch calibration off, and see how training regimes "
     "collapse the three axes."
 )
-TAB_IDS = ("live", "compare", "collapse", "tradeoff", "about")
+TAB_IDS = ("live", "compare", "collapse", "tradeoff", "benchmarks", "about")
 
 
 def status_html(context: ModelContext) -> str:
@@ -49,6 +50,8 @@ def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None
                 build_collapse_tab(key, artefacts)
             with gr.Tab("Trade-off", id="tradeoff", elem_id="tab-tradeoff"):
                 build_tradeoff_tab(key)
+            with gr.Tab("Benchmarks", id="benchmarks", elem_id="tab-benchmarks"):
+                build_results_tab(artefacts.folder)
             with gr.Tab("About", id="about", elem_id="tab-about"):
                 build_about_tab(context, artefacts)
     demo.queue(default_concurrency_limit=2, max_size=32)

@@ -25,7 +25,7 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--disable-dev-shm-usage", "--hide-scrollbars")
 XSS_PROMPT = "<img src=x onerror=alert(1)>"
 TABS = {"live": "Live routing", "compare": "Calibrated vs uncalibrated", "collapse": "Axis Collapse",
-        "tradeoff": "Trade-off", "about": "About"}
+        "tradeoff": "Trade-off", "benchmarks": "Benchmarks", "about": "About"}
 
 
 def browser_problem() -> str | None:
@@ -179,6 +179,11 @@ def tour(driver: Any, url: str, out: Path | None, prompt: str, timeout: float = 
     time.sleep(1.5)
     if out:
         report["screenshots"].append(screenshot(driver, out / "tradeoff.png"))
+
+    open_tab(driver, "benchmarks")
+    time.sleep(1.0)
+    if out:
+        report["screenshots"].append(screenshot(driver, out / "benchmarks.png"))
 
     open_tab(driver, "about")
     if out:
