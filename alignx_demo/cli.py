@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from alignx_demo.evaluation.release import release
+from alignx_demo.loadtest import register as register_loadtest
 from alignx_demo.precompute import register as register_precompute
 from alignx_demo.training.commands import register as register_training
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_release(sub)
     register_precompute(sub)
+    register_loadtest(sub)
     register_training(sub)
     return parser
 
