@@ -91,6 +91,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
     p.add_argument("--llama7b", action="store_true", help="Llama-7B layer shapes (hidden 4096, FFN 11008, 2 layers)")
+    p.add_argument("--shape-of", type=Path, default=None, metavar="DIR",
+                   help="the layer shapes of this MoCaE checkpoint's base, e.g. assets/demo-model")
     p.add_argument("--hidden-size", type=int, default=1024)
     p.add_argument("--intermediate-size", type=int, default=2816)
     p.add_argument("--layers", type=int, default=4)
@@ -107,7 +109,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     unknown = sorted(set(systems) - set(ALL_SYSTEMS))
     if unknown:
         raise ValueError(f"unknown system(s) {unknown}; systems: {', '.join(ALL_SYSTEMS)}")
-    shape = LLAMA_7B_SHAPE if args.llama7b else BenchShape(args.hidden_size, args.intermediate_size, args.layers)
+    if args.shape_of is not None:
+        shape = BenchShape.of_checkpoint(args.shape_of)
+    else:
+        shape = LLAMA_7B_SHAPE if args.llama7b else BenchShape(args.hidden_size, args.intermediate_size, args.layers)
     repeats, new_tokens, batches = (3, 16, (1,)) if args.quick else (5, 32, (1, 8))
     report = run_bench(shape, systems=systems, rank=args.rank, repeats=args.repeats or repeats, new_tokens=new_tokens,
                        batches=batches, device=args.device)

@@ -60,3 +60,14 @@ def test_analytic_llama7b_memory_saving():
     table = analytic(LLAMA_7B_SHAPE, rank=8, prompt_len=32, new_tokens=32)
     saving = 1 - table["mocae_soft"]["weight_bytes"] / table["dense_moe"]["weight_bytes"]
     assert saving > 0.4
+
+
+def test_bench_shape_of_a_checkpoint(tmp_path):
+    from alignx_demo.serving import DEFAULT_MODEL
+
+    shape = BenchShape.of_checkpoint(DEFAULT_MODEL)
+    config = json.loads((DEFAULT_MODEL / "base" / "config.json").read_text())
+    assert (shape.hidden_size, shape.intermediate_size, shape.num_layers, shape.vocab_size) == (
+        config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], config["vocab_size"])
+    with pytest.raises(FileNotFoundError, match="base config"):
+        BenchShape.of_checkpoint(tmp_path)

@@ -180,3 +180,18 @@ def test_routing_losses_are_proper():
     out = routing_losses(uniform, torch.tensor([[1, 0]]), torch.tensor([0]))
     assert out["balance"] == pytest.approx(0.0, abs=1e-6)
     assert out["entropy"] == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-5)
+    prompt, response = torch.tensor([[1, 0]]), torch.tensor([[0, 1]])  # one CE per span, averaged
+    spans = routing_losses(weights, torch.tensor([[1, 1]]), torch.tensor([1]), (prompt, response))
+    expected = -(torch.log(torch.tensor(0.2)) + torch.log(torch.tensor(0.8))).item() / 2
+    assert spans["route"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_calibration_objective_is_half_token_half_prompt_nll():
+    from alignx_demo.training.calibrate import RoutingData, nll
+
+    # two prompts, two tokens each, one layer; prompt 0 is helpful (0), prompt 1 honest (2)
+    p = torch.tensor([[[0.5, 0.25, 0.25], [0.9, 0.05, 0.05], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]])
+    data = RoutingData(p.log(), torch.zeros(1, 4, 2), p, torch.tensor([0, 0, 2, 2]), torch.tensor([0, 0, 1, 1]))
+    token = -torch.tensor([0.5, 0.9, 0.6, 0.8]).log().mean()
+    prompt = -torch.tensor([0.7, 0.7]).log().mean()
+    assert nll(p.log(), data) == pytest.approx(float(token + prompt) / 2, abs=1e-6)

@@ -11,6 +11,7 @@ and nothing from an eval question is ever trained on).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +62,24 @@ class AxisExample:
 def normalize_key(text: str) -> str:
     """Case- and whitespace-insensitive form of a prompt or question, used as a split key."""
     return " ".join(str(text).lower().split())
+
+
+def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None = None) -> list[AxisExample]:
+    """The first eval-split examples of an axis with distinct prompts, in data order.
+
+    TruthfulQA gives one row per (question, correct answer), so without this a per-prompt measure
+    (routing, samples) would count the same question many times.
+    """
+    seen: set[str] = set()
+    out: list[AxisExample] = []
+    for example in examples:
+        key = normalize_key(example.prompt)
+        if example.axis == axis and example.split == "eval" and key not in seen:
+            seen.add(key)
+            out.append(example)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
 
 
 def split_of(key: str) -> str:

@@ -94,3 +94,14 @@ def encode_example(
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids, start
+
+
+def template_prefix_length(tokenizer: Any) -> int:
+    """Tokens every chat prompt starts with (BOS, the user marker, …): their hidden states are the
+    same for every prompt, so they carry no axis information (routing samples and the routing
+    loss leave them out)."""
+    a, b = encode_prompt(tokenizer, "alpha"), encode_prompt(tokenizer, "omega")
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n

@@ -52,6 +52,18 @@ class BenchShape:
     num_heads: int = 16
     vocab_size: int = 32000
 
+    @classmethod
+    def of_checkpoint(cls, folder: str | Path) -> BenchShape:
+        """The layer shapes of a MoCaE checkpoint's base (`DIR/base/config.json`): speed and memory
+        depend on shapes, not on weight values, so the bundled model is benched at its own shape."""
+        import json
+
+        path = Path(folder) / "base" / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no base config at {path}: --shape-of takes a MoCaE checkpoint folder")
+        c = json.loads(path.read_text())
+        return cls(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"], c["vocab_size"])
+
     def build(self, seed: int = 0) -> nn.Module:
         from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
-from alignx_demo.data.records import AxisExample
+from alignx_demo.data.records import AxisExample, eval_prompts
 from alignx_demo.data.templates import encode_prompt
 from alignx_demo.evaluation.benchmarks import Judge, abstention_rate, preference_proxy, rate, truthfulqa_mc
 from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
@@ -66,11 +66,11 @@ class EvalConfig:
                    new_tokens=8, tokens_per_example=4, max_len=128)
 
 
-def _eval_examples(examples: list[AxisExample], per_axis: int, need_response: bool) -> list[AxisExample]:
+def _loss_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
+    """The first eval-split examples with a response, per axis (one question may have several answers)."""
     out = []
     for axis in AXES:
-        chosen = [e for e in examples if e.axis == axis and e.split == "eval" and (e.response or not need_response)]
-        out += chosen[:per_axis]
+        out += [e for e in examples if e.axis == axis and e.split == "eval" and e.response][:per_axis]
     return out
 
 
@@ -252,7 +252,7 @@ def evaluate(
     data = load_axis_data(data_dir, quick=quick)
     eval_sets = load_eval_sets(data_dir)
 
-    loss_examples = _eval_examples(data.examples, cfg.loss_per_axis, need_response=True)
+    loss_examples = _loss_examples(data.examples, cfg.loss_per_axis)
     harmful = [e.prompt for name in HARMFUL_SETS for e in eval_sets[name] if e.split == "eval"]
     harmful = harmful[:: max(1, len(harmful) // cfg.refusal_prompts)][: cfg.refusal_prompts]
     safe = [e.prompt for e in eval_sets["xstest"] if e.meta.get("label") == "safe"][: cfg.refusal_prompts]
@@ -291,7 +291,7 @@ def evaluate(
     if loaded.mocae.calibration is not None:
         loaded.mocae.calibration.set_enabled(**{n: True for n in loaded.mocae.calibration.names})
 
-    routing_examples = _eval_examples(data.examples, cfg.routing_per_axis, need_response=False)
+    routing_examples = [e for axis in AXES for e in eval_prompts(data.examples, axis, cfg.routing_per_axis)]
     # XSTest's calibration-split items help fit the fractal calibrator, so they are left out here
     shifted = xstest_routing_set(eval_sets["xstest"], ("train", "eval"))[: cfg.shifted]
     routing = {

@@ -16,6 +16,7 @@ from typing import Any
 
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 from alignx_demo.data.readers import load_axis_data
+from alignx_demo.data.records import eval_prompts
 from alignx_demo.generation import RoutedGeneration
 from alignx_demo.modeling.checkpoint import load_mocae
 
@@ -38,12 +39,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def samples(bundle: Path, data_dir: str | Path, per_axis: int = 5, new_tokens: int = 48) -> dict[str, list[tuple[str, str, str]]]:
-    """Greedy answers of calibrated MoCaE for the first eval-split prompts of each axis."""
+    """Greedy answers of calibrated MoCaE for the first distinct eval-split prompts of each axis."""
     loaded = load_mocae(bundle, load_in_4bit=False)
     examples = load_axis_data(data_dir).examples
     out: dict[str, list[tuple[str, str, str]]] = {}
     for axis in AXES:
-        prompts = [e.prompt for e in examples if e.axis == axis and e.split == "eval"][:per_axis]
+        prompts = [e.prompt for e in eval_prompts(examples, axis, per_axis)]
         rows = []
         for prompt in prompts:
             run = RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt, GenerationSettings(max_new_tokens=new_tokens), RoutingSettings())

@@ -4,8 +4,9 @@ Router logits and features are collected per prompt token (at most `tokens_per_e
 of each prompt, evenly spaced after the template prefix every prompt shares, the last always
 included), from uncalibrated soft routing without any preamble — as the router sees prompts at
 inference. Each token's label is its example's axis.
-The parts are fitted in order, each on the output of the previous ones, all by NLL:
-1. temperature: log T_ℓ per layer by L-BFGS;
+The parts are fitted in order, each on the output of the previous ones, all by the same NLL
+objective (`nll`: the mean of the token-level and the prompt-level NLL):
+1. temperature: log T_ℓ per layer, jointly, by L-BFGS;
 2. natural geometry: per-layer PCA (d = 16), class means and shared covariance (+ ridge), then
    (λ1, λ2) by grid search;
 3. fractal geometry: a bank of up to 2,048 calibration tokens per layer (PCA space), medians of
@@ -28,7 +29,7 @@ from torch.nn import functional as F
 
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data.records import AxisExample
-from alignx_demo.data.templates import encode_prompt
+from alignx_demo.data.templates import encode_prompt, template_prefix_length
 from alignx_demo.modeling.calibration import CalibrationStack, TemperatureScaling
 from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, load_mocae
 from alignx_demo.modeling.geometry import FractalGeometry, NaturalGeometry, knn_distances, levina_bickel_lid, project
@@ -62,17 +63,6 @@ class RoutingData:
     weights: torch.Tensor
     labels: torch.Tensor
     example: torch.Tensor
-
-
-@torch.no_grad()
-def template_prefix_length(tokenizer: Any) -> int:
-    """Tokens every chat prompt starts with (BOS, the user marker, …): their hidden states are the
-    same for every prompt, so they carry no axis information and are left out of routing samples."""
-    a, b = encode_prompt(tokenizer, "alpha"), encode_prompt(tokenizer, "omega")
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 @torch.no_grad()
@@ -112,26 +102,45 @@ def stack_logp(stack: CalibrationStack | None, data: RoutingData, layers: range 
     return torch.stack([stack.probs(l, data.logits[l], data.features[l]).clamp_min(1e-12).log() for l in layers])
 
 
-def nll(logp: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean NLL over layers and tokens of log-probabilities (L, N, K)."""
-    return float(-logp.gather(-1, labels.expand(logp.shape[0], -1)[..., None]).mean())
+def nll(logp: torch.Tensor, data: RoutingData) -> float:
+    """The calibration objective: ½ (token NLL + prompt NLL) of log-probabilities (L, N, K).
+
+    Token NLL: mean over layers and sampled tokens of −log p(axis). Prompt NLL: −log of each
+    prompt's routing — its weights averaged over its sampled tokens and the layers, as `evaluate`
+    reports it at prompt level — averaged over prompts. Fitting the token term alone leaves the
+    prompt-level average miscalibrated (a prompt's early tokens cannot know its axis, and their
+    honest uncertainty flattens the average); fitting the prompt term alone would let single
+    tokens be overconfident. Both are what the app shows, so both are fitted.
+    """
+    return float(_objective(logp, data))
+
+
+def _objective(logp: torch.Tensor, data: RoutingData) -> torch.Tensor:
+    token = -logp.gather(-1, data.labels.expand(logp.shape[0], -1)[..., None]).mean()
+    n = int(data.example.max()) + 1
+    sums = torch.zeros(n, logp.shape[-1]).index_add_(0, data.example, logp.exp().mean(0))
+    counts = torch.bincount(data.example, minlength=n).clamp_min(1)[:, None]
+    labels = torch.zeros(n, dtype=torch.long).scatter_(0, data.example, data.labels)
+    present = torch.bincount(data.example, minlength=n) > 0
+    prompt_p = (sums / counts)[present].gather(-1, labels[present][:, None]).clamp_min(1e-12)
+    return (token - prompt_p.log().mean()) / 2
 
 
 def fit_temperature(data: RoutingData) -> TemperatureScaling:
-    temps = []
-    for layer in range(data.logits.shape[0]):
-        log_t = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+    """One temperature per layer, all fitted together by L-BFGS on the calibration objective
+    (its prompt term couples the layers)."""
+    log_t = torch.zeros(data.logits.shape[0], requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(data.logits[layer] / log_t.exp(), data.labels)
-            loss.backward()
-            return loss
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logp = F.log_softmax(data.logits / log_t.exp()[:, None, None], dim=-1)
+        loss = _objective(logp, data)
+        loss.backward()
+        return loss
 
-        opt.step(closure)
-        temps.append(float(log_t.detach().exp().clamp(0.05, 20.0)))
-    return TemperatureScaling(torch.tensor(temps))
+    opt.step(closure)
+    return TemperatureScaling(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def _grid_search(
@@ -144,7 +153,7 @@ def _grid_search(
         for name, value in zip(names, values):
             setattr(part, name, value)
         trial = CalibrationStack(stack.temperature, [*stack.parts, part])
-        return sum(nll(stack_logp(trial, d), d.labels) for d in datasets) / len(datasets)
+        return sum(nll(stack_logp(trial, d), d) for d in datasets) / len(datasets)
 
     best = min(itertools.product(*grid), key=score)
     for name, value in zip(names, best):
@@ -202,20 +211,20 @@ def fit_calibration(
 ) -> tuple[CalibrationStack, dict[str, float]]:
     """Fit all three parts in order; return the stack and the calibration-split NLL after each
     (and, with a shifted set, the shifted set's NLL after each)."""
-    report = {"uncalibrated": nll(stack_logp(None, data), data.labels)}
+    report = {"uncalibrated": nll(stack_logp(None, data), data)}
     stack = CalibrationStack(fit_temperature(data))
-    report["temperature"] = nll(stack_logp(stack, data), data.labels)
+    report["temperature"] = nll(stack_logp(stack, data), data)
     natural = fit_natural(data, stack, cfg)
     stack = CalibrationStack(stack.temperature, [natural])
-    report["natural"] = nll(stack_logp(stack, data), data.labels)
+    report["natural"] = nll(stack_logp(stack, data), data)
     fractal = fit_fractal(data, stack, natural, cfg, shifted)
     full = CalibrationStack(stack.temperature, [natural, fractal])
-    report["fractal"] = nll(stack_logp(full, data), data.labels)
+    report["fractal"] = nll(stack_logp(full, data), data)
     if shifted is not None and len(shifted.labels):
         report["shifted_calibration_set"] = {
-            "uncalibrated": nll(stack_logp(None, shifted), shifted.labels),
-            "natural": nll(stack_logp(stack, shifted), shifted.labels),
-            "fractal": nll(stack_logp(full, shifted), shifted.labels),
+            "uncalibrated": nll(stack_logp(None, shifted), shifted),
+            "natural": nll(stack_logp(stack, shifted), shifted),
+            "fractal": nll(stack_logp(full, shifted), shifted),
         }
     return full, report
 

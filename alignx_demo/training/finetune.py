@@ -30,11 +30,13 @@ from alignx_demo.training.common import JsonlLog, lr_at
 
 @dataclass
 class EncodedSet:
-    """Token ids, response start index and axis index of each example."""
+    """Token ids, response start index and axis index of each example, and the length of the
+    template prefix all prompts share (`templates.template_prefix_length`)."""
 
     ids: list[list[int]]
     starts: list[int]
     axes: list[int]
+    prefix: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,21 +57,25 @@ def encode_set(
         ids.append(seq[:max_len])
         starts.append(start)
         axes.append(AXES.index(example.axis))
-    return EncodedSet(ids, starts, axes)
+    return EncodedSet(ids, starts, axes, templates.template_prefix_length(tokenizer))
 
 
 def make_batch(data: EncodedSet, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch with labels −100 on prompt and padding tokens."""
+    """Right-padded batch with labels −100 on prompt and padding tokens, and the masks of each
+    row's prompt span (after the shared template prefix) and response span."""
     width = max(len(data.ids[i]) for i in indices)
     input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     labels = torch.full_like(input_ids, -100)
-    mask = torch.zeros_like(input_ids)
+    mask, prompt_mask, response_mask = (torch.zeros_like(input_ids) for _ in range(3))
     for row, i in enumerate(indices):
         seq = torch.tensor(data.ids[i])
         input_ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
+        prompt_mask[row, min(data.prefix, data.starts[i] - 1) : data.starts[i]] = 1
+        response_mask[row, data.starts[i] : len(seq)] = 1
         labels[row, data.starts[i] : len(seq)] = seq[data.starts[i] :]
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "axis": torch.tensor([data.axes[i] for i in indices])}
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "prompt_mask": prompt_mask,
+            "response_mask": response_mask, "axis": torch.tensor([data.axes[i] for i in indices])}
 
 
 def balanced_indices(data: EncodedSet, rng: np.random.Generator, batch_size: int) -> list[int]:
@@ -79,20 +85,37 @@ def balanced_indices(data: EncodedSet, rng: np.random.Generator, batch_size: int
     return [int(rng.choice(present[int(rng.integers(len(present)))])) for _ in range(batch_size)]
 
 
-def routing_losses(weights: list[torch.Tensor], mask: torch.Tensor, axis: torch.Tensor) -> dict[str, torch.Tensor]:
+def _span_mean(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of weights p (L, B, T, K) over the layers and the masked tokens (B, T): (B, K)."""
+    m = mask.to(p.dtype)[None, :, :, None].expand(p.shape[0], -1, -1, 1)
+    return (p * m).sum(dim=(0, 2)) / m.sum(dim=(0, 2)).clamp_min(1e-8)
+
+
+def routing_losses(
+    weights: list[torch.Tensor], mask: torch.Tensor, axis: torch.Tensor, spans: Sequence[torch.Tensor] = ()
+) -> dict[str, torch.Tensor]:
     """Routing cross-entropy, entropy and balance terms from recorded weights (per layer (B,T,K)).
 
-    - route: CE of the token-averaged weights (over non-padding tokens and layers) against the
-      example's axis, as in H3Fusion;
+    - route: CE of the token-averaged weights (over tokens and layers) against the example's axis,
+      as in H3Fusion. Without `spans` the average runs over all non-padding tokens; with spans
+      (masks (B,T): the prompt after the shared template prefix, and the response) it is the mean
+      of one CE per span, so the prompt alone must already route right — that routing is what
+      produces the first answer tokens, and what the app shows for the prompt — and a distinctive
+      answer (a refusal) cannot carry the whole loss;
     - entropy: mean per-token routing entropy (small weight: decisive routing per token);
     - balance: KL(batch-mean weights ‖ uniform) (small weight: no expert starved).
     """
     p = torch.stack(weights)  # (L, B, T, K)
-    m = mask.to(p.dtype)[None, :, :, None].expand(p.shape[0], -1, -1, 1)  # (L, B, T, 1)
-    mean_p = (p * m).sum(dim=(0, 2)) / m.sum(dim=(0, 2))  # (B, K), sums to 1
-    route = F.nll_loss(mean_p.clamp_min(1e-8).log(), axis)
+    mean_p = _span_mean(p, mask)  # (B, K), sums to 1
+    terms = []
+    for span in spans or (mask,):
+        rows = span.sum(1) > 0
+        if bool(rows.any()):
+            terms.append(F.nll_loss(_span_mean(p, span)[rows].clamp_min(1e-8).log(), axis[rows]))
+    route = torch.stack(terms).mean()
     token_entropy = -(p * p.clamp_min(1e-8).log()).sum(-1)
-    entropy = (token_entropy * m[..., 0]).sum() / m.sum()
+    m = mask.to(p.dtype)[None].expand(p.shape[0], -1, -1)  # (L, B, T)
+    entropy = (token_entropy * m).sum() / m.sum()
     usage = mean_p.mean(0)
     balance = (usage * (usage.clamp_min(1e-8) * len(AXES)).log()).sum()
     return {"route": route, "entropy": entropy, "balance": balance}
@@ -141,7 +164,8 @@ def train_loop(
             out = mocae(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         losses = {"lm": out.loss}
         if record is not None:
-            extra = routing_losses([w[0] for w in record.weights], batch["attention_mask"], batch["axis"])
+            extra = routing_losses([w[0] for w in record.weights], batch["attention_mask"], batch["axis"],
+                                   (batch["prompt_mask"], batch["response_mask"]))
             losses.update({k: extra[k] for k in loss_weights})
         total = losses["lm"] + sum(loss_weights[k] * losses[k] for k in loss_weights)
         optimizer.zero_grad(set_to_none=True)

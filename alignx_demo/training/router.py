@@ -3,7 +3,8 @@
 Mixed axis data from the train split (axes sampled equally, no preamble: at inference the router
 must infer the axis from the prompt itself), soft uncalibrated routing. Loss:
     L = L_LM(response tokens, through the mixture)
-        + w_route · CE(token-averaged p over tokens and layers, example axis)      (H3Fusion-style)
+        + w_route · ½ Σ_span CE(p averaged over the span's tokens and layers, example axis)
+          (H3Fusion-style; spans: the prompt after the shared template prefix, and the response)
         + w_entropy · mean per-token routing entropy
         + w_balance · KL(batch-mean p ‖ uniform)
 with w_route = 1.0, w_entropy = 0.01, w_balance = 0.01 by default.
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from alignx_demo.config import RoutingSettings
@@ -51,6 +53,8 @@ def train_router(
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
     mocae, tokenizer = loaded.mocae, loaded.tokenizer
     mocae.calibration = None  # calibration is fitted afterwards, on the new routers
+    for param in mocae.routers.parameters():  # from the zero init (uniform routing), so a rerun reproduces
+        torch.nn.init.zeros_(param)
     train = [e for e in examples if e.split == "train" and e.response]
     data = encode_set(tokenizer, train, cfg.max_len)
     for p in mocae.expert_parameters():

@@ -16,11 +16,18 @@ from alignx_demo.evaluation.harness import table_rows
 from alignx_demo.ui.plots import _layout, empty_figure
 
 EVAL_FILE, BENCH_FILE = "eval.json", "bench.json"
+BENCH_RUNS = (
+    (BENCH_FILE, "a Llama-shaped base, hidden 1024", "python -m alignx_demo bench --out precomputed/bench.json"),
+    ("bench_llama7b.json", "Llama-7B layer shapes (the papers' claims)",
+     "python -m alignx_demo bench --llama7b --systems base,mocae_soft,mocae_top1,dense_moe --out precomputed/bench_llama7b.json"),
+    ("bench_demo.json", "the bundled demo model's shapes",
+     "python -m alignx_demo bench --shape-of assets/demo-model --out precomputed/bench_demo.json"),
+)
+"""Each bench report the tab shows: file, what shape it measures, the command that rebuilds it."""
 EVAL_SCHEMA, BENCH_SCHEMA = "alignx-eval/2", "alignx-bench/1"
 RATE_METRICS = ("harmful_refusal_rate", "xstest_safe_over_refusal", "mc1", "mc2", "preference_accuracy_proxy",
                 "no_comment_rate", "unsafe_rate")
 EVAL_COMMAND = "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json"
-BENCH_COMMAND = "python -m alignx_demo bench --out precomputed/bench.json"
 
 
 def read_result(folder: Path, name: str, schema: str, command: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -80,7 +87,6 @@ def build_results_tab(folder: str | Path | None) -> None:
 
     folder = Path(folder) if folder else DEFAULT_DIR
     evaluation, eval_notice = read_result(folder, EVAL_FILE, EVAL_SCHEMA, EVAL_COMMAND)
-    bench, bench_notice = read_result(folder, BENCH_FILE, BENCH_SCHEMA, BENCH_COMMAND)
     gr.Markdown("### HHH benchmarks of the loaded demo model's systems")
     if evaluation is None:
         gr.HTML(f'<p class="ax-notice">⚠ {html.escape(eval_notice or "")}</p>')
@@ -93,10 +99,13 @@ def build_results_tab(folder: str | Path | None) -> None:
         plot = gr.Plot(metric_figure(evaluation, "harmful_refusal_rate"))
         metric.change(lambda m: metric_figure(evaluation, m), metric, plot, api_visibility="private")
     gr.Markdown("### Efficiency: MoCaE against X-LoRA, a dense MoE and an ensemble")
-    if bench is None:
-        gr.HTML(f'<p class="ax-notice">⚠ {html.escape(bench_notice or "")}</p>')
-    else:
-        gr.Markdown(f"Made by `{html.escape(bench.get('command', BENCH_COMMAND))}` on {bench['device']} "
+    for name, what, command in BENCH_RUNS:
+        bench, bench_notice = read_result(folder, name, BENCH_SCHEMA, command)
+        gr.Markdown(f"#### {what}")
+        if bench is None:
+            gr.HTML(f'<p class="ax-notice">⚠ {html.escape(bench_notice or "")}</p>')
+            continue
+        gr.Markdown(f"Made by `{html.escape(bench.get('command', command))}` on {bench['device']} "
                     f"({bench['threads']} threads), shape {bench['shape']}. Measured ratios beside the analytic ones "
                     "(multiply-accumulates per token, weight bytes).")
         gr.Plot(bench_figure(bench))
