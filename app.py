@@ -1,8 +1,9 @@
 """AlignX Demo: `python app.py [--model DIR] [--base-model ID] [--no-4bit] [--host H] [--port P] [--precomputed DIR]`.
 
 Every option also has an environment variable (ALIGNX_MODEL, ALIGNX_BASE_MODEL, ALIGNX_NO_4BIT,
-ALIGNX_HOST, ALIGNX_PORT, ALIGNX_PRECOMPUTED); on a Hugging Face Space (SPACE_ID set) the app
-listens on 0.0.0.0.
+ALIGNX_HOST, ALIGNX_PORT, ALIGNX_PRECOMPUTED, and for the limits ALIGNX_QUEUE_SIZE, ALIGNX_CONCURRENCY,
+ALIGNX_REQUEST_SECONDS, ALIGNX_MAX_NEW_TOKENS, ALIGNX_MAX_PROMPT_CHARS); on a Hugging Face Space
+(SPACE_ID set) the app listens on 0.0.0.0.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from alignx_demo.analysis.artefacts import DEFAULT_DIR
-from alignx_demo.serving import ServerOptions, load_context
+from alignx_demo.serving import LIMIT_HELP, LIMIT_VARIABLES, Limits, ServerOptions, load_context
 from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
 
 def parse_args() -> tuple[ServerOptions, Path]:
-    defaults = ServerOptions.from_env()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    try:
+        defaults = ServerOptions.from_env()
+    except ValueError as err:
+        parser.error(str(err))
     parser.add_argument("--model", type=Path, default=defaults.model, help="MoCaE checkpoint folder")
     parser.add_argument("--base-model", default=defaults.base_model, help="hub id or path of the base, instead of MODEL/base")
     parser.add_argument("--no-4bit", dest="load_in_4bit", action="store_false", default=defaults.load_in_4bit)
@@ -28,9 +33,17 @@ def parse_args() -> tuple[ServerOptions, Path]:
     parser.add_argument("--port", type=int, default=defaults.port)
     parser.add_argument("--precomputed", type=Path, default=Path(os.environ.get("ALIGNX_PRECOMPUTED", DEFAULT_DIR)),
                         help="folder of precomputed artefacts (default precomputed/)")
+    for f in fields(Limits):
+        default = getattr(defaults.limits, f.name)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{LIMIT_HELP[f.name]} ({LIMIT_VARIABLES[f.name]}; default {default:g})")
     args = vars(parser.parse_args())
     precomputed = args.pop("precomputed")
-    return ServerOptions(**args), precomputed
+    try:
+        limits = Limits(**{name: args.pop(name) for name in asdict(defaults.limits)})
+    except ValueError as err:
+        parser.error(str(err))
+    return ServerOptions(**args, limits=limits), precomputed
 
 
 def main() -> None:

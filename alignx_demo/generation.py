@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,6 +36,26 @@ CONVENTION = (
     "prompt tokens carry the routing computed at their own position; each generated token "
     "carries the routing of the forward pass that produced it (computed at the previous position)"
 )
+
+
+def clean_prompt(prompt: object, max_chars: int = MAX_PROMPT_CHARS) -> tuple[str, list[str]]:
+    """The prompt without control characters or lone surrogates, cut to its last `max_chars`
+    characters, and notices saying what changed; a ValueError for a non-text or empty prompt."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be text, got {type(prompt).__name__}")
+    notices = []
+    text = prompt.encode("utf-8", "replace").decode("utf-8")
+    if text != prompt:
+        notices.append("invalid characters (lone surrogates) replaced by '?'")
+    cleaned = _CONTROL.sub("", text)
+    if cleaned != text:
+        notices.append(f"{len(text) - len(cleaned)} control character(s) removed from the prompt")
+    if len(cleaned) > max_chars:
+        notices.append(f"prompt cut to its last {max_chars} of {len(cleaned)} characters")
+        cleaned = cleaned[-max_chars:]
+    if not cleaned.strip():
+        raise ValueError("the prompt is empty: type a question or an instruction")
+    return cleaned, notices
 
 
 @dataclass
@@ -111,7 +132,9 @@ def context_length(model: torch.nn.Module) -> int:
 class RoutedGeneration:
     """An iterator over TokenTraces (prompt tokens first, then generated ones).
 
-    After (or during) iteration, `trace()` returns the full trace as plain data.
+    After (or during) iteration, `trace()` returns the full trace as plain data. Generation ends
+    early when `stop_event` is set (finish_reason "stopped") or at `deadline`, a `time.monotonic()`
+    time (finish_reason "time_limit", with a notice), so a server can bound each request.
     """
 
     mocae: MoCaEModel
@@ -120,6 +143,8 @@ class RoutedGeneration:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     stop_event: threading.Event | None = None
+    deadline: float | None = None
+    max_prompt_chars: int = MAX_PROMPT_CHARS
     model_name: str = ""
     tokens: list[TokenTrace] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
@@ -130,20 +155,8 @@ class RoutedGeneration:
         self.prompt_ids, self.max_new_tokens = self._fit_context(encode_prompt(self.tokenizer, self.prompt))
 
     def _clean(self, prompt: object) -> str:
-        """Remove control characters and lone surrogates, cap the length; notices say what changed."""
-        if not isinstance(prompt, str):
-            raise ValueError(f"the prompt must be text, got {type(prompt).__name__}")
-        text = prompt.encode("utf-8", "replace").decode("utf-8")
-        if text != prompt:
-            self.notices.append("invalid characters (lone surrogates) replaced by '?'")
-        cleaned = _CONTROL.sub("", text)
-        if cleaned != text:
-            self.notices.append(f"{len(text) - len(cleaned)} control character(s) removed from the prompt")
-        if len(cleaned) > MAX_PROMPT_CHARS:
-            self.notices.append(f"prompt cut to its last {MAX_PROMPT_CHARS} of {len(cleaned)} characters")
-            cleaned = cleaned[-MAX_PROMPT_CHARS:]
-        if not cleaned.strip():
-            raise ValueError("the prompt is empty: type a question or an instruction")
+        cleaned, notices = clean_prompt(prompt, self.max_prompt_chars)
+        self.notices.extend(notices)
         return cleaned
 
     def _fit_context(self, ids: list[int]) -> tuple[list[int], int]:
@@ -191,6 +204,10 @@ class RoutedGeneration:
         for step in range(self.max_new_tokens):
             if self.stop_event is not None and self.stop_event.is_set():
                 self.finish_reason = "stopped"
+                return
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.finish_reason = "time_limit"
+                self.notices.append(f"generation stopped at the time limit after {step} new token(s)")
                 return
             token_id = self._next_token(logits, generator, history)
             position = len(self.prompt_ids) + step

@@ -1,16 +1,19 @@
-"""What the app serves: the loaded model, or a clear account of why none could be loaded.
+"""What the app serves: the loaded model (or a clear account of why none could be loaded) and the
+limits under which it serves it.
 
-Model locations come only from the operator (command line or environment), never from a page or
-an API call.
+Model locations and limits come only from the operator (command line or environment), never from a
+page or an API call.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from alignx_demo.generation import MAX_PROMPT_CHARS
 from alignx_demo.modeling.checkpoint import CheckpointError, LoadedModel, load_mocae
 from alignx_demo.modeling.families import UnsupportedModelError
 
@@ -23,6 +26,76 @@ HOW_TO_GET_ONE = (
     "MoCaE checkpoint folder."
 )
 
+MAX_REQUEST_CHARS = 20_000
+"""A request whose prompt is longer than this is refused outright; shorter ones are cut to `Limits.max_prompt_chars`."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much work the app accepts, so one visitor or script cannot starve the others.
+
+    Attributes:
+        queue_size: requests that may wait in Gradio's queue; more are refused with "queue is full".
+        concurrency: requests that use the model at the same time (one queue group for all model work).
+        request_seconds: wall-clock seconds one request may generate for; then it stops with
+            finish_reason "time_limit" and a notice (a comparison or the presets share one budget).
+        max_new_tokens: highest max_new_tokens of /generate; /compare, /tradeoff and /presets allow
+            half of it (/compare and /presets run several generations per request).
+        max_prompt_chars: longer prompts are cut to their last this many characters, with a notice.
+    """
+
+    queue_size: int = 32
+    concurrency: int = 2
+    request_seconds: float = 120.0
+    max_new_tokens: int = 256
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("queue_size", 1, 10_000), ("concurrency", 1, 64), ("request_seconds", 0.1, 86_400),
+                                ("max_new_tokens", 2, 2048), ("max_prompt_chars", 1, MAX_REQUEST_CHARS)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}, {LIMIT_VARIABLES[name]}) must be a number "
+                                 f"from {low:g} to {high:g}, got {value!r}")
+
+    @property
+    def half_max_new_tokens(self) -> int:
+        """The max_new_tokens cap of /compare, /tradeoff and /presets."""
+        return self.max_new_tokens // 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Limits:
+        """Limits from ALIGNX_QUEUE_SIZE, ALIGNX_CONCURRENCY, ALIGNX_REQUEST_SECONDS, ALIGNX_MAX_NEW_TOKENS,
+        ALIGNX_MAX_PROMPT_CHARS; unset ones keep their defaults."""
+        values: dict[str, int | float] = {}
+        for f in fields(cls):
+            variable = LIMIT_VARIABLES[f.name]
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            convert = float if f.name == "request_seconds" else int
+            try:
+                values[f.name] = convert(raw)
+            except ValueError:
+                raise ValueError(f"{variable} must be {'a number' if convert is float else 'a whole number'}, got {raw!r}") from None
+        return cls(**values)
+
+
+LIMIT_VARIABLES = {
+    "queue_size": "ALIGNX_QUEUE_SIZE",
+    "concurrency": "ALIGNX_CONCURRENCY",
+    "request_seconds": "ALIGNX_REQUEST_SECONDS",
+    "max_new_tokens": "ALIGNX_MAX_NEW_TOKENS",
+    "max_prompt_chars": "ALIGNX_MAX_PROMPT_CHARS",
+}
+LIMIT_HELP = {
+    "queue_size": "requests that may wait in the queue",
+    "concurrency": "requests that use the model at once",
+    "request_seconds": "seconds of generation per request",
+    "max_new_tokens": "highest max_new_tokens of /generate (the other endpoints: half)",
+    "max_prompt_chars": "longer prompts are cut to their last this many characters",
+}
+
 
 @dataclass
 class ServerOptions:
@@ -34,6 +107,7 @@ class ServerOptions:
     trust_remote_code: bool = False
     host: str = "127.0.0.1"
     port: int = 7860
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls) -> ServerOptions:
@@ -46,16 +120,18 @@ class ServerOptions:
             trust_remote_code=env.get("ALIGNX_TRUST_REMOTE_CODE", "") in ("1", "true", "yes"),
             host=host or env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
             port=int(env.get("ALIGNX_PORT") or env.get("GRADIO_SERVER_PORT") or 7860),
+            limits=Limits.from_env(env),
         )
 
 
 @dataclass
 class ModelContext:
-    """The model the app serves (None when loading failed) and what to tell visitors about it."""
+    """The model the app serves (None when loading failed), what to tell visitors about it, and the limits."""
 
     loaded: LoadedModel | None
     problem: str | None = None
     notices: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def name(self) -> str:
@@ -63,9 +139,10 @@ class ModelContext:
 
 
 def load_context(options: ServerOptions) -> ModelContext:
-    """Load the operator's model; on failure keep serving and say what is wrong and what to do."""
+    """Load the operator's model; on any failure keep serving (the precomputed tabs) and say what is
+    wrong and what to do: a broken checkpoint must never keep the app from starting."""
     if not options.model.exists() and options.model == DEFAULT_MODEL:
-        return ModelContext(None, f"The bundled demo model is not at {options.model}. {HOW_TO_GET_ONE}")
+        return ModelContext(None, f"The bundled demo model is not at {options.model}. {HOW_TO_GET_ONE}", limits=options.limits)
     try:
         loaded = load_mocae(
             options.model,
@@ -75,5 +152,10 @@ def load_context(options: ServerOptions) -> ModelContext:
         )
     except (CheckpointError, UnsupportedModelError, ValueError) as err:
         log.error("model not loaded: %s", err)
-        return ModelContext(None, f"The model could not be loaded: {err}. {HOW_TO_GET_ONE}")
-    return ModelContext(loaded, None, list(loaded.notices))
+        problem = str(err)
+    except Exception as err:  # a third-party loader failing in an unforeseen way: still start, and say what happened
+        log.exception("model not loaded")
+        problem = f"{type(err).__name__}: {err}"
+    else:
+        return ModelContext(loaded, None, list(loaded.notices), options.limits)
+    return ModelContext(None, f"The model could not be loaded: {problem.rstrip('.')}. {HOW_TO_GET_ONE}", limits=options.limits)

@@ -149,9 +149,9 @@ def test_html_in_prompt_is_escaped(served):
     "args, message",
     [
         (("   ", 4, *GEN, True, "soft"), "prompt is empty"),
-        (("hi", 5000, *GEN, True, "soft"), "greater than maximum"),
-        (("hi", 4, False, -1.0, 1.0, 0, True, "soft"), "less than minimum"),
-        (("hi", 4, *GEN, True, "bogus"), "not in the list of choices"),
+        (("hi", 5000, *GEN, True, "soft"), "max new tokens must be from 1 to 256"),
+        (("hi", 4, False, -1.0, 1.0, 0, True, "soft"), "temperature must be from 0.1 to 2"),
+        (("hi", 4, *GEN, True, "bogus"), "routing mode must be one of 'soft', 'top1'"),
         (("x" * 30_000, 4, *GEN, True, "soft"), "too long"),
     ],
 )
@@ -165,10 +165,10 @@ def test_bad_input_gives_clear_errors(served, args, message):
 def test_settings_are_checked_beyond_the_widgets():
     from alignx_demo.ui.runner import GenerationError, settings_from
 
-    with pytest.raises(GenerationError, match="whole numbers"):
-        settings_from(4.5, False, 1.0, 1.0, 0)
+    with pytest.raises(GenerationError, match="whole number"):
+        settings_from(4.5, False, 1.0, 1.0, 0, cap=256)
     with pytest.raises(GenerationError, match="top_p"):
-        settings_from(4, True, 1.0, 0.0, 0)
+        settings_from(4, True, 1.0, 0.0, 0, cap=256)
 
 
 def test_bad_prior_gives_clear_error(served):

@@ -164,9 +164,12 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
 def _read_json(path: Path, what: str) -> dict:
     _require(path, what)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint file is corrupt: {path} ({what}): {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint file is corrupt: {path} ({what}): expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 CPU_4BIT_BLOCK_OUT, CPU_4BIT_BLOCK_IN = 32, 64
@@ -234,8 +237,8 @@ def load_base(
     notices: list[str] = []
     try:
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read base model config from {source}: {err}") from err
+    except Exception as err:  # transformers' config parsing raises many types for a malformed config.json
+        raise CheckpointError(f"cannot read base model config from {source}: {_reason(err)}") from err
     from alignx_demo.modeling.families import check_supported
 
     check_supported(config.model_type)
@@ -271,9 +274,14 @@ def load_base(
     model.eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot load the tokenizer from {source}: {err}") from err
+    except Exception as err:  # the tokenizers library raises bare Exception/KeyError for a malformed tokenizer.json
+        raise CheckpointError(f"cannot load the tokenizer from {source}: {_reason(err)}") from err
     return model, tokenizer, quantized, notices
+
+
+def _reason(err: Exception) -> str:
+    """The error's message, with its type where the message alone is a bare key or empty."""
+    return str(err) if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {err}"
 
 
 def load_expert_tensors(folder: Path, config: MoCaEConfig) -> dict[str, torch.Tensor]:

@@ -35,27 +35,32 @@ def status_html(context: ModelContext) -> str:
 
 
 def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None = None) -> gr.Blocks:
-    """The whole app for one served model; `precomputed` is the artefact folder (default `precomputed/`)."""
+    """The whole app for one served model, under the operator's `context.limits`; `precomputed` is the
+    artefact folder (default `precomputed/`)."""
     artefacts = precomputed if isinstance(precomputed, Artefacts) else load_artefacts(precomputed)
     key = serve(context)
+    limits = context.limits
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{HEADER}")
         gr.HTML(status_html(context), elem_id="model-status")
         with gr.Tabs():
             with gr.Tab("Live routing", id="live", elem_id="tab-live"):
-                build_live_tab(key, artefacts, context.loaded is not None)
+                build_live_tab(key, artefacts, context.loaded is not None, limits)
             with gr.Tab("Calibrated vs uncalibrated", id="compare", elem_id="tab-compare"):
-                build_compare_tab(key, artefacts)
+                build_compare_tab(key, artefacts, limits)
             with gr.Tab("Axis Collapse", id="collapse", elem_id="tab-collapse"):
                 build_collapse_tab(key, artefacts)
             with gr.Tab("Trade-off", id="tradeoff", elem_id="tab-tradeoff"):
-                build_tradeoff_tab(key)
+                build_tradeoff_tab(key, limits)
             with gr.Tab("Benchmarks", id="benchmarks", elem_id="tab-benchmarks"):
                 build_results_tab(artefacts.folder)
             with gr.Tab("About", id="about", elem_id="tab-about"):
                 build_about_tab(context, artefacts)
-    demo.queue(default_concurrency_limit=2, max_size=32)
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     return demo
 
 
-LAUNCH_KWARGS = {"css": CSS, "theme": gr.themes.Soft()}
+LAUNCH_KWARGS = {"css": CSS, "theme": gr.themes.Soft(), "show_error": True}
+"""`show_error`: the endpoints raise only gr.Error with sentences of their own (`runner.visitor_errors`); this
+lets the few errors Gradio raises itself before they run (too few inputs in a raw API call, a file path
+outside the upload folder) reach the caller as Gradio's message instead of an empty error."""

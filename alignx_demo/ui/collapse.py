@@ -19,7 +19,7 @@ from alignx_demo.analysis.regimes import REGIME_LABELS, REGIMES, RegimeSet
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.plots import empty_figure, map_figure
-from alignx_demo.ui.runner import SERVED, gpu
+from alignx_demo.ui.runner import MODEL_EVENT, SERVED, GenerationError, check_prompt, gpu, limits_of, visitor_errors
 from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR
 
 _REGIME_SETS: dict[int, RegimeSet] = {}
@@ -135,16 +135,14 @@ def placement_problem(key: int, artefacts: Artefacts) -> str | None:
     return None
 
 
+@visitor_errors
 def place_prompt(key: int, artefacts: Artefacts, prompt: str) -> dict[str, Any]:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise gr.Error("the prompt is empty: type a question or an instruction")
-    if len(prompt) > 20_000:
-        raise gr.Error(f"the prompt is too long ({len(prompt)} characters; at most 20,000)")
+    text, _ = check_prompt(prompt, limits_of(key))
     problem = placement_problem(key, artefacts)
     if problem:
-        raise gr.Error(problem)
+        raise GenerationError(problem)
     k = int(artefacts.get("map").get("place_k", DEFAULT_K))
-    return place_plain(key, str(artefacts.folder), prompt, k)
+    return place_plain(key, str(artefacts.folder), text, k)
 
 
 def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
@@ -191,6 +189,7 @@ def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
         control.change(redraw, inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private",
                        show_progress="hidden")
     place_btn.click(lambda p: place_prompt(key, artefacts, p), inputs=prompt, outputs=placement, api_name="place_prompt",
-                    api_description="Place a prompt on every regime's map by its nearest map prompts in feature space.")
+                    api_description="Place a prompt on every regime's map by its nearest map prompts in feature space.",
+                    **MODEL_EVENT)
     placement.change(lambda p: p, inputs=placement, outputs=state, api_visibility="private").then(
         redraw, inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private", show_progress="hidden")

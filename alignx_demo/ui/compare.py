@@ -14,9 +14,22 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.config import AXES
+from alignx_demo.serving import Limits
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.plots import empty_figure, reliability_figure, shares_figure
-from alignx_demo.ui.runner import GenerationError, settings_from, shares, stream_trace
+from alignx_demo.ui.runner import (
+    MODEL_EVENT,
+    MODES,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    limits_of,
+    one_of,
+    request_deadline,
+    settings_from,
+    shares,
+    stream_trace,
+    visitor_errors,
+)
 from alignx_demo.ui.theme import AXIS_LABELS
 
 RUNS = ("calibrated", "uncalibrated")
@@ -74,21 +87,19 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
 
 
+@visitor_errors
 def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool, temperature: float, top_p: float,
                    seed: float, mode: str) -> Iterator[tuple[str, str, str, Any]]:
-    try:
-        generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed).to_dict()
-        if mode not in ("soft", "top1"):
-            raise GenerationError(f"routing mode must be 'soft' or 'top1', got {mode!r}")
-        traces: dict[str, dict[str, Any]] = {}
-        for name in RUNS:
-            for trace in stream_trace(key, prompt, generation, {"mode": mode, "calibrated": name == "calibrated"}):
-                traces[name] = trace
-                html_cal = chips_html(traces["calibrated"]["tokens"])
-                html_unc = chips_html(trace["tokens"]) if name == "uncalibrated" else chips_html([], empty="waiting for the calibrated run…")
-                yield html_cal, html_unc, f"Running the {name} routing…", gr.skip()
-    except GenerationError as err:
-        raise gr.Error(str(err)) from None
+    generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, limits_of(key).half_max_new_tokens).to_dict()
+    mode = one_of(mode, "routing mode", MODES)
+    deadline = request_deadline(key)
+    traces: dict[str, dict[str, Any]] = {}
+    for name in RUNS:
+        for trace in stream_trace(key, prompt, generation, {"mode": mode, "calibrated": name == "calibrated"}, deadline):
+            traces[name] = trace
+            html_cal = chips_html(traces["calibrated"]["tokens"])
+            html_unc = chips_html(trace["tokens"]) if name == "uncalibrated" else chips_html([], empty="waiting for the calibrated run…")
+            yield html_cal, html_unc, f"Running the {name} routing…", gr.skip()
     marks_cal, marks_unc, flip_stats = flips(traces["calibrated"], traces["uncalibrated"])
     summary = {name: run_summary(traces[name]) for name in RUNS} | {"flips": flip_stats}
     result = {"calibrated": traces["calibrated"], "uncalibrated": traces["uncalibrated"], "summary": summary}
@@ -102,7 +113,7 @@ def _shares_plot(result: dict[str, Any] | None) -> Any:
     return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Mean weight per axis (generated tokens)")
 
 
-def build_compare_tab(key: int, artefacts: Artefacts) -> None:
+def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
     gr.HTML(legend_html(flips=True))
     gr.Markdown("The same prompt and seed, generated once with the calibrated router and once with raw softmax routing. "
                 "Tokens whose top expert differs between the two are outlined in red.")
@@ -112,10 +123,11 @@ def build_compare_tab(key: int, artefacts: Artefacts) -> None:
             run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=1, min_width=240):
             mode = gr.Radio(["soft", "top1"], value="soft", label="Routing mode")
-            max_new = gr.Slider(1, 128, value=32, step=1, label="Max new tokens")
+            max_new = gr.Slider(1, limits.half_max_new_tokens, value=min(32, limits.half_max_new_tokens), step=1,
+                                label="Max new tokens")
             do_sample = gr.Checkbox(False, label="Sample (same seed both ways)")
-            temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
+            top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="Top-p")
             seed = gr.Number(0, precision=0, label="Seed")
     with gr.Row():
         with gr.Column(min_width=280):
@@ -144,6 +156,6 @@ def build_compare_tab(key: int, artefacts: Artefacts) -> None:
 
     inputs = [prompt, max_new, do_sample, temperature, top_p, seed, mode]
     run_btn.click(lambda *args: (yield from stream_compare(key, *args)), inputs=inputs, outputs=[cal, unc, summary, result],
-                  api_name="compare", concurrency_limit=2,
+                  api_name="compare", **MODEL_EVENT,
                   api_description="Generate the prompt with calibrated and uncalibrated routing (same seed); returns both traces and a summary.")
     result.change(_shares_plot, inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")

@@ -15,10 +15,23 @@ import gradio as gr
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.analysis.map_prompts import EXAMPLES
 from alignx_demo.config import AXES
+from alignx_demo.serving import Limits
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import write_exports
 from alignx_demo.ui.plots import heatmap_figure, weights_figure
-from alignx_demo.ui.runner import GenerationError, settings_from, shares, stream_trace
+from alignx_demo.ui.runner import (
+    MODEL_EVENT,
+    MODES,
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    flag,
+    limits_of,
+    one_of,
+    settings_from,
+    shares,
+    stream_trace,
+    visitor_errors,
+)
 from alignx_demo.ui.theme import AXIS_LABELS
 
 
@@ -41,17 +54,14 @@ def summary_markdown(trace: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
+@visitor_errors
 def stream_generate(key: int, prompt: str, max_new_tokens: float, do_sample: bool, temperature: float, top_p: float,
                     seed: float, calibrated: bool, mode: str) -> Iterator[tuple[str, str, Any]]:
     """Yield (chips HTML, summary markdown, trace JSON) while generating."""
-    try:
-        generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed).to_dict()
-        if mode not in ("soft", "top1"):
-            raise GenerationError(f"routing mode must be 'soft' or 'top1', got {mode!r}")
-        for trace in stream_trace(key, prompt, generation, {"mode": mode, "calibrated": bool(calibrated)}):
-            yield chips_html(trace["tokens"]), summary_markdown(trace), trace
-    except GenerationError as err:
-        raise gr.Error(str(err)) from None
+    generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, limits_of(key).max_new_tokens).to_dict()
+    routing = {"mode": one_of(mode, "routing mode", MODES), "calibrated": flag(calibrated, "calibrated")}
+    for trace in stream_trace(key, prompt, generation, routing):
+        yield chips_html(trace["tokens"]), summary_markdown(trace), trace
 
 
 def render_views(trace: dict[str, Any] | None, axis: str) -> tuple[Any, Any, Any, Any, Any]:
@@ -75,7 +85,7 @@ def show_example(artefacts: Artefacts, choice: str | None) -> tuple[str, str, An
     return gr.skip(), gr.skip(), gr.skip()
 
 
-def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
+def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, limits: Limits) -> None:
     """The components and events of the live tab (inside an open gr.Blocks/gr.Tab)."""
     gr.HTML(legend_html())
     with gr.Row():
@@ -99,10 +109,10 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
         with gr.Column(scale=1, min_width=240):
             calibrated = gr.Checkbox(True, label="Calibrated routing")
             mode = gr.Radio(["soft", "top1"], value="soft", label="Routing mode", info="soft mixes all three experts; top1 uses only the strongest")
-            max_new = gr.Slider(1, 256, value=64, step=1, label="Max new tokens")
+            max_new = gr.Slider(1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1, label="Max new tokens")
             do_sample = gr.Checkbox(False, label="Sample (otherwise greedy)")
-            temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
+            top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="Top-p")
             seed = gr.Number(0, precision=0, label="Seed")
     chips = gr.HTML(chips_html([], empty="Tokens appear here, coloured by routing, as they are generated."), elem_id="live-chips")
     summary = gr.Markdown(elem_id="live-summary")
@@ -112,8 +122,8 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
             heat_axis = gr.Radio(list(AXES), value=AXES[0], label="Heatmap axis")
             heatmap = gr.Plot(heatmap_figure(None, AXES[0]), label="Layers × tokens")
     with gr.Row():
-        csv_file = gr.File(label="Download trace (CSV)", interactive=False)
-        json_file = gr.File(label="Download trace (JSON)", interactive=False)
+        csv_file = gr.File(label="Download trace (CSV)", interactive=False, elem_id="live-csv")
+        json_file = gr.File(label="Download trace (JSON)", interactive=False, elem_id="live-json")
     with gr.Accordion("Trace (JSON, as returned by the API)", open=False):
         trace = gr.JSON(label="Trace")
     state = gr.State(None)
@@ -126,12 +136,12 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
         outputs=[chips, summary, trace],
         api_name="generate",
         api_description="Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has the full trace.",
-        concurrency_limit=2,
+        **MODEL_EVENT,
     )
     submitted = prompt.submit(
         lambda *args: (yield from stream_generate(key, *args)),
         inputs=[prompt, max_new, do_sample, temperature, top_p, seed, calibrated, mode],
-        outputs=[chips, summary, trace], api_visibility="private", concurrency_limit=2,
+        outputs=[chips, summary, trace], api_visibility="private", **MODEL_EVENT,
     )
     stop_btn.click(None, cancels=[event, submitted])
     trace.change(render_views, inputs=[trace, heat_axis], outputs=[weights_plot, heatmap, state, csv_file, json_file],

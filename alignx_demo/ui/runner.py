@@ -1,4 +1,11 @@
-"""Generation for the UI: plain-data streams of routed generations, ZeroGPU-ready.
+"""Generation for the UI: request checks, plain-data streams of routed generations, ZeroGPU-ready.
+
+The named endpoints take their inputs unprocessed (`preprocess=False`) and check them here, in one
+place: a prompt must be text, numbers must be finite numbers in the widget's range (whole where a
+count is meant), flags true or false, choices one of the listed ones; anything else is rejected with
+a sentence saying what is wrong (nothing is clamped, except an over-long prompt, which is cut with a
+notice). `visitor_errors` turns every failure of an endpoint, expected or not, into a `gr.Error`
+with such a sentence, so a caller never sees a traceback and the server keeps serving.
 
 The functions that touch the model take and yield plain data only (strings, numbers, dicts), so
 `spaces.GPU` can wrap them on a ZeroGPU Space; where the `spaces` package is not installed the
@@ -8,13 +15,21 @@ app-level state (which model this process serves), never per-visitor state.
 
 from __future__ import annotations
 
+import functools
+import html
+import inspect
+import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from alignx_demo.config import GenerationSettings, RoutingSettings
-from alignx_demo.generation import RoutedGeneration
-from alignx_demo.serving import ModelContext
+import gradio as gr
+import torch
+
+from alignx_demo.config import GenerationSettings, RoutingSettings, validate_axis_prior
+from alignx_demo.generation import RoutedGeneration, clean_prompt
+from alignx_demo.serving import MAX_REQUEST_CHARS, Limits, ModelContext
 
 try:  # ZeroGPU on Hugging Face Spaces
     import spaces  # type: ignore[import-not-found]
@@ -24,8 +39,19 @@ except Exception:  # not on a Space: run where the model is
     def gpu(fn: Callable) -> Callable:
         return fn
 
+log = logging.getLogger(__name__)
+
 UPDATE_EVERY_S = 0.1
 """Streaming updates are throttled to at most one page update per this many seconds."""
+TEMPERATURE_RANGE = (0.1, 2.0)
+TOP_P_RANGE = (0.05, 1.0)
+SEED_MAX = 2**32 - 1
+MODES = ("soft", "top1")
+MODEL_EVENT: dict[str, Any] = {"preprocess": False, "concurrency_id": "model"}
+"""Event settings of every endpoint that uses the model: inputs reach it raw and are checked here, and
+all model work shares one queue group, so the operator's concurrency limit bounds it as a whole."""
+OUT_OF_MEMORY = ("The server ran out of memory while working on this request. Try a shorter prompt or fewer new "
+                 "tokens; the app itself is still running.")
 
 SERVED: dict[int, ModelContext] = {}
 
@@ -40,33 +66,143 @@ def serve(context: ModelContext) -> int:
     return key
 
 
-def settings_from(max_new_tokens: Any, do_sample: Any, temperature: Any, top_p: Any, seed: Any) -> GenerationSettings:
-    """GenerationSettings from UI/API values, with a clear message for out-of-range ones."""
+def limits_of(key: int) -> Limits:
+    return SERVED[key].limits
+
+
+def request_deadline(key: int) -> float:
+    """The `time.monotonic()` time by which a request starting now must stop generating."""
+    return time.monotonic() + limits_of(key).request_seconds
+
+
+def _bound(value: int | float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def number(value: Any, name: str, low: float, high: float, whole: bool = False) -> int | float:
+    """`value` if it is a finite number in [low, high] (and whole, when asked); a GenerationError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenerationError(f"{name} must be a number, got {_shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GenerationError(f"{name} must be a finite number, got {value}")
+    if whole and isinstance(value, float) and not value.is_integer():
+        raise GenerationError(f"{name} must be a whole number, got {value}")
+    if not low <= value <= high:
+        raise GenerationError(f"{name} must be from {_bound(low)} to {_bound(high)}, got {_shown(value)}")
+    return int(value) if whole else float(value)
+
+
+def flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise GenerationError(f"{name} must be true or false, got {_shown(value)}")
+    return value
+
+
+def one_of(value: Any, name: str, options: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise GenerationError(f"{name} must be one of {', '.join(repr(o) for o in options)}, got {_shown(value)}")
+    return value
+
+
+def check_prompt(prompt: Any, limits: Limits) -> tuple[str, list[str]]:
+    """The cleaned prompt and notices of what cleaning changed (see `generation.clean_prompt`)."""
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        raise GenerationError(f"the prompt must be text, got {type(prompt).__name__}")
+    if len(prompt) > MAX_REQUEST_CHARS:
+        raise GenerationError(f"the prompt is too long ({len(prompt):,} characters; at most {MAX_REQUEST_CHARS:,})")
     try:
-        max_new = float(max_new_tokens)
-        seed_value = float(seed)
-        if not max_new.is_integer() or not seed_value.is_integer():
-            raise ValueError(f"max new tokens and seed must be whole numbers, got {max_new_tokens!r} and {seed!r}")
-        return GenerationSettings(int(max_new), bool(do_sample), float(temperature), float(top_p), int(seed_value))
-    except (TypeError, ValueError) as err:
+        return clean_prompt(prompt, limits.max_prompt_chars)
+    except ValueError as err:
         raise GenerationError(str(err)) from None
+
+
+def settings_from(max_new_tokens: Any, do_sample: Any, temperature: Any, top_p: Any, seed: Any, cap: int) -> GenerationSettings:
+    """GenerationSettings from UI/API values, refusing anything outside the widgets' ranges (`cap` new tokens at most)."""
+    return GenerationSettings(
+        number(max_new_tokens, "max new tokens", 1, cap, whole=True),
+        flag(do_sample, "do_sample"),
+        number(temperature, "temperature", *TEMPERATURE_RANGE),
+        number(top_p, "top_p", *TOP_P_RANGE),
+        number(seed, "seed", 0, SEED_MAX, whole=True),
+    )
+
+
+def prior_from(helpful: Any, harmless: Any, honest: Any, blend: Any, used: bool) -> dict[str, Any]:
+    """Routing fields of an axis prior from slider values (each in [0, 1]); empty when the prior is not `used`."""
+    values = [number(v, f"{name} prior", 0, 1) for v, name in ((helpful, "helpful"), (harmless, "harmless"), (honest, "honest"))]
+    blend = number(blend, "prior blend", 0, 1)
+    if not used:
+        return {}
+    try:
+        return {"axis_prior": validate_axis_prior(values), "prior_blend": blend}
+    except ValueError as err:
+        raise GenerationError(str(err)) from None
+
+
+def _visitor_error(err: Exception) -> gr.Error:
+    """The gr.Error a visitor sees for `err`: its own message when it is about their input, a plain
+    sentence (and a logged traceback) otherwise. Messages are HTML-escaped: Gradio renders them as HTML."""
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, GenerationError):
+        return gr.Error(html.escape(str(err), quote=False), print_exception=False)
+    if isinstance(err, torch.OutOfMemoryError):
+        log.error("out of memory: %s", err)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return gr.Error(OUT_OF_MEMORY, print_exception=False)
+    log.error("request failed", exc_info=err)
+    return gr.Error(f"Something went wrong on the server while working on this request ({type(err).__name__}). "
+                    "It has been logged; please try again.", print_exception=False)
+
+
+def visitor_errors(fn: Callable) -> Callable:
+    """Wrap an endpoint (plain or generator function) so that any exception reaches the visitor as a clear gr.Error."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise _visitor_error(err) from None
+
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise _visitor_error(err) from None
+
+    return call
 
 
 @gpu
 def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any],
-                 every: float = UPDATE_EVERY_S) -> Iterator[dict[str, Any]]:
-    """Yield the growing trace (plain data) at most every `every` seconds, and the final trace last."""
+                 deadline: float | None = None, every: float = UPDATE_EVERY_S) -> Iterator[dict[str, Any]]:
+    """Yield the growing trace (plain data) at most every `every` seconds, and the final trace last.
+
+    Generation stops at `deadline` (default: the operator's per-request limit from now). Closing this
+    generator (Stop, or the visitor going away) ends the generation at once: the model is only held
+    for one forward pass at a time.
+    """
     context = SERVED.get(key)
     if context is None or context.loaded is None:
         raise GenerationError((context.problem if context else None) or "no model loaded")
-    if not isinstance(prompt, str):
-        raise GenerationError("the prompt must be text")
-    if len(prompt) > 20_000:
-        raise GenerationError(f"the prompt is too long ({len(prompt)} characters; at most 20,000)")
+    text, notices = check_prompt(prompt, context.limits)
     try:
         run = RoutedGeneration(
-            context.loaded.mocae, context.loaded.tokenizer, prompt, GenerationSettings(**generation),
-            RoutingSettings(**routing), model_name=context.name,
+            context.loaded.mocae, context.loaded.tokenizer, text, GenerationSettings(**generation),
+            RoutingSettings(**routing), deadline=request_deadline(key) if deadline is None else deadline,
+            max_prompt_chars=context.limits.max_prompt_chars, model_name=context.name, notices=notices,
         )
     except ValueError as err:
         raise GenerationError(str(err)) from None
@@ -79,13 +215,6 @@ def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dic
     trace = run.trace()
     trace["notices"] = list(context.notices) + trace["notices"]
     yield trace
-
-
-def run_to_end(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any]) -> dict[str, Any]:
-    trace: dict[str, Any] = {}
-    for trace in stream_trace(key, prompt, generation, routing, every=3600.0):
-        pass
-    return trace
 
 
 def shares(trace: dict[str, Any]) -> dict[str, float]:

@@ -13,11 +13,21 @@ from typing import Any
 
 import gradio as gr
 
-from alignx_demo.config import AXES, validate_axis_prior
+from alignx_demo.serving import Limits
 from alignx_demo.ui.chips import chips_html, legend_html
 from alignx_demo.ui.live import summary_markdown
 from alignx_demo.ui.plots import empty_figure, shares_figure
-from alignx_demo.ui.runner import GenerationError, settings_from, shares, stream_trace
+from alignx_demo.ui.runner import (
+    MODEL_EVENT,
+    flag,
+    limits_of,
+    prior_from,
+    request_deadline,
+    settings_from,
+    shares,
+    stream_trace,
+    visitor_errors,
+)
 
 PRESETS: dict[str, tuple[float, float, float] | None] = {
     "too helpful": (1.0, 0.0, 0.0),
@@ -34,38 +44,31 @@ def preset_routing(name: str) -> dict[str, Any]:
     return {"mode": "soft", "calibrated": True, "axis_prior": prior, "prior_blend": 1.0}
 
 
+def greedy_settings(key: int, max_new_tokens: Any, seed: Any) -> dict[str, Any]:
+    """Greedy decoding settings of the trade-off endpoints, capped at half the operator's max new tokens."""
+    return settings_from(max_new_tokens, False, 1.0, 1.0, seed, limits_of(key).half_max_new_tokens).to_dict()
+
+
+@visitor_errors
 def stream_tradeoff(key: int, prompt: str, helpful: float, harmless: float, honest: float, blend: float, just_right: bool,
                     max_new_tokens: float, seed: float) -> Iterator[tuple[str, str, Any]]:
-    try:
-        generation = settings_from(max_new_tokens, False, 1.0, 1.0, seed).to_dict()
-        routing: dict[str, Any] = {"mode": "soft", "calibrated": True}
-        if not just_right:
-            try:
-                prior = validate_axis_prior([helpful, harmless, honest])
-                blend = float(blend)
-                if not 0.0 <= blend <= 1.0:
-                    raise ValueError(f"prior blend must be in [0, 1], got {blend}")
-            except (TypeError, ValueError) as err:
-                raise GenerationError(str(err)) from None
-            routing |= {"axis_prior": prior, "prior_blend": blend}
-        for trace in stream_trace(key, prompt, generation, routing):
-            yield chips_html(trace["tokens"]), summary_markdown(trace), trace
-    except GenerationError as err:
-        raise gr.Error(str(err)) from None
+    generation = greedy_settings(key, max_new_tokens, seed)
+    routing = {"mode": "soft", "calibrated": True} | prior_from(helpful, harmless, honest, blend, not flag(just_right, "just_right"))
+    for trace in stream_trace(key, prompt, generation, routing):
+        yield chips_html(trace["tokens"]), summary_markdown(trace), trace
 
 
+@visitor_errors
 def stream_presets(key: int, prompt: str, max_new_tokens: float, seed: float) -> Iterator[tuple[Any, ...]]:
-    try:
-        generation = settings_from(max_new_tokens, False, 1.0, 1.0, seed).to_dict()
-        done: dict[str, dict[str, Any]] = {}
-        html = {name: chips_html([], empty="waiting…") for name in PRESETS}
-        for name in PRESETS:
-            for trace in stream_trace(key, prompt, generation, preset_routing(name)):
-                html[name] = chips_html(trace["tokens"])
-                done[name] = trace
-                yield (*html.values(), gr.skip())
-    except GenerationError as err:
-        raise gr.Error(str(err)) from None
+    generation = greedy_settings(key, max_new_tokens, seed)
+    deadline = request_deadline(key)
+    done: dict[str, dict[str, Any]] = {}
+    html = {name: chips_html([], empty="waiting…") for name in PRESETS}
+    for name in PRESETS:
+        for trace in stream_trace(key, prompt, generation, preset_routing(name), deadline):
+            html[name] = chips_html(trace["tokens"])
+            done[name] = trace
+            yield (*html.values(), gr.skip())
     result = {name: {"text": t["text"], "axis_shares": shares(t), "settings": t["settings"]["routing"], "trace": t}
               for name, t in done.items()}
     yield (*html.values(), result)
@@ -77,7 +80,7 @@ def _shares_plot(result: dict[str, Any] | None) -> Any:
     return shares_figure({name: r["axis_shares"] for name, r in result.items()}, "Mean weight per axis under each preset")
 
 
-def build_tradeoff_tab(key: int) -> None:
+def build_tradeoff_tab(key: int, limits: Limits) -> None:
     gr.HTML(legend_html())
     gr.Markdown("Push the mixture toward one axis and see what the model becomes: **too helpful** (answers everything), "
                 "**too harmless** (refuses everything), **too honest** (hedges everything) — or **just right**, where the "
@@ -91,7 +94,8 @@ def build_tradeoff_tab(key: int) -> None:
         with gr.Column(min_width=260):
             blend = gr.Slider(0, 1, value=1.0, step=0.05, label="Prior blend", info="1 = the prior replaces the router; 0 = router only")
             just_right = gr.Checkbox(False, label="Just right: calibrated router, sliders ignored")
-            max_new = gr.Slider(1, 128, value=40, step=1, label="Max new tokens")
+            max_new = gr.Slider(1, limits.half_max_new_tokens, value=min(40, limits.half_max_new_tokens), step=1,
+                                label="Max new tokens")
             seed = gr.Number(0, precision=0, label="Seed")
     with gr.Row():
         preset_buttons = {name: gr.Button(name.capitalize(), size="sm") for name in PRESETS}
@@ -120,9 +124,9 @@ def build_tradeoff_tab(key: int) -> None:
         button.click(lambda v=values: v, outputs=[helpful, harmless, honest, just_right], api_visibility="private", queue=False)
     run_btn.click(lambda *a: (yield from stream_tradeoff(key, *a)),
                   inputs=[prompt, helpful, harmless, honest, blend, just_right, max_new, seed], outputs=[chips, summary, trace],
-                  api_name="tradeoff", concurrency_limit=2,
+                  api_name="tradeoff", **MODEL_EVENT,
                   api_description="Generate under an axis prior (helpful, harmless, honest, blend) or, with just_right, the calibrated router.")
     all_btn.click(lambda *a: (yield from stream_presets(key, *a)), inputs=[prompt, max_new, seed],
-                  outputs=[*preset_html.values(), result], api_name="presets", concurrency_limit=2,
+                  outputs=[*preset_html.values(), result], api_name="presets", **MODEL_EVENT,
                   api_description="Generate the prompt under the four presets; returns four chips HTML and a JSON summary.")
     result.change(_shares_plot, inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
