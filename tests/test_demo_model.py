@@ -38,6 +38,6 @@ def test_demo_model_generates_with_routing_both_ways():
 
 def test_model_card_has_measured_figures():
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
-    for heading in ("## Base", "## Evaluation", "## Samples", "| mocae_full |"):
+    for heading in ("## Base", "## Evaluation", "## Targets", "## Samples", "| mocae_full |"):
         assert heading in card, heading
     assert Path(DEFAULT_MODEL / "logs" / "calibration_summary.json").exists()
