@@ -20,7 +20,7 @@ from alignx_demo.data.readers import (
     summarize,
     summary_counts,
 )
-from alignx_demo.data.records import SPLITS, AxisExample, normalize_key, split_of
+from alignx_demo.data.records import SPLITS, AxisExample, eval_prompts, normalize_key, split_of
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_fixtures import make_data_dir, tqa_questions  # noqa: E402
@@ -50,6 +50,14 @@ def test_axis_example_validates_axis_and_split():
         AxisExample("a:1", "kind", "p", "r", "a", "train")
     with pytest.raises(ValueError, match="split"):
         AxisExample("a:1", "helpful", "p", "r", "a", "test")
+
+
+def test_eval_prompts_are_distinct_and_in_order():
+    rows = [AxisExample(f"t:{i}", axis, prompt, "answer", "t", split) for i, (axis, prompt, split) in enumerate([
+        ("honest", "Is the Earth flat?", "eval"), ("honest", "is the earth  FLAT?", "eval"), ("honest", "Why?", "train"),
+        ("helpful", "Why?", "eval"), ("honest", "Who wrote it?", "eval"), ("honest", "What year?", "eval")])]
+    assert [e.id for e in eval_prompts(rows, "honest")] == ["t:0", "t:4", "t:5"]
+    assert [e.id for e in eval_prompts(rows, "honest", limit=2)] == ["t:0", "t:4"]
 
 
 def test_load_axis_data_covers_all_axes_with_disjoint_splits(data_dir):
