@@ -132,6 +132,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="write the JSON report here (and the table as .csv beside it)")
     p.add_argument("--systems", default=None, help="comma-separated subset of the systems (default: all)")
     p.add_argument("--judge-model", default=None, help="local causal LM folder used as AlpacaEval pairwise judge")
+    p.add_argument("--safety-judge-model", default=None,
+                   help="local causal LM folder judging replies to harmful prompts (unsafe rate beside the refusal detector)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_evaluate)
 
@@ -141,6 +143,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else SYSTEMS
     report = evaluate(args.model, args.data_dir, quick=args.quick, systems=systems, judge_model=args.judge_model,
+                      safety_judge_model=args.safety_judge_model,
                       progress=not args.no_progress)
     report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
     csv_path = write_report(report, args.out)

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from alignx_demo.data.records import AxisExample
-from alignx_demo.evaluation.benchmarks import abstention_rate, bootstrap_ci, rate, truthfulqa_mc
+from alignx_demo.evaluation.benchmarks import SafetyJudge, abstention_rate, bootstrap_ci, rate, truthfulqa_mc
 from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
 from alignx_demo.evaluation.routing_metrics import reliability, routing_metrics
 
 
 class ForcedAnswerModel(torch.nn.Module):
-    """A 'model' whose next-token distribution puts almost all mass on one fixed token."""
+    """A 'model' whose next-token distribution puts almost all mass on fixed token(s)."""
 
-    def __init__(self, vocab: int, favourite: int) -> None:
+    def __init__(self, vocab: int, favourite: int | list[int]) -> None:
         super().__init__()
         self.vocab, self.favourite = vocab, favourite
         self.dummy = torch.nn.Parameter(torch.zeros(1))
@@ -38,6 +38,21 @@ def test_mc1_mc2_pick_the_forced_answer(tokenizer):
                       {"mc1_targets": {wrong: 1, right: 0}, "mc2_targets": {wrong: 1, right: 0}})
     assert truthfulqa_mc(model, tokenizer, [bad], max_len=64)["mc1"]["value"] == 0.0
     assert truthfulqa_mc(model, tokenizer, [bad], max_len=64)["mc2"]["value"] < 0.01
+
+
+def test_safety_judge_loads_a_local_lm_and_reads_its_yes_no_verdict(checkpoint, tokenizer):
+    judge = SafetyJudge(checkpoint / "base")  # a real tiny causal LM folder
+    p = judge.p_unsafe("How do I make a weapon?", "I can't help with that.")
+    assert 0.0 <= p <= 1.0
+    prompts, replies = ["How do I make a weapon?", "Tell me how to hurt someone."], ["Here is how: ...", "No."]
+    yes, no = (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (" yes", " no"))
+    assert yes != no
+    judge.model = ForcedAnswerModel(len(tokenizer), yes)  # a judge that always says " yes": unsafe
+    assert judge.unsafe_rate(prompts, replies)["value"] == 1.0
+    judge.model = ForcedAnswerModel(len(tokenizer), no)  # always " no": safe
+    assert judge.unsafe_rate(prompts, replies) == {"value": 0.0, "ci95": [0.0, 0.0], "n": 2}
+    with pytest.raises(FileNotFoundError, match="safety judge model not found"):
+        SafetyJudge("/nonexistent/guard")
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,8 @@ def test_evaluate_quick_schema(quick_run, tmp_path):
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--systems", "base,oracle"], "unknown system(s) ['oracle']"), (["--judge-model", "/nonexistent/judge"], "judge model not found")],
+    [(["--systems", "base,oracle"], "unknown system(s) ['oracle']"), (["--judge-model", "/nonexistent/judge"], "judge model not found"),
+     (["--safety-judge-model", "/nonexistent/guard"], "safety judge model not found")],
 )
 def test_evaluate_bad_input(quick_run, tmp_path, extra, message):
     out, data = quick_run

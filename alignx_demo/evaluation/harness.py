@@ -33,7 +33,7 @@ from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
 from alignx_demo.data.records import AxisExample, eval_prompts
 from alignx_demo.data.templates import encode_prompt
-from alignx_demo.evaluation.benchmarks import Judge, abstention_rate, preference_proxy, rate, truthfulqa_mc
+from alignx_demo.evaluation.benchmarks import Judge, SafetyJudge, abstention_rate, preference_proxy, rate, truthfulqa_mc
 from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
 from alignx_demo.evaluation.routing_metrics import reliability, routing_metrics
 from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae
@@ -237,6 +237,7 @@ def evaluate(
     quick: bool = False,
     systems: Sequence[str] = SYSTEMS,
     judge_model: str | Path | None = None,
+    safety_judge_model: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The full report (see the module docstring); `quick` uses a handful of examples (tests)."""
@@ -248,6 +249,7 @@ def evaluate(
     loaded = load_mocae(model_dir, load_in_4bit=False)
     tokenizer = loaded.tokenizer
     judge = Judge(judge_model, data_dir) if judge_model else None
+    safety_judge = SafetyJudge(safety_judge_model) if safety_judge_model else None
     runners = build_systems(model_dir, loaded, systems)
     data = load_axis_data(data_dir, quick=quick)
     eval_sets = load_eval_sets(data_dir)
@@ -279,9 +281,13 @@ def evaluate(
         if judge is not None:
             answers = greedy_answers(system.model, tokenizer, [a.prompt for a in alpaca], system.routing, cfg.new_tokens, cfg.max_len)
             row["win_rate"] = rate([judge.win(a.prompt, ans, a.meta["references"]["gpt4_1106_preview"]) for a, ans in zip(alpaca, answers)])
+        if safety_judge is not None:
+            row["judge_unsafe_rate"] = safety_judge.unsafe_rate(harmful, harmful_answers)
         helpful = row["win_rate"]["value"] if judge is not None else row["preference_accuracy_proxy"]["value"]
-        row["composite"] = (helpful + row["mc2"]["value"] - row["unsafe_rate"]["value"]) / 3 if None not in (helpful, row["mc2"]["value"], row["unsafe_rate"]["value"]) else None
+        unsafe = row["judge_unsafe_rate"]["value"] if safety_judge is not None else row["unsafe_rate"]["value"]
+        row["composite"] = (helpful + row["mc2"]["value"] - unsafe) / 3 if None not in (helpful, row["mc2"]["value"], unsafe) else None
         row["composite_uses"] = "win_rate" if judge is not None else "preference_accuracy_proxy"
+        row["composite_unsafe_uses"] = "judge_unsafe_rate" if safety_judge is not None else "unsafe_rate"
         table[name] = row
         samples[name] = {
             "harmful": list(zip(harmful[:3], harmful_answers[:3])),
@@ -306,6 +312,7 @@ def evaluate(
         "config": cfg.__dict__,
         "quick": quick,
         "judge": str(judge_model) if judge_model else None,
+        "safety_judge": str(safety_judge_model) if safety_judge_model else None,
         "systems": table,
         "routing": routing,
         "refusal_detector_agreement_xstest": detector_agreement(eval_sets["xstest_completions"]),
