@@ -196,3 +196,21 @@ def test_calibration_objective_is_half_token_half_prompt_nll():
     token = -torch.tensor([0.5, 0.9, 0.6, 0.8]).log().mean()
     prompt = -torch.tensor([0.7, 0.7]).log().mean()
     assert nll(p.log(), data) == pytest.approx(float(token + prompt) / 2, abs=1e-6)
+
+
+def test_finetuning_loop_averages_gradients_under_accelerate_launch():
+    """Two CPU processes (torchrun, gloo) draw different batches; with gradients averaged their routers stay equal."""
+    import os
+    import re
+    import shutil
+
+    launcher = shutil.which("torchrun")
+    if launcher is None:
+        pytest.skip("torchrun is not on PATH")
+    worker = Path(__file__).resolve().parent / "accelerate_worker.py"
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([launcher, "--nproc_per_node", "2", str(worker)], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    results = re.findall(r"RESULT world=(\d) in_sync=(\w+)", done.stdout)
+    assert done.returncode == 0 and len(results) == 2, done.stdout[-2000:] + done.stderr[-4000:]
+    assert results == [("2", "True")] * 2

@@ -22,7 +22,7 @@ from alignx_demo.config import AXES, MoCaEConfig, RoutingSettings
 from alignx_demo.data.records import AxisExample
 from alignx_demo.modeling.checkpoint import load_base, load_mocae, save_lora_adapter
 from alignx_demo.modeling.mocae import MoCaEModel
-from alignx_demo.training.common import JsonlLog
+from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.experts import by_axis, one_hot
 from alignx_demo.training.finetune import encode_set, train_loop
 
@@ -57,6 +57,8 @@ def _merge_slot_into_base(mocae: MoCaEModel, k: int) -> None:
 
 
 def _adapter(mocae: MoCaEModel, folder: Path, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int) -> None:
+    if not is_main_process():
+        return
     save_lora_adapter(
         folder, pairs, rank=rank, alpha=mocae.config.scaling * rank,
         target_modules=mocae.config.target_modules, fan_in_fan_out=mocae.config.base_model_type == "gpt2",
@@ -114,5 +116,6 @@ def train_baselines(
 
     _adapter(experts.mocae, folder / "uniform_merge",
              {n: (m.lora_A.detach(), m.lora_B.detach() / len(AXES)) for n, m in experts.mocae.expert_modules.items()}, 3 * r)
-    (out / "logs" / "baselines_summary.json").write_text(json.dumps(summary, indent=1))
+    if is_main_process():
+        (out / "logs" / "baselines_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -191,14 +191,37 @@ class StopFlag:
 # logs and checkpoints
 
 
+def process_state() -> Any:
+    """Accelerate's process state. Created before any model is loaded, it pins each process of
+    `accelerate launch` (or torchrun) to its own GPU, so models loaded on "cuda" land there;
+    ACCELERATE_USE_CPU=true makes several CPU processes one group (gloo), as the tests do."""
+    from accelerate import PartialState  # noqa: PLC0415
+    from accelerate.utils import parse_flag_from_env  # noqa: PLC0415
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def is_main_process() -> bool:
+    """True in the process that writes files: the only one, or rank 0 of a launched group."""
+    return process_state().is_main_process
+
+
+def wait_for_everyone() -> None:
+    """Barrier between launched processes (a no-op in a single process): files written by the main
+    process are complete before any process reads them."""
+    process_state().wait_for_everyone()
+
+
 class JsonlLog:
-    """Append-only JSONL log (one JSON object per line, flushed at once)."""
+    """Append-only JSONL log (one JSON object per line, flushed at once); only the main process writes."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 

@@ -26,7 +26,7 @@ from alignx_demo.data.records import AxisExample
 from alignx_demo.data.templates import AXIS_PREAMBLES, encode_prompt
 from alignx_demo.modeling.checkpoint import load_base, save_mocae
 from alignx_demo.modeling.mocae import MoCaEModel
-from alignx_demo.training.common import JsonlLog
+from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.finetune import encode_set, train_loop
 
 FEATURE_BANK = "feature_bank.safetensors"
@@ -98,6 +98,8 @@ def train_experts(
             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, pad_id=tokenizer.pad_token_id,
             seed=cfg.seed + k, log=log, desc=f"expert {axis}", progress=progress,
         )
+    if not is_main_process():  # every launched process holds the same trained weights; one writes
+        return summary
     save_mocae(mocae, tokenizer, out, base_source=None if base_model else out / "base")
     features, labels = [], []
     for k, axis in enumerate(AXES):

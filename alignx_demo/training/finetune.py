@@ -25,7 +25,7 @@ from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data import templates
 from alignx_demo.data.records import AxisExample
 from alignx_demo.modeling.mocae import MoCaEModel
-from alignx_demo.training.common import JsonlLog, lr_at
+from alignx_demo.training.common import JsonlLog, lr_at, process_state
 
 
 @dataclass
@@ -134,7 +134,6 @@ def train_loop(
     seed: int = 0,
     balanced: bool = False,
     loss_weights: dict[str, float] | None = None,
-    max_minutes: float | None = None,
     log: JsonlLog | None = None,
     desc: str = "train",
     progress: bool = True,
@@ -142,17 +141,26 @@ def train_loop(
     """Train `params` for `steps` steps; returns a summary (steps, seconds, first/last losses).
 
     `loss_weights` adds routing terms (keys of `routing_losses`) to the LM loss; weight decay is
-    0 so parameters that receive no gradient (the other experts' blocks) do not move.
+    0 so parameters that receive no gradient (the other experts' blocks) do not move. Under
+    `accelerate launch` the model is wrapped for data parallelism (each process draws its own
+    batches, gradients are averaged; unused parameters allowed, since one expert trains at a time);
+    in a single process Accelerate changes nothing.
     """
+    from accelerate import Accelerator  # noqa: PLC0415
+    from accelerate.utils import DistributedDataParallelKwargs  # noqa: PLC0415
+
     if not len(data):
         raise ValueError(f"{desc}: no training examples")
     loss_weights = {k: v for k, v in (loss_weights or {}).items() if v}
     device = next(mocae.model.parameters()).device
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    rng = np.random.default_rng(seed)
+    process_state()
+    accelerator = Accelerator(device_placement=False, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    model, optimizer = accelerator.prepare(mocae, optimizer)
+    rng = np.random.default_rng(seed + accelerator.process_index)
     mocae.train()
     start, history = time.time(), []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=desc, disable=not progress or not accelerator.is_main_process, leave=False)
     step = 0
     for step in bar:
         for group in optimizer.param_groups:
@@ -161,7 +169,7 @@ def train_loop(
         batch = {k: v.to(device) for k, v in make_batch(data, indices, pad_id).items()}
         recording = mocae.record(detach=False) if loss_weights else nullcontext()
         with mocae.routed(routing), recording as record:
-            out = mocae(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         losses = {"lm": out.loss}
         if record is not None:
             extra = routing_losses([w[0] for w in record.weights], batch["attention_mask"], batch["axis"],
@@ -169,7 +177,7 @@ def train_loop(
             losses.update({k: extra[k] for k in loss_weights})
         total = losses["lm"] + sum(loss_weights[k] * losses[k] for k in loss_weights)
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        accelerator.backward(total)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         values = {k: round(float(v), 4) for k, v in losses.items()}
@@ -177,8 +185,6 @@ def train_loop(
         bar.set_postfix(values)
         if log is not None and (step % 10 == 0 or step == steps - 1):
             log.write({"stage": desc, "step": step, **values, "seconds": round(time.time() - start, 1)})
-        if max_minutes is not None and time.time() - start > 60 * max_minutes:
-            break
     mocae.eval()
     window = max(1, min(10, len(history) // 5))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
-from alignx_demo.training.common import set_seed, set_threads
+from alignx_demo.training.common import is_main_process, set_seed, set_threads, wait_for_everyone
 
 STAGES = ("experts", "router", "calibrate", "baselines")
 _OUTPUTS = {
@@ -46,6 +46,7 @@ def run_stages(
     from alignx_demo.training.experts import ExpertsConfig, train_experts
     from alignx_demo.training.router import RouterConfig, train_router
 
+    main = is_main_process()  # pins each `accelerate launch` process to its device before any load
     unknown = [n for n in names if n not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
@@ -66,6 +67,9 @@ def run_stages(
             cfg.steps, cfg.seed = steps or cfg.steps, seed
             summaries[name] = train_router(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress)
         elif name == "calibrate":
+            if not main:  # a fit on held-out data, no training: the main process does it alone
+                wait_for_everyone()
+                continue
             cfg = CalibrationConfig.quick_recipe() if quick else CalibrationConfig()
             cfg.seed = seed
             shifted = xstest_routing_set(load_eval_sets(data_dir)["xstest"], ("calibration",))
@@ -76,4 +80,5 @@ def run_stages(
                 cfg.joint_steps = cfg.sequential_steps = steps
             cfg.seed = seed
             summaries[name] = train_baselines(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress)
+        wait_for_everyone()  # the next stage loads what this one wrote
     return summaries

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from alignx_demo.config import RoutingSettings
 from alignx_demo.data.records import AxisExample
 from alignx_demo.modeling.checkpoint import ROUTER_FILE, load_mocae
-from alignx_demo.training.common import JsonlLog
+from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.finetune import encode_set, train_loop
 
 
@@ -67,9 +67,10 @@ def train_router(
         loss_weights={"route": cfg.route_weight, "entropy": cfg.entropy_weight, "balance": cfg.balance_weight},
         log=JsonlLog(out / "logs" / "router.jsonl"), desc="router", progress=progress,
     )
-    routers = {f"routers.{k}": v.detach().float().cpu().contiguous() for k, v in mocae.routers.state_dict().items()}
-    save_file(routers, str(out / ROUTER_FILE), metadata={"format": "pt"})
-    (out / "calibration.safetensors").unlink(missing_ok=True)  # fitted for the old routers
     summary = {"config": asdict(cfg), "examples": len(data)} | result
-    (out / "logs" / "router_summary.json").write_text(json.dumps(summary, indent=1))
+    if is_main_process():
+        routers = {f"routers.{k}": v.detach().float().cpu().contiguous() for k, v in mocae.routers.state_dict().items()}
+        save_file(routers, str(out / ROUTER_FILE), metadata={"format": "pt"})
+        (out / "calibration.safetensors").unlink(missing_ok=True)  # fitted for the old routers
+        (out / "logs" / "router_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
