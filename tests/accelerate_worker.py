@@ -15,6 +15,7 @@ from conftest import VOCAB, randomize_mocae, tiny_model  # noqa: E402
 
 from alignx_demo.config import MoCaEConfig, RoutingSettings  # noqa: E402
 from alignx_demo.modeling.mocae import MoCaEModel  # noqa: E402
+from alignx_demo.training.common import end_process_group  # noqa: E402
 from alignx_demo.training.finetune import EncodedSet, train_loop  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def main() -> None:
     moved = float((flat.abs() > 0).float().mean())
     same = all(torch.equal(g, gathered[0]) for g in gathered)
     print(f"RESULT world={dist.get_world_size()} in_sync={same} moved={moved:.2f}", flush=True)
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -206,6 +206,16 @@ def is_main_process() -> bool:
     return process_state().is_main_process
 
 
+def end_process_group() -> None:
+    """Close the launched group once the stages are done (a no-op in a single process): a group left
+    open can abort the processes at interpreter shutdown, turning a finished run into a failed one."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def wait_for_everyone() -> None:
     """Barrier between launched processes (a no-op in a single process): files written by the main
     process are complete before any process reads them."""

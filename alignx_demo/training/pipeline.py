@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
-from alignx_demo.training.common import is_main_process, set_seed, set_threads, wait_for_everyone
+from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
 
 STAGES = ("experts", "router", "calibrate", "baselines")
 _OUTPUTS = {
@@ -81,4 +81,5 @@ def run_stages(
             cfg.seed = seed
             summaries[name] = train_baselines(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress)
         wait_for_everyone()  # the next stage loads what this one wrote
+    end_process_group()
     return summaries
