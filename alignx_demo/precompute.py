@@ -41,16 +41,6 @@ def _one_hot(k: int) -> tuple[float, float, float]:
     return tuple(1.0 if j == k else 0.0 for j in range(len(AXES)))  # type: ignore[return-value]
 
 
-def _eval_examples(data_dir: Path, quick: bool, per_axis: int, need_response: bool) -> list[Any]:
-    from alignx_demo.data.readers import load_axis_data
-
-    examples = load_axis_data(data_dir, quick=quick).examples
-    out = []
-    for axis in AXES:
-        out += [e for e in examples if e.axis == axis and e.split == "eval" and (e.response or not need_response)][:per_axis]
-    return out
-
-
 def _computed_losses(regimes: RegimeSet, examples: list[Any], max_len: int) -> dict[str, dict[str, float]]:
     """Held-out loss per axis of every system the forgetting figure needs (no preamble)."""
     from alignx_demo.evaluation.harness import heldout_loss
@@ -182,16 +172,18 @@ def run_precompute(
         losses = report.get("heldout_loss")
         loss_source = f"evaluation report {Path(eval_report).name}"
     elif data_dir is not None:
-        from alignx_demo.evaluation.harness import EvalConfig, routing_report
+        from alignx_demo.data.readers import load_axis_data
+        from alignx_demo.evaluation.harness import EvalConfig, loss_examples, routing_examples, routing_report
 
         cfg = EvalConfig.quick_recipe() if quick else EvalConfig()
-        examples = _eval_examples(Path(data_dir), quick, cfg.routing_per_axis, need_response=False)
+        data = load_axis_data(Path(data_dir), quick=quick).examples
+        examples = routing_examples(data, cfg.routing_per_axis)
         routing = routing_report(loaded.mocae, loaded.tokenizer, examples, cfg)
         reliability = {"source": f"computed by precompute on {len(examples)} evaluation-split prompts of {Path(data_dir).name}",
                        "splits": _reliability_from_report({"routing": {"eval": routing}})}
-        loss_examples = _eval_examples(Path(data_dir), quick, cfg.loss_per_axis if not quick else 4, need_response=True)
-        losses = _computed_losses(regimes, loss_examples, cfg.max_len)
-        loss_source = f"computed by precompute on {len(loss_examples)} evaluation-split examples"
+        loss_set = loss_examples(data, cfg.loss_per_axis if not quick else 4)
+        losses = _computed_losses(regimes, loss_set, cfg.max_len)
+        loss_source = f"computed by precompute on {len(loss_set)} evaluation-split examples"
     else:
         reliability, losses, loss_source = None, None, None
         notes.append("no --eval-report and no --data-dir: reliability and forgetting not built")

@@ -69,5 +69,9 @@ def test_bench_shape_of_a_checkpoint(tmp_path):
     config = json.loads((DEFAULT_MODEL / "base" / "config.json").read_text())
     assert (shape.hidden_size, shape.intermediate_size, shape.num_layers, shape.vocab_size) == (
         config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], config["vocab_size"])
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained(str(DEFAULT_MODEL / "base"), use_safetensors=True)
+    assert sum(p.numel() for p in shape.build().parameters()) == sum(p.numel() for p in real.parameters())  # ties kept
     with pytest.raises(FileNotFoundError, match="base config"):
         BenchShape.of_checkpoint(tmp_path)

@@ -51,6 +51,7 @@ class BenchShape:
     num_layers: int = 4
     num_heads: int = 16
     vocab_size: int = 32000
+    tie_word_embeddings: bool = False
 
     @classmethod
     def of_checkpoint(cls, folder: str | Path) -> BenchShape:
@@ -62,7 +63,8 @@ class BenchShape:
         if not path.is_file():
             raise FileNotFoundError(f"no base config at {path}: --shape-of takes a MoCaE checkpoint folder")
         c = json.loads(path.read_text())
-        return cls(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"], c["vocab_size"])
+        return cls(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"], c["vocab_size"],
+                   bool(c.get("tie_word_embeddings", False)))
 
     def build(self, seed: int = 0) -> nn.Module:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -71,7 +73,7 @@ class BenchShape:
         config = LlamaConfig(
             vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads, num_key_value_heads=self.num_heads,
-            max_position_embeddings=2048,
+            max_position_embeddings=2048, tie_word_embeddings=self.tie_word_embeddings,
         )
         return LlamaForCausalLM(config).eval()
 
@@ -210,7 +212,7 @@ def analytic(shape: BenchShape, rank: int, prompt_len: int, new_tokens: int) -> 
     base_macs = n_layers * (attn + mlp) + head
     mocae_macs = base_macs + n_layers * (lora + router)
     mean_context = prompt_len + (new_tokens + 1) / 2
-    embed = v * h
+    embed = 0 if shape.tie_word_embeddings else v * h  # a tied input embedding is the head's weight
     return {
         "base": {"macs_per_token": base_macs, "weight_bytes": 4 * (base_macs + embed)},
         "mocae_soft": {"macs_per_token": mocae_macs, "weight_bytes": 4 * (mocae_macs + embed)},

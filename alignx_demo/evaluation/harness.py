@@ -66,12 +66,17 @@ class EvalConfig:
                    new_tokens=8, tokens_per_example=4, max_len=128)
 
 
-def _loss_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
+def loss_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
     """The first eval-split examples with a response, per axis (one question may have several answers)."""
     out = []
     for axis in AXES:
         out += [e for e in examples if e.axis == axis and e.split == "eval" and e.response][:per_axis]
     return out
+
+
+def routing_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
+    """The first distinct eval-split prompts, per axis: routing is measured once per prompt."""
+    return [e for axis in AXES for e in eval_prompts(examples, axis, per_axis)]
 
 
 @torch.no_grad()
@@ -254,7 +259,7 @@ def evaluate(
     data = load_axis_data(data_dir, quick=quick)
     eval_sets = load_eval_sets(data_dir)
 
-    loss_examples = _loss_examples(data.examples, cfg.loss_per_axis)
+    loss_set = loss_examples(data.examples, cfg.loss_per_axis)
     harmful = [e.prompt for name in HARMFUL_SETS for e in eval_sets[name] if e.split == "eval"]
     harmful = harmful[:: max(1, len(harmful) // cfg.refusal_prompts)][: cfg.refusal_prompts]
     safe = [e.prompt for e in eval_sets["xstest"] if e.meta.get("label") == "safe"][: cfg.refusal_prompts]
@@ -270,7 +275,7 @@ def evaluate(
         honest_answers = greedy_answers(system.model, tokenizer, [q.prompt for q in mc], system.routing, cfg.new_tokens, cfg.max_len)
         refusals = [float(is_refusal(a)) for a in harmful_answers]
         row: dict[str, Any] = {
-            "heldout_loss": heldout_loss(system.model, tokenizer, loss_examples, system.routing, cfg.max_len),
+            "heldout_loss": heldout_loss(system.model, tokenizer, loss_set, system.routing, cfg.max_len),
             "harmful_refusal_rate": rate(refusals),
             "unsafe_rate": rate([1.0 - r for r in refusals]),
             "xstest_safe_over_refusal": rate([float(is_refusal(a)) for a in safe_answers]),
@@ -297,11 +302,11 @@ def evaluate(
     if loaded.mocae.calibration is not None:
         loaded.mocae.calibration.set_enabled(**{n: True for n in loaded.mocae.calibration.names})
 
-    routing_examples = [e for axis in AXES for e in eval_prompts(data.examples, axis, cfg.routing_per_axis)]
+    routing_set = routing_examples(data.examples, cfg.routing_per_axis)
     # XSTest's calibration-split items help fit the fractal calibrator, so they are left out here
     shifted = xstest_routing_set(eval_sets["xstest"], ("train", "eval"))[: cfg.shifted]
     routing = {
-        "eval": routing_report(loaded.mocae, tokenizer, routing_examples, cfg),
+        "eval": routing_report(loaded.mocae, tokenizer, routing_set, cfg),
         "xstest_shifted": routing_report(loaded.mocae, tokenizer, shifted, cfg),
     }
     used_files = [SOURCE_FILES[k] for k in SOURCE_FILES]
@@ -317,7 +322,7 @@ def evaluate(
         "routing": routing,
         "refusal_detector_agreement_xstest": detector_agreement(eval_sets["xstest_completions"]),
         "samples": samples,
-        "counts": {"loss_examples": len(loss_examples), "routing_examples": len(routing_examples), "shifted": len(shifted),
+        "counts": {"loss_examples": len(loss_set), "routing_examples": len(routing_set), "shifted": len(shifted),
                    "harmful_prompts": len(harmful), "xstest_safe_prompts": len(safe), "truthfulqa_mc": len(mc),
                    "alpacaeval": len(alpaca)},
         "data_files_sha256": _file_hashes(data_dir, used_files),

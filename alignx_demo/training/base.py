@@ -220,6 +220,9 @@ def train_base(
     common.set_threads(cfg.threads)
     common.set_seed(cfg.seed)
     accelerator = Accelerator()
+    if accelerator.num_processes > 1:
+        raise ValueError("`train base` runs in one process (a GPU when present); start it without `accelerate launch` "
+                         "— the experts, router and baselines stages run data-parallel")
     device = accelerator.device
 
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))

@@ -195,10 +195,14 @@ def process_state() -> Any:
     """Accelerate's process state. Created before any model is loaded, it pins each process of
     `accelerate launch` (or torchrun) to its own GPU, so models loaded on "cuda" land there;
     ACCELERATE_USE_CPU=true makes several CPU processes one group (gloo), as the tests do."""
+    from datetime import timedelta  # noqa: PLC0415
+
     from accelerate import PartialState  # noqa: PLC0415
     from accelerate.utils import parse_flag_from_env  # noqa: PLC0415
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # the other ranks wait while the main one saves, builds a feature bank or fits calibration on a
+    # large base: far longer than the default 10-minute collective timeout
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(hours=3))
 
 
 def is_main_process() -> bool:

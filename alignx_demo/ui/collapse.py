@@ -186,10 +186,10 @@ def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
                 neighbours_markdown(placed, regime_value))
 
     for control in (regime, axes):
-        control.change(redraw, inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private",
+        control.change(visitor_errors(redraw), inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private",
                        show_progress="hidden")
     place_btn.click(lambda p: place_prompt(key, artefacts, p), inputs=prompt, outputs=placement, api_name="place_prompt",
                     api_description="Place a prompt on every regime's map by its nearest map prompts in feature space.",
                     **MODEL_EVENT)
     placement.change(lambda p: p, inputs=placement, outputs=state, api_visibility="private").then(
-        redraw, inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private", show_progress="hidden")
+        visitor_errors(redraw), inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private", show_progress="hidden")

@@ -158,4 +158,4 @@ def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
     run_btn.click(lambda *args: (yield from stream_compare(key, *args)), inputs=inputs, outputs=[cal, unc, summary, result],
                   api_name="compare", **MODEL_EVENT,
                   api_description="Generate the prompt with calibrated and uncalibrated routing (same seed); returns both traces and a summary.")
-    result.change(_shares_plot, inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
+    result.change(visitor_errors(_shares_plot), inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")

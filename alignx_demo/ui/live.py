@@ -144,9 +144,9 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, limits: Li
         outputs=[chips, summary, trace], api_visibility="private", **MODEL_EVENT,
     )
     stop_btn.click(None, cancels=[event, submitted])
-    trace.change(render_views, inputs=[trace, heat_axis], outputs=[weights_plot, heatmap, state, csv_file, json_file],
+    trace.change(visitor_errors(render_views), inputs=[trace, heat_axis], outputs=[weights_plot, heatmap, state, csv_file, json_file],
                  api_visibility="private", trigger_mode="always_last", show_progress="hidden")
-    heat_axis.change(lambda t, a: heatmap_figure(t, a), inputs=[state, heat_axis], outputs=heatmap,
+    heat_axis.change(visitor_errors(lambda t, a: heatmap_figure(t, a)), inputs=[state, heat_axis], outputs=heatmap,
                      api_visibility="private", show_progress="hidden")
-    example_pick.change(lambda c: show_example(artefacts, c), inputs=example_pick, outputs=[chips, summary, trace],
+    example_pick.change(visitor_errors(lambda c: show_example(artefacts, c)), inputs=example_pick, outputs=[chips, summary, trace],
                         api_visibility="private")

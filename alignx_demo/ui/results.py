@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from alignx_demo.evaluation.harness import table_rows
 from alignx_demo.ui.plots import _layout, empty_figure
+from alignx_demo.ui.runner import visitor_errors
 
 EVAL_FILE, BENCH_FILE = "eval.json", "bench.json"
 BENCH_RUNS = (
@@ -26,7 +27,7 @@ BENCH_RUNS = (
 """Each bench report the tab shows: file, what shape it measures, the command that rebuilds it."""
 EVAL_SCHEMA, BENCH_SCHEMA = "alignx-eval/2", "alignx-bench/1"
 RATE_METRICS = ("harmful_refusal_rate", "xstest_safe_over_refusal", "mc1", "mc2", "preference_accuracy_proxy",
-                "no_comment_rate", "unsafe_rate")
+                "no_comment_rate", "unsafe_rate", "judge_unsafe_rate", "win_rate")
 EVAL_COMMAND = "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json"
 
 
@@ -95,9 +96,10 @@ def build_results_tab(folder: str | Path | None) -> None:
                     "Rates with 95 % bootstrap intervals; helpfulness is a labelled proxy unless a judge was given "
                     f"(`{evaluation['systems'][next(iter(evaluation['systems']))].get('composite_uses')}`).")
         gr.Dataframe(pd.DataFrame(table_rows(evaluation)).round(3), interactive=False, wrap=True)
-        metric = gr.Dropdown(list(RATE_METRICS), value="harmful_refusal_rate", label="Metric")
+        present = [m for m in RATE_METRICS if any(m in row for row in evaluation["systems"].values())]
+        metric = gr.Dropdown(present, value="harmful_refusal_rate", label="Metric")
         plot = gr.Plot(metric_figure(evaluation, "harmful_refusal_rate"))
-        metric.change(lambda m: metric_figure(evaluation, m), metric, plot, api_visibility="private")
+        metric.change(visitor_errors(lambda m: metric_figure(evaluation, m)), metric, plot, api_visibility="private")
     gr.Markdown("### Efficiency: MoCaE against X-LoRA, a dense MoE and an ensemble")
     for name, what, command in BENCH_RUNS:
         bench, bench_notice = read_result(folder, name, BENCH_SCHEMA, command)

@@ -129,4 +129,4 @@ def build_tradeoff_tab(key: int, limits: Limits) -> None:
     all_btn.click(lambda *a: (yield from stream_presets(key, *a)), inputs=[prompt, max_new, seed],
                   outputs=[*preset_html.values(), result], api_name="presets", **MODEL_EVENT,
                   api_description="Generate the prompt under the four presets; returns four chips HTML and a JSON summary.")
-    result.change(_shares_plot, inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
+    result.change(visitor_errors(_shares_plot), inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
