@@ -12,7 +12,7 @@ Systems:
 - ensemble: three full models (base with each expert merged), logits averaged, three KV caches.
 
 Measurement: warm-up, then rounds in which every system decodes in turn (interleaved, so machine
-noise hits all alike); medians and min–max spread. Latency is per decode step at batch 1 and 8.
+noise hits all alike); medians and min–max spread; timed with CUDA events on a GPU, wall clock on CPU. Latency is per decode step at batch 1 and 8.
 On CPU, memory is the bytes of parameters and buffers (activations are negligible at these
 batch sizes); on CUDA also `torch.cuda.max_memory_allocated` during decoding. The `analytic`
 object gives, for the same pairs, the ratio of multiply-accumulates per decoded token (linear
@@ -223,9 +223,27 @@ def analytic(shape: BenchShape, rank: int, prompt_len: int, new_tokens: int) -> 
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+class _Stopwatch:
+    """Elapsed seconds between `start` and `stop`: CUDA events on a GPU (device time, read after a
+    synchronize), `time.perf_counter` on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def start(self) -> None:
+        if self.cuda:
+            self.begin = torch.cuda.Event(enable_timing=True)
+            self.begin.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if not self.cuda:
+            return time.perf_counter() - self.t0
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
         torch.cuda.synchronize()
+        return self.begin.elapsed_time(end) / 1000.0
 
 
 @torch.no_grad()
@@ -233,20 +251,20 @@ def decode_latency(forward: Callable[..., Any], vocab: int, device: torch.device
     """(seconds per decode step, prefill tokens per second, peak CUDA bytes or 0)."""
     ids = torch.randint(0, vocab, (batch, prompt_len), device=device)
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    _sync(device)
-    start = time.perf_counter()
+    watch = _Stopwatch(device)
+    watch.start()
     out = forward(input_ids=ids, use_cache=True)
-    _sync(device)
-    prefill = time.perf_counter() - start
+    prefill = watch.stop()
     cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    start = time.perf_counter()
+    watch.start()
     for _ in range(new_tokens):
         out = forward(input_ids=token, past_key_values=cache, use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    _sync(device)
+    decode = watch.stop()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-    return (time.perf_counter() - start) / new_tokens, batch * prompt_len / prefill, peak
+    return decode / new_tokens, batch * prompt_len / prefill, peak
 
 
 def _ratio(table: dict[str, dict[str, Any]], key: str, a: str, b: str) -> float | None:
