@@ -58,6 +58,15 @@ def _computed_losses(regimes: RegimeSet, examples: list[Any], max_len: int) -> d
     return losses
 
 
+def losses_from_report(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Held-out loss per axis of each system of an `evaluate` report, keyed as `metrics.forgetting`
+    expects (the regime "mocae" is the fully calibrated MoCaE)."""
+    losses = {name: row["heldout_loss"] for name, row in report.get("systems", {}).items() if row.get("heldout_loss")}
+    if "mocae_full" in losses:
+        losses["mocae"] = losses["mocae_full"]
+    return losses
+
+
 def _reliability_from_report(report: dict[str, Any]) -> dict[str, Any]:
     splits = {}
     for split, variants in report.get("routing", {}).items():
@@ -169,7 +178,7 @@ def run_precompute(
     if report is not None:
         reliability = {"source": f"evaluation report {Path(eval_report).name} ({report.get('model', '?')})",
                        "splits": _reliability_from_report(report)}
-        losses = report.get("heldout_loss")
+        losses = losses_from_report(report)
         loss_source = f"evaluation report {Path(eval_report).name}"
     elif data_dir is not None:
         from alignx_demo.data.readers import load_axis_data

@@ -100,6 +100,20 @@ def test_checkpoint_without_baselines_reports_those_regimes_missing(checkpoint, 
     assert features.shape[0] == 2 and torch.allclose(weights.sum(-1), torch.ones(2))
 
 
+def test_forgetting_from_an_evaluate_report():
+    from alignx_demo.analysis.metrics import forgetting
+    from alignx_demo.precompute import losses_from_report
+
+    loss = {"helpful": 4.0, "harmless": 3.0, "honest": 4.0}
+    systems = {name: {"heldout_loss": dict(loss)} for name in ("base", "joint_sft", "sequential_sft", "mocae_full")}
+    systems |= {f"expert_{a}": {"heldout_loss": {**loss, a: loss[a] - 0.5}} for a in AXES}
+    result = forgetting(losses_from_report({"systems": systems}))
+    assert set(result) == set(REGIMES)
+    assert result["base"]["helpful"]["forgetting"] == pytest.approx(0.5)
+    assert result["stage1_experts"]["honest"]["forgetting"] == 0.0
+    assert result["mocae"]["harmless"] == {"loss": 3.0, "expert_loss": 2.5, "forgetting": 0.5}
+
+
 def test_knn_purity_of_separated_clusters():
     x = torch.cat([torch.randn(10, 4) * 0.01 + c for c in (0.0, 5.0, 10.0)])
     labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
