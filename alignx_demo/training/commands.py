@@ -15,6 +15,9 @@ from pathlib import Path
 from alignx_demo.data.readers import DEFAULT_DATA_DIR
 
 DEFAULT_OUT = "runs/demo"
+DEFAULT_BASE_MINUTES = 40.0
+"""Base budget of the default `train all`: with the other stages (about 25 min on 2 cores: experts 9,
+router 4-7, calibration 3, baselines 7) the whole recipe takes about an hour."""
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -149,7 +152,7 @@ def _run_stages(names: list[str], args: argparse.Namespace) -> int:
 
 def _add_all(sub: argparse._SubParsersAction) -> None:
     p = _add_stage(sub, "all", "every stage in order: tokenizer, base, experts, router, calibrate, baselines")
-    p.add_argument("--base-minutes", type=float, default=None, help="time budget of base pre-training (default 60)")
+    p.add_argument("--base-minutes", type=float, default=None, help=f"time budget of base pre-training (default {DEFAULT_BASE_MINUTES:g})")
     p.add_argument("--resume", action="store_true", help="resume the base and skip stages already done")
     p.set_defaults(func=_run_all)
 
@@ -176,7 +179,7 @@ def _base_defaults(args: argparse.Namespace) -> argparse.Namespace:
     argv = ["base", "--data-dir", str(args.data_dir), "--out", str(args.out), "--threads", str(args.threads),
             "--seed", str(args.seed)]
     if args.base_minutes or not args.quick:  # the quick recipe has its own step budget
-        argv += ["--max-minutes", str(args.base_minutes or 60)]
+        argv += ["--max-minutes", str(args.base_minutes or DEFAULT_BASE_MINUTES)]
     argv += ["--quick"] * args.quick + ["--resume"] * args.resume + ["--overwrite"] * (not args.resume)
     argv += ["--no-progress"] * args.no_progress
     return parser.parse_args(argv)
