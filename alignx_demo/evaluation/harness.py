@@ -39,7 +39,7 @@ from alignx_demo.evaluation.routing_metrics import reliability, routing_metrics
 from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae
 from alignx_demo.modeling.mocae import MoCaEModel
 from alignx_demo.training.baselines import BASELINES
-from alignx_demo.training.calibrate import collect_routing
+from alignx_demo.training.calibrate import collect_routing, prompt_mean
 from alignx_demo.training.finetune import encode_set, make_batch
 
 HARMFUL_SETS = ("beavertails", "advbench", "stl_malicious", "stl_qharm", "stl_cona", "stl_physical_unsafe")
@@ -136,7 +136,7 @@ def routing_report(mocae: MoCaEModel, tokenizer: Any, examples: list[AxisExample
         routing = _variant_routing(mocae, variant)
         data = collect_routing(mocae, tokenizer, examples, tokens_per_example=cfg.tokens_per_example, max_len=cfg.max_len, routing=routing)
         token_p = data.weights.mean(0)  # (N, K): layer-mean weights per sampled token
-        prompt_p = torch.stack([token_p[data.example == i].mean(0) for i in range(len(examples))])
+        prompt_p, _ = prompt_mean(token_p, data.example)  # every example has tokens: rows in example order
         prompt_y = torch.tensor([AXES.index(e.axis) for e in examples])
         report[variant] = {
             "prompt": routing_metrics(prompt_p, prompt_y),

@@ -115,15 +115,19 @@ def nll(logp: torch.Tensor, data: RoutingData) -> float:
     return float(_objective(logp, data))
 
 
+def prompt_mean(p: torch.Tensor, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-level routing: each prompt's mean of the token rows p (N, K), prompts in id order, and
+    for each token row the index of its prompt among them."""
+    ids, inverse = torch.unique(example, return_inverse=True)
+    sums = torch.zeros(len(ids), p.shape[-1], dtype=p.dtype).index_add_(0, inverse, p)
+    return sums / torch.bincount(inverse, minlength=len(ids))[:, None], inverse
+
+
 def _objective(logp: torch.Tensor, data: RoutingData) -> torch.Tensor:
     token = -logp.gather(-1, data.labels.expand(logp.shape[0], -1)[..., None]).mean()
-    n = int(data.example.max()) + 1
-    sums = torch.zeros(n, logp.shape[-1]).index_add_(0, data.example, logp.exp().mean(0))
-    counts = torch.bincount(data.example, minlength=n).clamp_min(1)[:, None]
-    labels = torch.zeros(n, dtype=torch.long).scatter_(0, data.example, data.labels)
-    present = torch.bincount(data.example, minlength=n) > 0
-    prompt_p = (sums / counts)[present].gather(-1, labels[present][:, None]).clamp_min(1e-12)
-    return (token - prompt_p.log().mean()) / 2
+    prompt_p, inverse = prompt_mean(logp.exp().mean(0), data.example)
+    labels = torch.zeros(len(prompt_p), dtype=torch.long).scatter_(0, inverse, data.labels)  # one label per prompt
+    return (token - prompt_p.gather(-1, labels[:, None]).clamp_min(1e-12).log().mean()) / 2
 
 
 def fit_temperature(data: RoutingData) -> TemperatureScaling:

@@ -122,7 +122,7 @@ def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, value="Do vaccines cause autism?", elem_id="compare-prompt")
             run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=1, min_width=240):
-            mode = gr.Radio(["soft", "top1"], value="soft", label="Routing mode")
+            mode = gr.Radio(list(MODES), value="soft", label="Routing mode")
             max_new = gr.Slider(1, limits.half_max_new_tokens, value=min(32, limits.half_max_new_tokens), step=1,
                                 label="Max new tokens")
             do_sample = gr.Checkbox(False, label="Sample (same seed both ways)")

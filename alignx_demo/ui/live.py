@@ -108,7 +108,7 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, limits: Li
                                        visible=bool(example_choices))
         with gr.Column(scale=1, min_width=240):
             calibrated = gr.Checkbox(True, label="Calibrated routing")
-            mode = gr.Radio(["soft", "top1"], value="soft", label="Routing mode", info="soft mixes all three experts; top1 uses only the strongest")
+            mode = gr.Radio(list(MODES), value="soft", label="Routing mode", info="soft mixes all three experts; top1 uses only the strongest")
             max_new = gr.Slider(1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1, label="Max new tokens")
             do_sample = gr.Checkbox(False, label="Sample (otherwise greedy)")
             temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")

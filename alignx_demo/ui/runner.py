@@ -109,16 +109,21 @@ def one_of(value: Any, name: str, options: tuple[str, ...]) -> str:
     return value
 
 
-def check_prompt(prompt: Any, limits: Limits) -> tuple[str, list[str]]:
-    """The cleaned prompt and notices of what cleaning changed (see `generation.clean_prompt`)."""
+def request_text(prompt: Any) -> str:
+    """The prompt as sent, if it is text of an acceptable size (cleaning comes after)."""
     if prompt is None:
         prompt = ""
     if not isinstance(prompt, str):
         raise GenerationError(f"the prompt must be text, got {type(prompt).__name__}")
     if len(prompt) > MAX_REQUEST_CHARS:
         raise GenerationError(f"the prompt is too long ({len(prompt):,} characters; at most {MAX_REQUEST_CHARS:,})")
+    return prompt
+
+
+def check_prompt(prompt: Any, limits: Limits) -> tuple[str, list[str]]:
+    """The cleaned prompt and notices of what cleaning changed (see `generation.clean_prompt`)."""
     try:
-        return clean_prompt(prompt, limits.max_prompt_chars)
+        return clean_prompt(request_text(prompt), limits.max_prompt_chars)
     except ValueError as err:
         raise GenerationError(str(err)) from None
 
@@ -197,12 +202,11 @@ def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dic
     context = SERVED.get(key)
     if context is None or context.loaded is None:
         raise GenerationError((context.problem if context else None) or "no model loaded")
-    text, notices = check_prompt(prompt, context.limits)
-    try:
+    try:  # RoutedGeneration cleans the prompt (clean_prompt) and raises ValueError for an empty one
         run = RoutedGeneration(
-            context.loaded.mocae, context.loaded.tokenizer, text, GenerationSettings(**generation),
+            context.loaded.mocae, context.loaded.tokenizer, request_text(prompt), GenerationSettings(**generation),
             RoutingSettings(**routing), deadline=request_deadline(key) if deadline is None else deadline,
-            max_prompt_chars=context.limits.max_prompt_chars, model_name=context.name, notices=notices,
+            max_prompt_chars=context.limits.max_prompt_chars, model_name=context.name,
         )
     except ValueError as err:
         raise GenerationError(str(err)) from None

@@ -90,12 +90,14 @@ def _css(driver: Any, selector: str) -> list[Any]:
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
-def open_tab(driver: Any, tab: str) -> None:
-    from selenium.webdriver.common.by import By
-
+def _tab_button(driver: Any, tab: str) -> Any:
     label = TABS[tab]
-    button = wait_for(driver, lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text.strip() == label],
-                      what=f"tab {label}")[0]
+    return wait_for(driver, lambda: [b for b in _css(driver, "button[role='tab']") if b.text.strip() == label], what=f"tab {label}")[0]
+
+
+def open_tab(driver: Any, tab: str) -> None:
+    label = TABS[tab]
+    button = _tab_button(driver, tab)
     driver.execute_script("arguments[0].click();", button)
     wait_for(driver, lambda: button.get_attribute("aria-selected") == "true", what=f"tab {label} selected")
     time.sleep(0.4)
@@ -106,9 +108,7 @@ def render_seconds(driver: Any, tab: str) -> float:
     the "precomputed tabs render in ≤ 1 s" target, measured as a visitor sees it."""
     from selenium.webdriver.common.by import By
 
-    label = TABS[tab]
-    button = wait_for(driver, lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role='tab']") if b.text.strip() == label],
-                      what=f"tab {label}")[0]
+    button = _tab_button(driver, tab)
     start = time.monotonic()
     driver.execute_script("arguments[0].click();", button)
 
@@ -119,7 +119,7 @@ def render_seconds(driver: Any, tab: str) -> float:
         plots = panels[0].find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
         return all(p.find_elements(By.CSS_SELECTOR, ".main-svg") for p in plots)
 
-    wait_for(driver, drawn, what=f"tab {label} drawn")
+    wait_for(driver, drawn, what=f"tab {TABS[tab]} drawn")
     return round(time.monotonic() - start, 3)
 
 
