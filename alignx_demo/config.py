@@ -28,6 +28,10 @@ class MoCaEConfig:
             MLP projections of the base model's family (see `modeling.families`).
         router_norm: normalise the layer input (parameter-free RMS norm) before the router's
             linear map, so router logits do not scale with the residual stream's growing norm.
+        router_context: give each token's router the causal running mean of the layer's router
+            features over the sequence so far as well (`modeling.layer.CausalMean`), so a token's
+            routing can see what the whole prompt asks. Checkpoints written before the field
+            existed read as False.
         base_model_type: `config.model_type` of the base, recorded to refuse mismatched loads.
         base_model: hub id or path of the base when the checkpoint does not store it in `base/`
             (experts trained on a large real base); empty when `base/` holds it.
@@ -38,6 +42,7 @@ class MoCaEConfig:
     alpha: float = 16.0
     target_modules: list[str] = field(default_factory=list)
     router_norm: bool = True
+    router_context: bool = True
     base_model_type: str = ""
     base_model: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -55,7 +60,7 @@ class MoCaEConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"mocae_config.json has unknown fields {unknown}")
-        cfg = cls(**data)
+        cfg = cls(**({"router_context": False} | data))
         if cfg.schema_version != SCHEMA_VERSION:
             raise ValueError(
                 f"mocae_config.json has schema_version {cfg.schema_version}; "
@@ -153,3 +158,24 @@ class GenerationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+BASELINES: tuple[str, str, str] = ("joint_sft", "sequential_sft", "uniform_merge")
+"""The comparison adapters of `training.baselines` (saved in `OUT/baselines/<name>/`), by name."""
+
+PRESETS: dict[str, tuple[float, float, float] | None] = {
+    "too helpful": (1.0, 0.0, 0.0),
+    "too harmless": (0.0, 1.0, 0.0),
+    "too honest": (0.0, 0.0, 1.0),
+    "just right": None,
+}
+"""The trade-off presets: an axis prior (helpful, harmless, honest) that forces one expert, or None
+for the calibrated router with no prior ("just right")."""
+
+
+def preset_routing(name: str) -> dict[str, Any]:
+    """`RoutingSettings` fields of a preset (soft, calibrated; the prior replaces the router's weights)."""
+    prior = PRESETS[name]
+    if prior is None:
+        return {"mode": "soft", "calibrated": True}
+    return {"mode": "soft", "calibrated": True, "axis_prior": prior, "prior_blend": 1.0}

@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from alignx_demo.data.readers import SOURCE_FILES, XSTEST_COMPLETION_MODELS, XSTEST_COMPLETIONS_FILE
+from alignx_demo.data.sources import SOURCE_FILES, XSTEST_COMPLETION_MODELS, XSTEST_COMPLETIONS_FILE
 
 WORDS = (
     "apple river garden music window planet coffee yellow engine forest quiet bright simple travel "
@@ -116,7 +116,7 @@ def make_data_dir(root: Path, n: int = 40, seed: int = 0) -> Path:
                 "safe" if i % 2 == 0 else "unsafe", "kill", "violence"] for i in range(20)]
     _write_csv(f["xstest"], ["id", "prompt", "type", "label", "focus", "note"], xs_rows)
     for model in XSTEST_COMPLETION_MODELS:
-        _write_csv(root / XSTEST_COMPLETIONS_FILE.format(model=model),
+        _write_csv(root / XSTEST_COMPLETIONS_FILE.format(variant=model),
                    ["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"],
                    [[f"v2-{r[0]}", r[2], r[1], "I cannot help." if r[3] == "unsafe" else "Use the kill command.",
                      "x", "x", "True", "2_full_refusal" if r[3] == "unsafe" else "1_full_compliance"] for r in xs_rows])

@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from alignx_demo.config import AXES
 from alignx_demo.data import readers
-from alignx_demo.data.readers import (
-    SOURCE_FILES,
-    DataError,
-    load_axis_data,
-    load_eval_sets,
-    load_hf_dataset,
-    summarize,
-    summary_counts,
-)
+from alignx_demo.data.readers import SOURCE_FILES, DataError, load_axis_data, load_eval_sets, read_source
 from alignx_demo.data.records import SPLITS, AxisExample, eval_prompts, normalize_key, split_of
+from alignx_demo.data.sources import EVAL_SOURCES, SOURCES, TRAINING_SOURCES, XSTEST_COMPLETION_MODELS, Parser
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data_fixtures import make_data_dir, tqa_questions  # noqa: E402
@@ -73,9 +68,7 @@ def test_load_axis_data_covers_all_axes_with_disjoint_splits(data_dir):
         split_by_prompt.setdefault(normalize_key(e.prompt), set()).add(e.split)
     assert all(len(s) == 1 for s in split_by_prompt.values())
     assert {e.split for e in ex} == set(SPLITS)
-    sources = {e.source for e in ex}
-    for axis, srcs in readers.TRAINING_SOURCES.items():
-        assert set(srcs) <= sources, f"{axis}: {set(srcs) - sources} not loaded"
+    assert {(e.axis, e.source) for e in ex} == {(u.axis, u.name) for u in TRAINING_SOURCES}
     # determinism
     assert [(e.id, e.split) for e in load_axis_data(data_dir).examples] == [(e.id, e.split) for e in ex]
 
@@ -121,7 +114,7 @@ def test_truthfulqa_split_by_question_judge_rows_follow(tmp_path):
     mc = load_eval_sets(root)["truthfulqa_mc"]
     for e in mc:
         assert by_q[normalize_key(e.prompt)] == {e.split}
-        assert set(e.meta) >= {"mc1_targets", "mc2_targets"}
+        assert (len(e.meta["mc1_targets"]), len(e.meta["mc2_targets"])) == (2, 3)
 
 
 def test_alpacaeval_split_by_question_with_references(data_dir):
@@ -147,7 +140,7 @@ def test_eval_sets_labels(data_dir):
     assert sets["stl_malicious"][0].meta["tags"] == "crime"
     assert all(e.axis == "harmless" for e in sets["beavertails"] + sets["advbench"])
     comp = sets["xstest_completions"]
-    assert len(comp) == 5 * 20 and {e.meta["model"] for e in comp} == set(readers.XSTEST_COMPLETION_MODELS)
+    assert len(comp) == 5 * 20 and {e.meta["model"] for e in comp} == set(XSTEST_COMPLETION_MODELS)
     assert {e.meta["final_label"] for e in comp} == {"1_full_compliance", "2_full_refusal"}
 
 
@@ -194,32 +187,74 @@ def test_quick_and_max_per_source(data_dir):
     assert capped.dropped["max_per_source"] > 0
     assert [e.id for e in load_axis_data(data_dir, max_per_source=5).examples] == [e.id for e in capped.examples]
     quick = load_axis_data(data_dir, quick=True)
-    counts = summary_counts(quick.examples)
+    counts = Counter((e.axis, e.split) for e in quick.examples)
     for axis in AXES:
-        assert counts[axis]["train"] <= readers.QUICK_PER_AXIS["train"]
+        assert counts[axis, "train"] <= readers.QUICK_PER_AXIS["train"]
 
 
-def test_summary_table(data_dir):
-    ex = load_axis_data(data_dir).examples
-    table = summarize(ex)
-    assert list(table.columns) == ["axis", "source", "train", "calibration", "eval", "total"]
-    assert int(table["total"].sum()) == len(ex)
-    assert "helpful" in readers.format_summary(ex)
+def test_source_table_is_consistent():
+    assert set(readers.PARSERS) == set(get_args(Parser))
+    assert len({u.name for u in TRAINING_SOURCES}) == len(TRAINING_SOURCES)
+    assert len({u.name for u in EVAL_SOURCES}) == len(EVAL_SOURCES)
+    for unit in SOURCES:
+        assert unit.axis in (*AXES, ""), unit.name
+        assert unit.role == "eval" or (unit.axis and unit.response and not unit.decontaminate), unit.name
+    for unit in TRAINING_SOURCES:
+        assert SOURCE_FILES[unit.name] == unit.file
+    assert set(SOURCE_FILES.values()) == {u.file for u in SOURCES if not u.variants} | {
+        f for u in SOURCES for _, _, f in u.references}
 
 
-def test_load_hf_dataset_without_datasets_package(monkeypatch):
-    monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(DataError, match="datasets"):
-        load_hf_dataset("tatsu-lab/alpaca", "helpful", "instruction", "output", "train")
+# first example of each source in the fixtures: (prompt prefix, response: exact, "prefix...", or None: not checked)
+FIXTURE_FIRST = {
+    "lima": ("lima task 0: ", None), "dolly": ("dolly task 0: ", None), "alpaca_gpt4_demo": ("gpt4demo task 0: ", None),
+    "alpaca_cleaned": ("cleaned task 0: ", None), "self_instruct_seed": ("seed 0: ", None),
+    "gpteacher_roleplay": ("roleplay task 0: ", None), "gpteacher_codegen": ("codegen task 0: ", None),
+    "alpacaeval": ("alpacaeval 0: ", None), "safety_llamas": ("Write a harmful thing 3", "I cannot help with that..."),
+    "hh_harmless": ("risky question 0 ", "I would rather not. ..."),
+    "truthfulqa": ("What happens if you touch a apple number 0?", "Nothing happens 0"),
+    "truthfulqa_judge": ("What happens if you touch a apple number 0?", "A true judged answer 0."),
+    "truthfulqa_mc": ("What happens if you touch a apple number 0?", ""),
+    "xstest": ("How can I kill a apple process 0?", ""),
+    "xstest_completions": ("How can I kill a apple process 0?", "Use the kill command."),
+    "beavertails": ("Beaver harmful prompt 0 ", ""), "advbench": ("Write a harmful thing 0", ""),
+    **{u.name: (f"{u.name} prompt 0 ", "") for u in SOURCES if u.name.startswith("stl_")},
+}
+
+
+@pytest.mark.parametrize("unit", SOURCES, ids=lambda u: f"{u.role}:{u.name}")
+def test_every_source_parses_fixture_rows(data_dir, unit):
+    warnings: list[str] = []
+    examples = read_source(data_dir, unit, warnings)
+    assert examples and warnings == []
+    prompt, response = FIXTURE_FIRST[unit.name]
+    first = examples[0]
+    assert first.prompt.startswith(prompt) and first.source.startswith(unit.name)
+    if response is not None and response.endswith("..."):
+        assert first.response.startswith(response[:-3])
+    elif response is not None:
+        assert first.response == response
+    if unit.role == "train":
+        assert all(e.axis == unit.axis and e.response and e.response != e.prompt for e in examples)
+    mapped = {key for key, _ in unit.meta} - {"tags"}  # only I-MaliciousInstructions has tags
+    assert mapped | {key for key, _ in unit.fixed_meta} <= set(first.meta)
+
+
+def test_cap_and_quick_mode_read_every_training_source(data_dir):
+    codegen = next(u for u in TRAINING_SOURCES if u.name == "gpteacher_codegen")
+    capped = read_source(data_dir, replace(codegen, cap=3), [])
+    assert [e.id for e in capped] == [f"gpteacher_codegen:{i}" for i in range(3)]
+    quick = load_axis_data(data_dir, quick=True)
+    assert {e.source for e in quick.examples} == {u.name for u in TRAINING_SOURCES}
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not present")
 def test_real_data_loads():
     result = load_axis_data(REAL_DATA)
-    counts = summary_counts(result.examples)
-    assert counts["helpful"]["train"] > 5000
-    assert counts["harmless"]["train"] > 2000
-    assert counts["honest"]["train"] > 2000
+    counts = Counter((e.axis, e.split) for e in result.examples)
+    assert counts["helpful", "train"] > 5000
+    assert counts["harmless", "train"] > 2000
+    assert counts["honest", "train"] > 2000
     assert len(result.warnings) < 20
     sets = load_eval_sets(REAL_DATA)
     assert len(sets["xstest"]) == 450 and len(sets["truthfulqa_mc"]) == 817

@@ -152,4 +152,4 @@ def test_gpt2_conv1d_is_wrapped_and_router_counts():
     assert sorted({n.split(".")[-1] for n in mocae.expert_modules}) == ["c_fc", "c_proj"]
     assert not any(".attn." in n for n in mocae.expert_modules)
     counts = mocae.count_parameters()
-    assert counts["routers"] == mocae.n_layers * (64 * 3 + 3)
+    assert counts["routers"] == mocae.n_layers * (2 * 64 * 3 + 3)  # token features and their causal mean

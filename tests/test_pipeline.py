@@ -36,12 +36,12 @@ def quick_run(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_quick_pipeline_produces_a_loadable_checkpoint(quick_run):
     out, _ = quick_run
-    for name in ("mocae_config.json", "router.safetensors", "calibration.safetensors", "feature_bank.safetensors"):
+    for name in ("mocae_config.json", "router.safetensors", "calibration.safetensors"):
         assert (out / name).exists(), name
     for name in ("joint_sft", "sequential_sft", "uniform_merge"):
         assert (out / "baselines" / name / "adapter_model.safetensors").exists()
     loaded = load_mocae(out, load_in_4bit=False)
-    assert loaded.mocae.calibration.names == ["temperature", "natural", "fractal"]
+    assert loaded.mocae.calibration.names == ["temperature", "natural", "fractal", "pooled"]
     run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Give me a tip.", GenerationSettings(max_new_tokens=5))
     assert sum(not t.is_prompt for t in run) >= 1
 
@@ -61,14 +61,12 @@ def test_baseline_adapters_load_in_peft(quick_run):
     assert torch.allclose(model(input_ids=ids).logits, ours, atol=1e-5)
 
 
-def test_calibration_reduces_nll_on_the_calibration_split(quick_run):
+def test_calibration_lowers_nll_on_prompts_it_was_not_fitted_on(quick_run):
     out, _ = quick_run
-    nll = json.loads((out / "logs" / "calibration_summary.json").read_text())["calibration_split_nll"]
-    assert nll["temperature"] <= nll["uncalibrated"]
-    assert nll["natural"] <= nll["temperature"] + 1e-6
-    assert nll["fractal"] < nll["uncalibrated"]
-    shifted = nll["shifted_calibration_set"]  # the fractal part trades in-distribution NLL for shift
-    assert shifted["fractal"] <= shifted["natural"] + 1e-6
+    report = json.loads((out / "logs" / "calibration_summary.json").read_text())["report"]
+    token, prompt = report["select_token_nll"], report["select_prompt_nll"]
+    assert token["fractal"] < token["uncalibrated"]
+    assert prompt["pooled"] < prompt["uncalibrated"]
 
 
 def test_each_calibrator_can_be_switched_off(quick_run):
@@ -84,7 +82,7 @@ def test_each_calibrator_can_be_switched_off(quick_run):
         return rec.stacked_weights()
 
     full = weights()
-    for name in ("temperature", "natural", "fractal"):
+    for name in ("temperature", "natural", "fractal"):  # token-level parts; `pooled` acts on run-level means
         stack.set_enabled(**{name: False})
         assert not torch.allclose(weights(), full), f"switching {name} off changed nothing"
         stack.set_enabled(**{name: True})
@@ -185,17 +183,6 @@ def test_routing_losses_are_proper():
     spans = routing_losses(weights, torch.tensor([[1, 1]]), torch.tensor([1]), (prompt, response))
     expected = -(torch.log(torch.tensor(0.2)) + torch.log(torch.tensor(0.8))).item() / 2
     assert spans["route"] == pytest.approx(expected, abs=1e-6)
-
-
-def test_calibration_objective_is_half_token_half_prompt_nll():
-    from alignx_demo.training.calibrate import RoutingData, nll
-
-    # two prompts, two tokens each, one layer; prompt 0 is helpful (0), prompt 1 honest (2)
-    p = torch.tensor([[[0.5, 0.25, 0.25], [0.9, 0.05, 0.05], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]])
-    data = RoutingData(p.log(), torch.zeros(1, 4, 2), p, torch.tensor([0, 0, 2, 2]), torch.tensor([0, 0, 1, 1]))
-    token = -torch.tensor([0.5, 0.9, 0.6, 0.8]).log().mean()
-    prompt = -torch.tensor([0.7, 0.7]).log().mean()
-    assert nll(p.log(), data) == pytest.approx(float(token + prompt) / 2, abs=1e-6)
 
 
 def test_finetuning_loop_averages_gradients_under_accelerate_launch():

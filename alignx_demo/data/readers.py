@@ -1,9 +1,12 @@
 """Readers for the offline data in the data directory (default `../shared/data`).
 
-One reader per source file; each returns a list of `AxisExample` and appends a warning (naming the
-file and the 1-based row number) for every malformed row it skips. A missing data directory or a
-missing file raises `DataError` naming the path. Nothing is cached or copied: files are read from
-the data directory each time.
+Every source is one row of the table in `sources.py` (file, format, field mapping, axis, role);
+this module turns rows into `AxisExample`s with the few parsers the table names (`PARSERS`): a
+generic one for mapped fields and small ones for the formats that need more (LIMA's history,
+Self-Instruct's instances, HH transcripts, TruthfulQA and its judge file, XSTest labels, AlpacaEval
+references). A malformed row is skipped with a warning naming the file and the 1-based row number;
+a missing data directory or file raises `DataError` naming the path. Nothing is cached or copied:
+files are read from the data directory each time.
 
 Axis roles (DESIGN.md section 4):
 
@@ -38,86 +41,24 @@ import gzip
 import io
 import json
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from alignx_demo.config import AXES
 from alignx_demo.data.records import SPLITS, AxisExample, normalize_key, split_of, stable_rank
+from alignx_demo.data.sources import EVAL_SOURCES, TRAINING_SOURCES, Source
+from alignx_demo.data.sources import SOURCE_FILES as SOURCE_FILES  # re-exported: the evaluation report hashes them
 
 DEFAULT_DATA_DIR = "../shared/data"
 """Default data directory, relative to the working directory (the project checkout)."""
 
-CODEGEN_CAP = 1500
-"""GPTeacher codegen rows kept (the first N after exclusions): the file is mostly code."""
-
 QUICK_PER_AXIS = {"train": 300, "calibration": 50, "eval": 50}
 """Examples per axis and split kept by `load_axis_data(quick=True)`."""
 
-SOURCE_FILES: dict[str, str] = {
-    # helpful (training)
-    "lima": "hiyouga__LLaMA-Factory__data__lima.json",
-    "dolly": "Ara-O__adversarial-llm__datasets__dolly_unused_5k.jsonl",
-    "alpaca_gpt4_demo": "hiyouga__LLaMA-Factory__data__alpaca_en_demo.json",
-    "alpaca_cleaned": "lm-sys__FastChat__data__alpaca_data_cleaned_1000.json",
-    "self_instruct_seed": "yizhongw__self-instruct__data__seed_tasks.jsonl",
-    "gpteacher_roleplay": "teknium1__GPTeacher__Roleplay__roleplay-simple-deduped-roleplay-instruct.json",
-    "gpteacher_codegen": "teknium1__GPTeacher__Codegen__codegen-instruct.json",
-    "alpacaeval": "tatsu-lab__alpaca_eval__results__gpt4_1106_preview__model_outputs.json",
-    "alpacaeval_davinci003": "tatsu-lab__alpaca_eval__results__text_davinci_003__model_outputs.json",
-    "alpacaeval_alpaca7b": "tatsu-lab__alpaca_eval__results__alpaca-7b__model_outputs.json",
-    # harmless (training)
-    "safety_llamas": "vinid__safety-tuned-llamas__data__training__safety_only_data_Instructions.json",
-    "hh_harmless": "anthropics__hh-rlhf__harmless-base__test.jsonl.gz",
-    # honest (training)
-    "truthfulqa": "sylinrl__TruthfulQA__data__v1__TruthfulQA.csv",
-    "truthfulqa_judge": "sylinrl__TruthfulQA__data__finetune_truth.jsonl",
-    # evaluation-only
-    "truthfulqa_mc": "sylinrl__TruthfulQA__data__v1__mc_task.json",
-    "xstest": "paul-rottger__exaggerated-safety__xstest_prompts.csv",
-    "beavertails": "SwimmingChoi__Value_Analysis__data__BeaverTails-Evaluation.csv",
-    "advbench": "llm-attacks__llm-attacks__data__advbench__harmful_behaviors.csv",
-    "stl_malicious": "vinid__safety-tuned-llamas__data__evaluation__I-MaliciousInstructions.json",
-    "stl_qharm": "vinid__safety-tuned-llamas__data__evaluation__Q-Harm.json",
-    "stl_cona": "vinid__safety-tuned-llamas__data__evaluation__I-CoNa.json",
-    "stl_controversial": "vinid__safety-tuned-llamas__data__evaluation__I-Controversial.json",
-    "stl_physical_unsafe": "vinid__safety-tuned-llamas__data__evaluation__I-PhysicalSafetyUnsafe.json",
-    "stl_alpaca": "vinid__safety-tuned-llamas__data__evaluation__I-Alpaca.json",
-    "stl_physical_safe": "vinid__safety-tuned-llamas__data__evaluation__I-PhysicalSafetySafe.json",
-}
-"""Short source name -> file name in the data directory."""
-
 EXCLUDE_FILE = "EXCLUDE_alpacaeval_overlap.json"
-
-XSTEST_COMPLETION_MODELS = ("gpt4", "llama2new", "llama2orig", "mistralguard", "mistralinstruct")
-XSTEST_COMPLETIONS_FILE = "paul-rottger__exaggerated-safety__model_completions__xstest_v2_completions_{model}.csv"
-
-STL_EVAL_SETS: dict[str, str] = {
-    "stl_malicious": "unsafe",
-    "stl_qharm": "unsafe",
-    "stl_cona": "unsafe",
-    "stl_controversial": "unsafe",
-    "stl_physical_unsafe": "unsafe",
-    "stl_alpaca": "safe",
-    "stl_physical_safe": "safe",
-}
-"""safety-tuned-llamas evaluation sets and whether their prompts are harmful ("unsafe")."""
-
-TRAINING_SOURCES: dict[str, tuple[str, ...]] = {
-    "helpful": (
-        "lima",
-        "dolly",
-        "alpaca_gpt4_demo",
-        "alpaca_cleaned",
-        "self_instruct_seed",
-        "gpteacher_roleplay",
-        "gpteacher_codegen",
-        "alpacaeval",
-    ),
-    "harmless": ("safety_llamas", "hh_harmless"),
-    "honest": ("truthfulqa", "truthfulqa_judge"),
-}
 
 
 class DataError(RuntimeError):
@@ -139,17 +80,9 @@ class LoadResult:
     warnings: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def by(self, axis: str | None = None, split: str | None = None) -> list[AxisExample]:
-        """Examples filtered by axis and/or split."""
-        return [
-            e
-            for e in self.examples
-            if (axis is None or e.axis == axis) and (split is None or e.split == split)
-        ]
-
 
 # --------------------------------------------------------------------------------------------
-# file access helpers
+# file access
 
 
 def resolve_data_dir(data_dir: str | Path) -> Path:
@@ -194,7 +127,7 @@ def _read_json_list(path: Path) -> list[Any]:
     return data
 
 
-def _iter_jsonl(path: Path, warnings: list[str]) -> Iterable[tuple[int, Any]]:
+def _iter_jsonl(path: Path, warnings: list[str]) -> Iterator[tuple[int, Any]]:
     """(1-based line number, parsed object) for each non-empty line; bad lines are warned."""
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -205,48 +138,23 @@ def _iter_jsonl(path: Path, warnings: list[str]) -> Iterable[tuple[int, Any]]:
             warnings.append(f"{path.name}: row {lineno}: invalid JSON ({exc.msg}); skipped")
 
 
-def _iter_csv(path: Path, required: tuple[str, ...]) -> Iterable[tuple[int, dict[str, str]]]:
-    """(1-based data row number, row dict) of a CSV file with a header."""
+def _iter_csv(path: Path, required: Iterable[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(1-based data row number, row dict) of a CSV file whose header has every required column."""
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     missing = [c for c in required if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(f"data file {path.name}: missing columns {missing} (has {reader.fieldnames})")
-    for rowno, row in enumerate(reader, start=1):
-        yield rowno, row
+    yield from enumerate(reader, start=1)
 
 
-def _text(value: Any) -> str | None:
-    """A stripped string, or None when the value is missing or not a string."""
-    if not isinstance(value, str):
-        return None
-    return value.strip()
-
-
-def _join(instruction: str, extra: str | None) -> str:
-    return f"{instruction}\n\n{extra}" if extra else instruction
-
-
-def _example(
-    source: str,
-    row: int | str,
-    axis: str,
-    prompt: str,
-    response: str,
-    *,
-    split_key: str | None = None,
-    suffix: str = "",
-    meta: dict[str, Any] | None = None,
-) -> AxisExample:
-    key = split_key if split_key is not None else normalize_key(prompt)
-    return AxisExample(
-        id=f"{source}:{row}{suffix}",
-        axis=axis,
-        prompt=prompt,
-        response=response,
-        source=source,
-        split=split_of(key),
-        meta=dict(meta or {}),
-    )
+def _iter_columns(path: Path, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a JSON object of parallel lists: row i holds item i of every list long enough."""
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f"data file {path.name}: expected an object with an {key!r} list")
+    lists = {k: v for k, v in data.items() if isinstance(v, list)}
+    for i in range(len(data[key])):
+        yield i + 1, {k: v[i] for k, v in lists.items() if i < len(v)}
 
 
 def load_exclusions(data_dir: str | Path) -> dict[str, set[int]]:
@@ -263,172 +171,142 @@ def load_exclusions(data_dir: str | Path) -> dict[str, set[int]]:
     return out
 
 
+@dataclass
+class _Reader:
+    """What a parser reads through: the data directory, the warnings list, rows to drop by file."""
+
+    root: Path
+    warnings: list[str]
+    exclude: Mapping[str, Collection[int]]
+
+    def warn(self, file: str, rowno: int, reason: str) -> None:
+        self.warnings.append(f"{file}: row {rowno}: {reason}; skipped")
+
+    def rows(self, unit: Source, file: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(1-based row number, row object) of the unit's file (or `file`), lazily so a capped
+        source stops reading; excluded rows are dropped, rows that are not objects are warned."""
+        name = file or unit.file
+        path = _file(self.root, name)
+        rows: Iterable[tuple[int, Any]]
+        if unit.format == "csv":
+            rows = _iter_csv(path, unit.columns())
+        elif unit.format == "jsonl":
+            rows = _iter_jsonl(path, self.warnings)
+        elif unit.format == "columns":
+            rows = _iter_columns(path, unit.prompt)
+        else:
+            rows = enumerate(_read_json_list(path), start=1)
+        skip = self.exclude.get(name, ())
+        for rowno, row in rows:
+            if rowno - 1 in skip:
+                continue
+            if isinstance(row, dict):
+                yield rowno, row
+            else:
+                self.warn(name, rowno, "not an object")
+
+
 # --------------------------------------------------------------------------------------------
-# helpful
+# row -> example helpers
 
 
-def _read_instruction_list(
-    data_dir: Path,
-    source: str,
-    warnings: list[str],
-    *,
-    response_field: str = "output",
-    exclude: set[int] | None = None,
-    limit: int | None = None,
-    jsonl: bool = False,
-    axis: str = "helpful",
-) -> list[AxisExample]:
-    """Alpaca-format rows {instruction, input, output|response} -> examples."""
-    path = _file(data_dir, SOURCE_FILES[source])
-    rows = _iter_jsonl(path, warnings) if jsonl else enumerate(_read_json_list(path), start=1)
-    out: list[AxisExample] = []
-    for rowno, row in rows:
-        if exclude and (rowno - 1) in exclude:
-            continue
-        if not isinstance(row, dict):
-            warnings.append(f"{path.name}: row {rowno}: not an object; skipped")
-            continue
-        instruction = _text(row.get("instruction"))
-        response = _text(row.get(response_field))
-        extra = row.get("input", "")
-        extra = _text(extra) if extra is not None else ""
-        if not instruction or not response or extra is None:
-            warnings.append(
-                f"{path.name}: row {rowno}: missing or non-text 'instruction'/'{response_field}'; skipped"
-            )
-            continue
-        out.append(_example(source, rowno - 1, axis, _join(instruction, extra), response))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+def _text(value: Any) -> str | None:
+    """A stripped string, or None when the value is missing or not a string."""
+    if not isinstance(value, str):
+        return None
+    return value.strip()
 
 
-def read_lima(data_dir: str | Path, warnings: list[str], exclude: set[int] | None = None) -> list[AxisExample]:
-    """LIMA, first turn only (for multi-turn rows the first turn is `history[0]`)."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["lima"])
-    out = []
-    for rowno, row in enumerate(_read_json_list(path), start=1):
-        if exclude and (rowno - 1) in exclude:
+def _prompt(unit: Source, row: Mapping[str, Any]) -> str | None:
+    """The row's prompt field, plus its input field after a blank line; None if either is not text."""
+    instruction = _text(row.get(unit.prompt))
+    extra = row.get(unit.input) if unit.input else None
+    extra = "" if extra is None else _text(extra)
+    if not instruction or extra is None:
+        return None
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def _meta(unit: Source, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The unit's mapped meta fields the row has, then its fixed meta."""
+    return {key: row[col] for key, col in unit.meta if col in row} | dict(unit.fixed_meta)
+
+
+def _axis(unit: Source, label: str) -> str:
+    """Harmful ("unsafe") prompts get the unit's axis; benign look-alikes are unlabelled."""
+    return unit.axis if label == "unsafe" else ""
+
+
+def _quoted(*names: str | None) -> str:
+    return "/".join(f"'{n}'" for n in names if n)
+
+
+def _example(
+    source: str, row: int | str, axis: str, prompt: str, response: str, *, suffix: str = "",
+    meta: dict[str, Any] | None = None,
+) -> AxisExample:
+    """An example split by its normalised prompt (for question sets the prompt is the question)."""
+    return AxisExample(
+        id=f"{source}:{row}{suffix}",
+        axis=axis,
+        prompt=prompt,
+        response=response,
+        source=source,
+        split=split_of(normalize_key(prompt)),
+        meta=dict(meta or {}),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# parsers (named by `Source.parser`)
+
+
+def _parse_fields(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """Generic: prompt (+ input) -> response (or no response), as the unit maps them."""
+    for rowno, row in data.rows(unit):
+        prompt = _prompt(unit, row)
+        response = _text(row.get(unit.response)) if unit.response else ""
+        if not prompt or not (response or unit.response is None):
+            data.warn(unit.file, rowno, f"missing or non-text {_quoted(unit.prompt, unit.response)}")
             continue
+        yield _example(unit.name, rowno - 1, unit.axis, prompt, response, meta=_meta(unit, row))
+
+
+def _parse_lima(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """LIMA, first turn only: `history[0]` of a multi-turn row, else instruction (+ input) -> output."""
+    for rowno, row in data.rows(unit):
+        history = row.get("history") or []
         try:
-            history = row.get("history") or []
             if history:
                 prompt, response = _text(history[0][0]), _text(history[0][1])
             else:
-                extra = _text(row.get("input") or "")
-                prompt = _join(_text(row["instruction"]) or "", extra)
-                response = _text(row["output"])
-        except (AttributeError, KeyError, IndexError, TypeError):
+                prompt, response = _prompt(unit, row), _text(row.get(unit.response))
+        except (KeyError, IndexError, TypeError):
             prompt = response = None
         if not prompt or not response:
-            warnings.append(f"{path.name}: row {rowno}: malformed LIMA row; skipped")
+            data.warn(unit.file, rowno, "malformed LIMA row")
             continue
-        out.append(_example("lima", rowno - 1, "helpful", prompt, response, meta={"turns": 1 + len(history)}))
-    return out
+        yield _example(unit.name, rowno - 1, unit.axis, prompt, response, meta={"turns": 1 + len(history)})
 
 
-def read_dolly(data_dir: str | Path, warnings: list[str], exclude: set[int] | None = None) -> list[AxisExample]:
-    """Dolly 5k shard (JSONL {instruction, input=context, output=response})."""
-    return _read_instruction_list(resolve_data_dir(data_dir), "dolly", warnings, exclude=exclude, jsonl=True)
-
-
-def read_alpaca_gpt4_demo(data_dir: str | Path, warnings: list[str], exclude: set[int] | None = None) -> list[AxisExample]:
-    """LLaMA-Factory alpaca_en_demo (Alpaca instructions, GPT-4 answers)."""
-    return _read_instruction_list(resolve_data_dir(data_dir), "alpaca_gpt4_demo", warnings, exclude=exclude)
-
-
-def read_alpaca_cleaned(data_dir: str | Path, warnings: list[str], exclude: set[int] | None = None) -> list[AxisExample]:
-    """FastChat alpaca_data_cleaned_1000."""
-    return _read_instruction_list(resolve_data_dir(data_dir), "alpaca_cleaned", warnings, exclude=exclude)
-
-
-def read_gpteacher_roleplay(data_dir: str | Path, warnings: list[str], exclude: set[int] | None = None) -> list[AxisExample]:
-    """GPTeacher Roleplay-Instruct ({instruction, input, response})."""
-    return _read_instruction_list(
-        resolve_data_dir(data_dir), "gpteacher_roleplay", warnings, response_field="response", exclude=exclude
-    )
-
-
-def read_gpteacher_codegen(
-    data_dir: str | Path, warnings: list[str], exclude: set[int] | None = None, limit: int | None = CODEGEN_CAP
-) -> list[AxisExample]:
-    """GPTeacher Code-Instruct, capped to the first `limit` usable rows (default 1500)."""
-    return _read_instruction_list(
-        resolve_data_dir(data_dir),
-        "gpteacher_codegen",
-        warnings,
-        response_field="response",
-        exclude=exclude,
-        limit=limit,
-    )
-
-
-def read_self_instruct_seed(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """Self-Instruct seed tasks: instruction + each instance's input -> its output."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["self_instruct_seed"])
-    out = []
-    for rowno, row in _iter_jsonl(path, warnings):
-        instruction = _text(row.get("instruction")) if isinstance(row, dict) else None
-        instances = row.get("instances") if isinstance(row, dict) else None
-        if not instruction or not isinstance(instances, list) or not instances:
-            warnings.append(f"{path.name}: row {rowno}: missing 'instruction' or 'instances'; skipped")
+def _parse_self_instruct(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """Self-Instruct seed tasks: instruction + each instance's input -> that instance's output."""
+    for rowno, row in data.rows(unit):
+        instances = row.get("instances")
+        if not _text(row.get(unit.prompt)) or not isinstance(instances, list) or not instances:
+            data.warn(unit.file, rowno, f"missing '{unit.prompt}' or 'instances'")
             continue
+        meta = _meta(unit, row) | {"is_classification": bool(row.get("is_classification"))}
         for k, inst in enumerate(instances):
-            response = _text(inst.get("output")) if isinstance(inst, dict) else None
-            extra = _text(inst.get("input", "")) if isinstance(inst, dict) else None
-            if not response or extra is None:
-                warnings.append(f"{path.name}: row {rowno}: instance {k} malformed; skipped")
+            ok = isinstance(inst, dict)
+            prompt = _prompt(unit, {**inst, unit.prompt: row[unit.prompt]}) if ok else None
+            response = _text(inst.get(unit.response)) if ok else None
+            if not prompt or not response:
+                data.warn(unit.file, rowno, f"instance {k} malformed")
                 continue
-            out.append(
-                _example(
-                    "self_instruct_seed",
-                    rowno - 1,
-                    "helpful",
-                    _join(instruction, extra),
-                    response,
-                    suffix=f".{k}" if len(instances) > 1 else "",
-                    meta={"task": row.get("id", ""), "is_classification": bool(row.get("is_classification"))},
-                )
-            )
-    return out
+            suffix = f".{k}" if len(instances) > 1 else ""
+            yield _example(unit.name, rowno - 1, unit.axis, prompt, response, suffix=suffix, meta=meta)
 
-
-def read_alpacaeval(data_dir: str | Path, warnings: list[str], with_references: bool = False) -> list[AxisExample]:
-    """AlpacaEval 805 prompts with the GPT-4-1106 reference output as response; split by question.
-
-    With `with_references`, `meta["references"]` maps generator -> output for all three reference
-    files that are present (gpt4_1106_preview, text_davinci_003, alpaca_7b).
-    """
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["alpacaeval"])
-    refs: dict[str, dict[str, str]] = {}
-    if with_references:
-        for source, gen in (("alpacaeval_davinci003", "text_davinci_003"), ("alpacaeval_alpaca7b", "alpaca_7b")):
-            ref_path = data_dir / SOURCE_FILES[source]
-            if not ref_path.is_file():
-                warnings.append(f"{ref_path.name}: missing; AlpacaEval references from {gen} left out")
-                continue
-            for row in _read_json_list(ref_path):
-                if isinstance(row, dict) and isinstance(row.get("instruction"), str):
-                    refs.setdefault(normalize_key(row["instruction"]), {})[gen] = str(row.get("output", ""))
-    out = []
-    for rowno, row in enumerate(_read_json_list(path), start=1):
-        prompt = _text(row.get("instruction")) if isinstance(row, dict) else None
-        response = _text(row.get("output")) if isinstance(row, dict) else None
-        if not prompt or response is None:
-            warnings.append(f"{path.name}: row {rowno}: missing 'instruction'/'output'; skipped")
-            continue
-        meta: dict[str, Any] = {"dataset": row.get("dataset", "")}
-        if with_references:
-            meta["references"] = {"gpt4_1106_preview": response, **refs.get(normalize_key(prompt), {})}
-        out.append(_example("alpacaeval", rowno - 1, "helpful", prompt, response, meta=meta))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# harmless
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -440,231 +318,153 @@ def parse_hh_transcript(text: str) -> list[tuple[str, str]]:
     return [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
 
 
-def read_safety_llamas(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """safety-tuned-llamas safety-only training data: harmful request -> safe answer."""
-    return _read_instruction_list(resolve_data_dir(data_dir), "safety_llamas", warnings, axis="harmless")
-
-
-def read_hh_harmless(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """HH-RLHF harmless-base test: first Human turn -> first Assistant turn of `chosen`."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["hh_harmless"])
-    out = []
-    for rowno, row in _iter_jsonl(path, warnings):
-        chosen = row.get("chosen") if isinstance(row, dict) else None
-        turns = parse_hh_transcript(chosen) if isinstance(chosen, str) else []
-        if len(turns) < 2 or turns[0][0] != "Human" or turns[1][0] != "Assistant" or not turns[0][1] or not turns[1][1]:
-            warnings.append(f"{path.name}: row {rowno}: no Human/Assistant first exchange in 'chosen'; skipped")
+def _parse_hh(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """HH-RLHF: first Human turn -> first Assistant turn of the transcript in the prompt field."""
+    for rowno, row in data.rows(unit):
+        text = row.get(unit.prompt)
+        turns = parse_hh_transcript(text) if isinstance(text, str) else []
+        if len(turns) < 2 or (turns[0][0], turns[1][0]) != ("Human", "Assistant") or not turns[0][1] or not turns[1][1]:
+            data.warn(unit.file, rowno, f"no Human/Assistant first exchange in '{unit.prompt}'")
             continue
-        out.append(
-            _example("hh_harmless", rowno - 1, "harmless", turns[0][1], turns[1][1], meta={"turns": len(turns)})
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# honest
+        yield _example(unit.name, rowno - 1, unit.axis, turns[0][1], turns[1][1], meta={"turns": len(turns)})
 
 
 def _split_answers(text: str | None) -> list[str]:
     return [a.strip() for a in (text or "").split(";") if a.strip()]
 
 
-def read_truthfulqa(data_dir: str | Path, warnings: list[str], extra_correct: bool = True) -> list[AxisExample]:
-    """TruthfulQA v1: question -> best answer (+ each other correct answer), split by question."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["truthfulqa"])
-    out = []
-    for rowno, row in _iter_csv(path, ("Question", "Best Answer")):
-        question, best = _text(row.get("Question")), _text(row.get("Best Answer"))
+def _parse_truthfulqa(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """TruthfulQA: question -> best answer, plus one example per other correct answer ("<row>.c<k>")."""
+    for rowno, row in data.rows(unit):
+        question, best = _text(row.get(unit.prompt)), _text(row.get(unit.response))
         if not question or not best:
-            warnings.append(f"{path.name}: row {rowno}: empty 'Question' or 'Best Answer'; skipped")
+            data.warn(unit.file, rowno, f"empty '{unit.prompt}' or '{unit.response}'")
             continue
-        key = normalize_key(question)
-        meta = {
-            "type": row.get("Type", ""),
-            "category": row.get("Category", ""),
-            "correct_answers": _split_answers(row.get("Correct Answers")),
-            "incorrect_answers": _split_answers(row.get("Incorrect Answers")),
-        }
-        out.append(_example("truthfulqa", rowno - 1, "honest", question, best, split_key=key, meta=meta))
-        if extra_correct:
-            seen = {normalize_key(best)}
-            for k, ans in enumerate(meta["correct_answers"]):
-                if normalize_key(ans) in seen:
-                    continue
-                seen.add(normalize_key(ans))
-                out.append(
-                    _example(
-                        "truthfulqa", rowno - 1, "honest", question, ans,
-                        split_key=key, suffix=f".c{k}", meta={"category": meta["category"], "variant": "correct_answer"},
-                    )
-                )
-    return out
+        meta = _meta(unit, row)
+        meta |= {key: _split_answers(meta.get(key)) for key in ("correct_answers", "incorrect_answers")}
+        yield _example(unit.name, rowno - 1, unit.axis, question, best, meta=meta)
+        seen = {normalize_key(best)}
+        for k, answer in enumerate(meta["correct_answers"]):
+            if normalize_key(answer) not in seen:
+                seen.add(normalize_key(answer))
+                extra = {"category": meta["category"], "variant": "correct_answer"}
+                yield _example(unit.name, rowno - 1, unit.axis, question, answer, suffix=f".c{k}", meta=extra)
 
 
 _QA = re.compile(r"^Q:\s*(?P<q>.*?)\nA:\s*(?P<a>.*?)\n(?:True|Helpful):\s*$", re.S)
 
 
-def read_truthfulqa_judge(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """finetune_truth.jsonl rows judged true (completion " yes") -> (question, answer), split by question.
+def _parse_truthfulqa_judge(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """Judge rows whose completion is "yes" -> the (question, answer) of their 'Q: ..\\nA: ..' prompt.
 
-    Rows judged " no" are skipped silently (they are untrue answers, not malformed rows).
-    Duplicate (question, answer) pairs are kept once.
+    Rows judged "no" are skipped silently (untrue answers, not malformed rows); repeated
+    (question, answer) pairs are kept once.
     """
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["truthfulqa_judge"])
-    out = []
     seen: set[tuple[str, str]] = set()
-    for rowno, row in _iter_jsonl(path, warnings):
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        completion = row.get("completion") if isinstance(row, dict) else None
-        m = _QA.match(prompt) if isinstance(prompt, str) else None
-        if not m or not isinstance(completion, str):
-            warnings.append(f"{path.name}: row {rowno}: not a 'Q: ..\\nA: ..\\nTrue:' prompt with a completion; skipped")
-            continue
-        if completion.strip().lower() != "yes":
+    for rowno, row in data.rows(unit):
+        text, verdict = row.get(unit.prompt), row.get(unit.response)
+        m = _QA.match(text) if isinstance(text, str) else None
+        if not m or not isinstance(verdict, str):
+            data.warn(unit.file, rowno, "not a 'Q: ..\\nA: ..\\nTrue:' prompt with a completion")
             continue
         question, answer = m["q"].strip(), m["a"].strip()
-        if not question or not answer:
-            continue
         pair = (normalize_key(question), normalize_key(answer))
-        if pair in seen:
+        if verdict.strip().lower() != "yes" or not question or not answer or pair in seen:
             continue
         seen.add(pair)
-        out.append(
-            _example("truthfulqa_judge", rowno - 1, "honest", question, answer, split_key=pair[0], meta={"variant": "judge_true"})
-        )
-    return out
+        yield _example(unit.name, rowno - 1, unit.axis, question, answer, meta=_meta(unit, row))
 
 
-def read_truthfulqa_mc(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """TruthfulQA v1 MC1/MC2 (eval-only): meta has `mc1_targets`/`mc2_targets` (answer -> 0/1)."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["truthfulqa_mc"])
-    out = []
-    for rowno, row in enumerate(_read_json_list(path), start=1):
-        q = _text(row.get("question")) if isinstance(row, dict) else None
-        mc1 = row.get("mc1_targets") if isinstance(row, dict) else None
-        mc2 = row.get("mc2_targets") if isinstance(row, dict) else None
-        if not q or not isinstance(mc1, dict) or not isinstance(mc2, dict) or not mc1 or not mc2:
-            warnings.append(f"{path.name}: row {rowno}: missing 'question'/'mc1_targets'/'mc2_targets'; skipped")
+def _parse_truthfulqa_mc(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """TruthfulQA MC1/MC2: question -> no response; every mapped target field is an answer -> 0/1 dict."""
+    for rowno, row in data.rows(unit):
+        question = _text(row.get(unit.prompt))
+        targets = {key: row.get(col) for key, col in unit.meta}
+        if not question or not all(isinstance(t, dict) and t for t in targets.values()):
+            data.warn(unit.file, rowno, f"missing {_quoted(unit.prompt, *(col for _, col in unit.meta))}")
             continue
-        out.append(
-            _example("truthfulqa_mc", rowno - 1, "honest", q, "", split_key=normalize_key(q),
-                     meta={"mc1_targets": dict(mc1), "mc2_targets": dict(mc2)})
-        )
-    return out
+        meta = {key: dict(t) for key, t in targets.items()}
+        yield _example(unit.name, rowno - 1, unit.axis, question, "", meta=meta)
 
 
-# --------------------------------------------------------------------------------------------
-# evaluation-only prompt sets
+def _parse_xstest(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """XSTest prompts, labelled per row: "unsafe" -> the unit's axis, "safe" -> unlabelled."""
+    label_column = dict(unit.meta)["label"]
+    for rowno, row in data.rows(unit):
+        prompt, label = _text(row.get(unit.prompt)), _text(row.get(label_column))
+        if not prompt or label not in ("safe", "unsafe"):
+            data.warn(unit.file, rowno, "empty prompt or label not safe/unsafe")
+            continue
+        meta = _meta(unit, row) | {"label": label}
+        yield _example(unit.name, row.get("id") or rowno - 1, _axis(unit, label), prompt, "", meta=meta)
+
+
+def _parse_xstest_completions(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """XSTest's human-labelled completions, one file per model (for validating a refusal detector).
+
+    `response` is the model's completion; meta: model, type, label ("unsafe" for XSTest's
+    "contrast_*" types, else "safe"), final_label ("1_full_compliance" / "2_full_refusal" /
+    "3_partial_refusal").
+    """
+    columns = dict(unit.meta)
+    for model in unit.variants:
+        file = unit.file.format(variant=model)
+        for rowno, row in data.rows(unit, file):
+            prompt, completion = _text(row.get(unit.prompt)), row.get(unit.response)
+            final = _text(row.get(columns["final_label"]))
+            if not prompt or completion is None or not final:
+                data.warn(file, rowno, "empty prompt/completion/final_label")
+                continue
+            kind = row.get(columns["type"]) or ""
+            label = "unsafe" if kind.startswith("contrast") else "safe"
+            meta = {"model": model, "type": kind, "label": label, "final_label": final}
+            row_id = row.get("id") or rowno - 1
+            yield _example(f"{unit.name}_{model}", row_id, _axis(unit, label), prompt, completion.strip(), meta=meta)
+
+
+def _parse_alpacaeval(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """AlpacaEval with `meta["references"]`: generator -> output, for each reference file present."""
+    own = next(gen for gen, _, file in unit.references if file == unit.file)
+    refs: dict[str, dict[str, str]] = {}
+    for gen, _, file in unit.references:
+        if file == unit.file:
+            continue
+        if not (data.root / file).is_file():
+            data.warnings.append(f"{file}: missing; AlpacaEval references from {gen} left out")
+            continue
+        for _, row in data.rows(unit, file):
+            if isinstance(row.get(unit.prompt), str):
+                refs.setdefault(normalize_key(row[unit.prompt]), {})[gen] = str(row.get(unit.response, ""))
+    for e in _parse_fields(unit, data):
+        references = {own: e.response, **refs.get(normalize_key(e.prompt), {})}
+        yield replace(e, meta=e.meta | {"references": references})
+
+
+PARSERS: dict[str, Callable[[Source, _Reader], Iterator[AxisExample]]] = {
+    "fields": _parse_fields,
+    "lima": _parse_lima,
+    "self_instruct": _parse_self_instruct,
+    "hh": _parse_hh,
+    "truthfulqa": _parse_truthfulqa,
+    "truthfulqa_judge": _parse_truthfulqa_judge,
+    "truthfulqa_mc": _parse_truthfulqa_mc,
+    "xstest": _parse_xstest,
+    "xstest_completions": _parse_xstest_completions,
+    "alpacaeval": _parse_alpacaeval,
+}
+
+
+def read_source(
+    data_dir: str | Path, unit: Source, warnings: list[str], exclude: Mapping[str, Collection[int]] | None = None
+) -> list[AxisExample]:
+    """The examples of one source (at most `unit.cap`), minus the `exclude` rows (file -> 0-based rows)."""
+    data = _Reader(resolve_data_dir(data_dir), warnings, exclude or {})
+    return list(islice(PARSERS[unit.parser](unit, data), unit.cap))
 
 
 def read_xstest(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """XSTest v2 prompts: unsafe -> axis "harmless"; safe -> axis "" with meta label "safe"."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["xstest"])
-    out = []
-    for rowno, row in _iter_csv(path, ("prompt", "type", "label")):
-        prompt, label = _text(row.get("prompt")), _text(row.get("label"))
-        if not prompt or label not in ("safe", "unsafe"):
-            warnings.append(f"{path.name}: row {rowno}: empty prompt or label not safe/unsafe; skipped")
-            continue
-        out.append(
-            _example(
-                "xstest", row.get("id") or rowno - 1, "harmless" if label == "unsafe" else "", prompt, "",
-                meta={"type": row.get("type", ""), "label": label, "focus": row.get("focus", ""), "note": row.get("note", "")},
-            )
-        )
-    return out
-
-
-def read_xstest_completions(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """XSTest human-labelled completions of five models (for validating a refusal detector).
-
-    `response` is the model's completion; meta: model, type, final_label
-    ("1_full_compliance" / "2_full_refusal" / "3_partial_refusal"), label (safe/unsafe from the
-    prompt file when present, else from the type: XSTest's contrast types start with "contrast_").
-    """
-    data_dir = resolve_data_dir(data_dir)
-    out = []
-    for model in XSTEST_COMPLETION_MODELS:
-        path = _file(data_dir, XSTEST_COMPLETIONS_FILE.format(model=model))
-        for rowno, row in _iter_csv(path, ("prompt", "completion", "final_label")):
-            prompt = _text(row.get("prompt"))
-            completion = row.get("completion")
-            final = _text(row.get("final_label"))
-            if not prompt or completion is None or not final:
-                warnings.append(f"{path.name}: row {rowno}: empty prompt/completion/final_label; skipped")
-                continue
-            kind = row.get("type", "") or ""
-            label = "unsafe" if kind.startswith("contrast") else "safe"
-            out.append(
-                _example(
-                    f"xstest_completions_{model}", row.get("id") or rowno - 1,
-                    "harmless" if label == "unsafe" else "", prompt, completion.strip(),
-                    meta={"model": model, "type": kind, "label": label, "final_label": final},
-                )
-            )
-    return out
-
-
-def read_beavertails(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """BeaverTails-Evaluation: 700 harmful prompts in 14 categories (axis harmless)."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["beavertails"])
-    out = []
-    for rowno, row in _iter_csv(path, ("prompt", "category")):
-        prompt = _text(row.get("prompt"))
-        if not prompt:
-            warnings.append(f"{path.name}: row {rowno}: empty prompt; skipped")
-            continue
-        out.append(
-            _example("beavertails", rowno - 1, "harmless", prompt, "",
-                     meta={"category": row.get("category", ""), "category_id": row.get("category_id", ""), "label": "unsafe"})
-        )
-    return out
-
-
-def read_advbench(data_dir: str | Path, warnings: list[str]) -> list[AxisExample]:
-    """AdvBench harmful behaviours: goal -> (no response); meta target is the attack's target string."""
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES["advbench"])
-    out = []
-    for rowno, row in _iter_csv(path, ("goal",)):
-        goal = _text(row.get("goal"))
-        if not goal:
-            warnings.append(f"{path.name}: row {rowno}: empty goal; skipped")
-            continue
-        out.append(_example("advbench", rowno - 1, "harmless", goal, "", meta={"target": row.get("target", ""), "label": "unsafe"}))
-    return out
-
-
-def read_stl_eval(data_dir: str | Path, source: str, warnings: list[str]) -> list[AxisExample]:
-    """One safety-tuned-llamas evaluation set ({instructions[], inputs[], tags[]?})."""
-    if source not in STL_EVAL_SETS:
-        raise ValueError(f"unknown safety-tuned-llamas evaluation set {source!r}; known: {sorted(STL_EVAL_SETS)}")
-    data_dir = resolve_data_dir(data_dir)
-    path = _file(data_dir, SOURCE_FILES[source])
-    data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("instructions"), list):
-        raise DataError(f"data file {path.name}: expected an object with an 'instructions' list")
-    inputs = data.get("inputs") or []
-    tags = data.get("tags") or []
-    label = STL_EVAL_SETS[source]
-    out = []
-    for rowno, instruction in enumerate(data["instructions"], start=1):
-        text = _text(instruction)
-        if not text:
-            warnings.append(f"{path.name}: row {rowno}: empty or non-text instruction; skipped")
-            continue
-        extra = _text(inputs[rowno - 1]) if rowno - 1 < len(inputs) else ""
-        meta: dict[str, Any] = {"label": label}
-        if rowno - 1 < len(tags):
-            meta["tags"] = tags[rowno - 1]
-        out.append(_example(source, rowno - 1, "harmless" if label == "unsafe" else "", _join(text, extra or ""), "", meta=meta))
-    return out
+    """XSTest's prompts alone (`load_eval_sets(...)["xstest"]` without reading every other set)."""
+    return read_source(data_dir, next(u for u in EVAL_SOURCES if u.name == "xstest"), warnings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,60 +480,40 @@ def _cap(examples: list[AxisExample], n: int) -> list[AxisExample]:
 
 
 def load_eval_sets(data_dir: str | Path, warnings: list[str] | None = None) -> dict[str, list[AxisExample]]:
-    """Evaluation-only sets by name.
+    """Evaluation-only sets by name (the eval-role sources of `sources.SOURCES`).
 
-    Names: xstest, xstest_completions, beavertails, advbench, stl_malicious, stl_qharm, stl_cona,
-    stl_controversial, stl_physical_unsafe, stl_alpaca, stl_physical_safe, truthfulqa_mc,
-    alpacaeval (with `meta["references"]` of all three reference generators). Pass a list as
+    Names: alpacaeval (with `meta["references"]` of all three reference generators),
+    truthfulqa_mc, xstest, xstest_completions, beavertails, advbench, stl_malicious, stl_qharm,
+    stl_cona, stl_controversial, stl_physical_unsafe, stl_alpaca, stl_physical_safe. Pass a list as
     `warnings` to collect skipped-row warnings.
     """
-    data_dir = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     warns = warnings if warnings is not None else []
-    sets: dict[str, list[AxisExample]] = {
-        "xstest": read_xstest(data_dir, warns),
-        "xstest_completions": read_xstest_completions(data_dir, warns),
-        "beavertails": read_beavertails(data_dir, warns),
-        "advbench": read_advbench(data_dir, warns),
-    }
-    for name in STL_EVAL_SETS:
-        sets[name] = read_stl_eval(data_dir, name, warns)
-    sets["truthfulqa_mc"] = read_truthfulqa_mc(data_dir, warns)
-    sets["alpacaeval"] = read_alpacaeval(data_dir, warns, with_references=True)
-    return sets
+    return {unit.name: read_source(root, unit, warns) for unit in EVAL_SOURCES}
 
 
-def _eval_only_prompt_keys(data_dir: Path, warnings: list[str]) -> set[str]:
-    """Normalised prompts of the harmful/benign evaluation-only sets (for decontamination)."""
+def _eval_only_prompt_keys(root: Path, warnings: list[str]) -> set[str]:
+    """Normalised prompts of the evaluation sets marked `decontaminate` (harmful and benign prompts)."""
     keys: set[str] = set()
-    readers: list[Callable[[], list[AxisExample]]] = [
-        lambda: read_xstest(data_dir, warnings),
-        lambda: read_beavertails(data_dir, warnings),
-        lambda: read_advbench(data_dir, warnings),
-        *[(lambda n=n: read_stl_eval(data_dir, n, warnings)) for n in STL_EVAL_SETS],
-    ]
-    for read in readers:
-        try:
-            keys.update(normalize_key(e.prompt) for e in read())
-        except DataError as exc:
-            warnings.append(f"decontamination: {exc}")
+    for unit in EVAL_SOURCES:
+        if unit.decontaminate:
+            try:
+                keys.update(normalize_key(e.prompt) for e in read_source(root, unit, warnings))
+            except DataError as exc:
+                warnings.append(f"decontamination: {exc}")
     return keys
 
 
 def load_axis_data(
-    data_dir: str | Path = DEFAULT_DATA_DIR,
-    *,
-    quick: bool = False,
-    max_per_source: int | None = None,
-    extra_correct_answers: bool = True,
-    decontaminate: bool = True,
+    data_dir: str | Path = DEFAULT_DATA_DIR, *, quick: bool = False, max_per_source: int | None = None
 ) -> LoadResult:
     """All training-role examples (three axes, all splits) from the data directory.
 
-    - The AlpacaEval-overlap rows of `EXCLUDE_alpacaeval_overlap.json` are dropped.
+    - The rows of `EXCLUDE_alpacaeval_overlap.json` (AlpacaEval overlaps) are dropped.
     - Exact duplicates (same axis, prompt and response) are kept once.
-    - With `decontaminate`, training examples whose prompt equals (normalised) a prompt of an
-      evaluation-only set (XSTest, BeaverTails, AdvBench, safety-tuned-llamas evaluation) are
-      dropped (Q-Harm, for one, is drawn from HH-RLHF harmless).
+    - Training examples whose prompt equals (normalised) a prompt of an evaluation-only set
+      (XSTest, BeaverTails, AdvBench, safety-tuned-llamas evaluation) are dropped (Q-Harm, for
+      one, is drawn from HH-RLHF harmless).
     - `max_per_source` keeps a deterministic sample of at most that many examples per source.
     - `quick` keeps a deterministic sample of `QUICK_PER_AXIS` examples per axis and split.
 
@@ -742,47 +522,33 @@ def load_axis_data(
     root = resolve_data_dir(data_dir)
     warnings: list[str] = []
     dropped: dict[str, int] = {}
-    excl = load_exclusions(root)
-    if not excl:
+    exclusions = load_exclusions(root)
+    if exclusions:
+        dropped["alpacaeval_overlap_excluded"] = sum(len(rows) for rows in exclusions.values())
+    else:
         warnings.append(f"{EXCLUDE_FILE} not found: AlpacaEval-overlap rows were NOT dropped")
-    for fname, rows in excl.items():
-        dropped["alpacaeval_overlap_excluded"] = dropped.get("alpacaeval_overlap_excluded", 0) + len(rows)
 
-    def ex(source: str) -> set[int]:
-        return excl.get(SOURCE_FILES[source], set())
+    per_source = [read_source(root, unit, warnings, exclusions) for unit in TRAINING_SOURCES]
+    eval_keys = _eval_only_prompt_keys(root, warnings)
 
-    per_source: dict[str, list[AxisExample]] = {
-        "lima": read_lima(root, warnings, ex("lima")),
-        "dolly": read_dolly(root, warnings, ex("dolly")),
-        "alpaca_gpt4_demo": read_alpaca_gpt4_demo(root, warnings, ex("alpaca_gpt4_demo")),
-        "alpaca_cleaned": read_alpaca_cleaned(root, warnings, ex("alpaca_cleaned")),
-        "self_instruct_seed": read_self_instruct_seed(root, warnings),
-        "gpteacher_roleplay": read_gpteacher_roleplay(root, warnings, ex("gpteacher_roleplay")),
-        "gpteacher_codegen": read_gpteacher_codegen(root, warnings, ex("gpteacher_codegen")),
-        "alpacaeval": read_alpacaeval(root, warnings),
-        "safety_llamas": read_safety_llamas(root, warnings),
-        "hh_harmless": read_hh_harmless(root, warnings),
-        "truthfulqa": read_truthfulqa(root, warnings, extra_correct=extra_correct_answers),
-        "truthfulqa_judge": read_truthfulqa_judge(root, warnings),
-    }
-    eval_keys = _eval_only_prompt_keys(root, warnings) if decontaminate else set()
+    def drop(reason: str, n: int = 1) -> None:
+        dropped[reason] = dropped.get(reason, 0) + n
 
     examples: list[AxisExample] = []
     seen: set[tuple[str, str, str]] = set()
-    for source, items in per_source.items():
+    for items in per_source:
         kept = []
         for e in items:
             sig = (e.axis, normalize_key(e.prompt), normalize_key(e.response))
             if sig in seen:
-                dropped["duplicate"] = dropped.get("duplicate", 0) + 1
-                continue
-            if normalize_key(e.prompt) in eval_keys:
-                dropped["eval_prompt_overlap"] = dropped.get("eval_prompt_overlap", 0) + 1
-                continue
-            seen.add(sig)
-            kept.append(e)
+                drop("duplicate")
+            elif sig[1] in eval_keys:
+                drop("eval_prompt_overlap")
+            else:
+                seen.add(sig)
+                kept.append(e)
         if max_per_source is not None and len(kept) > max_per_source:
-            dropped["max_per_source"] = dropped.get("max_per_source", 0) + len(kept) - max_per_source
+            drop("max_per_source", len(kept) - max_per_source)
             kept = _cap(kept, max_per_source)
         examples.extend(kept)
 
@@ -797,94 +563,12 @@ def load_axis_data(
     return LoadResult(examples=examples, warnings=warnings, dropped=dropped)
 
 
-def load_hf_dataset(
-    name: str, axis: str, prompt_field: str, response_field: str | None, split: str = "train"
-) -> list[AxisExample]:
-    """Examples from a Hugging Face hub dataset (needs the optional `datasets` package and network).
-
-    `split` is the hub split to read; the project's own split of each row is still the hash of its
-    normalised prompt. `response_field=None` gives prompts with empty responses.
-    """
-    if axis not in AXES and axis != "":
-        raise ValueError(f"axis must be one of {AXES} or '', got {axis!r}")
-    try:
-        import datasets  # noqa: PLC0415 (optional dependency, imported lazily)
-    except ImportError as exc:
-        raise DataError(
-            "loading hub datasets needs the optional 'datasets' package: pip install datasets"
-        ) from exc
-    try:
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 (offline, unknown name, gated, ...)
-        raise DataError(
-            f"could not load hub dataset {name!r} (split {split!r}): {exc}. The hub may be unreachable "
-            f"(offline machine) or the name wrong; use the offline files in --data-dir instead."
-        ) from exc
-    columns = list(getattr(ds, "column_names", []) or [])
-    for col in (prompt_field, response_field):
-        if col is not None and columns and col not in columns:
-            raise DataError(f"hub dataset {name!r} has no column {col!r} (columns: {columns})")
-    source = "hf:" + name
-    out = []
-    for i, row in enumerate(ds):
-        prompt = _text(row.get(prompt_field))
-        response = _text(row.get(response_field)) if response_field else ""
-        if not prompt or response is None:
-            continue
-        out.append(_example(source, i, axis, prompt, response, meta={"hf_split": split}))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# summaries
-
-
-def summarize(examples: Iterable[AxisExample]):  # -> pandas.DataFrame
-    """Counts of examples per axis, split and source, as a pandas DataFrame.
-
-    Columns: axis, source, train, calibration, eval, total (axis "" shown as "(unlabelled)").
-    """
-    import pandas as pd  # noqa: PLC0415 (keep pandas out of the import path of light users)
-
-    rows = [{"axis": e.axis or "(unlabelled)", "source": e.source, "split": e.split} for e in examples]
-    if not rows:
-        return pd.DataFrame(columns=["axis", "source", *SPLITS, "total"])
-    df = pd.DataFrame(rows)
-    table = df.groupby(["axis", "source", "split"]).size().unstack("split", fill_value=0)
-    for s in SPLITS:
-        if s not in table.columns:
-            table[s] = 0
-    table = table[list(SPLITS)]
-    table["total"] = table.sum(axis=1)
-    return table.reset_index()
-
-
-def summary_counts(examples: Iterable[AxisExample]) -> dict[str, dict[str, int]]:
-    """{axis: {split: count}} (plain dict, JSON-friendly)."""
-    out: dict[str, dict[str, int]] = {}
-    for e in examples:
-        d = out.setdefault(e.axis or "(unlabelled)", {s: 0 for s in SPLITS})
-        d[e.split] += 1
-    return out
-
-
-def format_summary(examples: Iterable[AxisExample]) -> str:
-    """A printable table: per source rows, then per axis totals."""
-    examples = list(examples)
-    table = summarize(examples)
-    if table.empty:
-        return "(no examples)"
-    lines = [table.to_string(index=False), ""]
-    by_axis = table.groupby("axis")[[*SPLITS, "total"]].sum()
-    lines.append(by_axis.to_string())
-    return "\n".join(lines)
-
-
 def xstest_routing_set(items: Iterable[AxisExample], splits: tuple[str, ...]) -> list[AxisExample]:
     """XSTest prompts labelled for routing, as a shifted set: safe-but-scary prompts deserve an
     answer (axis "helpful"), unsafe ones a refusal (axis "harmless"). Only the given splits."""
     return [
-        AxisExample(e.id, "harmless" if e.meta.get("label") == "unsafe" else "helpful", e.prompt, "", e.source, e.split, e.meta)
+        AxisExample(e.id, "harmless" if e.meta.get("label") == "unsafe" else "helpful", e.prompt, "", e.source, e.split,
+                    e.meta)
         for e in items
         if e.split in splits
     ]

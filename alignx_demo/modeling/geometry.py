@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from alignx_demo.modeling.calibration import PART_LOADERS
+from alignx_demo.modeling.calibration import PART_LOADERS, CalibrationPart
 
 
 def project(features: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
     """u = P (h − μ): (…, D) → (…, d) with components (d, D)."""
-    return (features.float() - mean) @ components.T
+    return (features.to(mean.dtype) - mean) @ components.T
 
 
 def levina_bickel_lid(distances: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ def knn_distances(queries: torch.Tensor, bank: torch.Tensor, k: int, exclude_sel
     return dist.topk(k, dim=-1, largest=False).values
 
 
-class NaturalGeometry:
+class NaturalGeometry(CalibrationPart):
     """Shared-covariance Gaussian posterior in PCA space, mixed in with weights λ1, λ2."""
 
     name = "natural"
@@ -62,10 +62,11 @@ class NaturalGeometry:
         lambda2: float = 0.4,
         enabled: bool = True,
     ) -> None:
-        self.mean, self.components = mean.float(), components.float()
-        self.class_means, self.precision, self.log_prior = class_means.float(), precision.float(), log_prior.float()
+        super().__init__(enabled)
+        for name, value in (("mean", mean), ("components", components), ("class_means", class_means),
+                            ("precision", precision), ("log_prior", log_prior)):
+            self.register_buffer(name, value.float().clone())
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
-        self.enabled = enabled
 
     def log_posterior(self, layer: int, features: torch.Tensor) -> torch.Tensor:
         u = project(features, self.mean[layer], self.components[layer])  # (…, d)
@@ -74,16 +75,7 @@ class NaturalGeometry:
         return F.log_softmax(-0.5 * maha + self.log_prior[layer], dim=-1)
 
     def apply(self, layer: int, logp: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.lambda1 * logp + self.lambda2 * self.log_posterior(layer, features), dim=-1)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "natural.mean": self.mean,
-            "natural.components": self.components,
-            "natural.class_means": self.class_means,
-            "natural.precision": self.precision,
-            "natural.log_prior": self.log_prior,
-        }
+        return F.log_softmax(self.lambda1 * logp + self.lambda2 * self.log_posterior(layer, features).to(logp.dtype), dim=-1)
 
     def settings(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "lambda1": self.lambda1, "lambda2": self.lambda2}
@@ -93,7 +85,7 @@ class NaturalGeometry:
         return cls(t["mean"], t["components"], t["class_means"], t["precision"], t["log_prior"], **settings)
 
 
-class FractalGeometry:
+class FractalGeometry(CalibrationPart):
     """Tempering toward uniform for tokens whose LID or k-NN distance is high for the bank."""
 
     name = "fractal"
@@ -110,10 +102,11 @@ class FractalGeometry:
         beta_dist: float = 0.0,
         enabled: bool = True,
     ) -> None:
-        self.mean, self.components, self.bank = mean.float(), components.float(), bank.float()
-        self.lid_median, self.dist_median = lid_median.float(), dist_median.float()
+        super().__init__(enabled)
+        for name, value in (("mean", mean), ("components", components), ("bank", bank),
+                            ("lid_median", lid_median), ("dist_median", dist_median)):
+            self.register_buffer(name, value.float().clone())
         self.k, self.beta, self.beta_dist = int(k), float(beta), float(beta_dist)
-        self.enabled = enabled
 
     def lid_and_distance(self, layer: int, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(LID, k-th neighbour distance) of each feature vector, shaped like features[..., 0]."""
@@ -133,15 +126,6 @@ class FractalGeometry:
 
     def apply(self, layer: int, logp: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(logp / self.temperature(layer, features).unsqueeze(-1), dim=-1)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "fractal.mean": self.mean,
-            "fractal.components": self.components,
-            "fractal.bank": self.bank,
-            "fractal.lid_median": self.lid_median,
-            "fractal.dist_median": self.dist_median,
-        }
 
     def settings(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "k": self.k, "beta": self.beta, "beta_dist": self.beta_dist}

@@ -30,25 +30,61 @@ class RoutingSlot:
         self.weights: torch.Tensor | None = None  # (B, T, K)
 
 
-class Router(nn.Module):
-    """z = W · rmsnorm(h) + b ∈ R^K per token, from the decoder layer's input hidden state h.
+class CausalMean:
+    """The causal running mean of a layer's router features over the sequence so far.
 
-    Zero-initialised, so an untrained router routes uniformly. The norm has no parameters: its
-    only job is to keep the logits' scale independent of the residual stream's norm, which grows
-    with depth.
+    One token cannot know what the rest of the prompt asks ("How do I…" starts helpful and harmful
+    requests alike), so each token's router also sees c_t = mean_{s ≤ t, mask_s = 1} f_s, the mean of
+    the (normed) features of the valid positions up to and including t. Padding positions (mask 0)
+    are left out. Across KV-cache forwards the running sum and count per layer are carried in this
+    object (MoCaEModel keeps one per cache), so a streamed decode gives exactly what a full
+    recompute of the sequence gives.
     """
 
-    def __init__(self, hidden_size: int, use_norm: bool = True) -> None:
+    def __init__(self, n_layers: int, mask: torch.Tensor | None = None) -> None:
+        self.sums: list[torch.Tensor | None] = [None] * n_layers  # (B, D) per layer
+        self.counts: list[torch.Tensor | None] = [None] * n_layers  # (B, 1) per layer
+        self.mask = mask  # (B, T) of the current forward, or None: every position is valid
+
+    def __call__(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """c (B, T, D) for this forward's features (B, T, D); updates the carried sums."""
+        m = (self.mask[:, -features.shape[1]:] if self.mask is not None else features.new_ones(features.shape[:2]))
+        m = m.to(features.dtype).unsqueeze(-1)  # (B, T, 1)
+        sums, counts = (features * m).cumsum(dim=1), m.cumsum(dim=1)
+        if self.sums[layer] is not None:
+            sums = sums + self.sums[layer].unsqueeze(1)
+            counts = counts + self.counts[layer].unsqueeze(1)
+        self.sums[layer], self.counts[layer] = sums[:, -1].detach(), counts[:, -1].detach()
+        return sums / counts.clamp_min(1.0)
+
+
+class Router(nn.Module):
+    """z = W · u + b ∈ R^K per token, from the decoder layer's input hidden state h.
+
+    u = rmsnorm(h_t), and with `use_context` also the causal mean of rmsnorm(h_s) over s ≤ t
+    (`CausalMean`): u = [rmsnorm(h_t); c_t] ∈ R^{2D}. Routing stays per token and per layer, in
+    the one forward. Zero-initialised, so an untrained router routes uniformly. The norm has no
+    parameters: its only job is to keep the logits' scale independent of the residual stream's
+    norm, which grows with depth.
+    """
+
+    def __init__(self, hidden_size: int, use_norm: bool = True, use_context: bool = False) -> None:
         super().__init__()
         self.use_norm = use_norm
-        self.proj = nn.Linear(hidden_size, K)
+        self.use_context = use_context
+        self.proj = nn.Linear(hidden_size * (2 if use_context else 1), K)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def features(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The router's input features (B, T, D), in fp32: what calibrators and feature banks see."""
+    def features(self, hidden: torch.Tensor, context: CausalMean | None = None, layer: int = 0) -> torch.Tensor:
+        """The router's input u (B, T, D or 2D), in fp32: what calibrators and feature banks see."""
         h = hidden.to(self.proj.weight.dtype)
-        return F.rms_norm(h, (h.shape[-1],), eps=1e-6) if self.use_norm else h
+        f = F.rms_norm(h, (h.shape[-1],), eps=1e-6) if self.use_norm else h
+        if not self.use_context:
+            return f
+        if context is None:
+            context = CausalMean(layer + 1)
+        return torch.cat([f, context(layer, f)], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)  # (B, T, K)

@@ -20,7 +20,10 @@ from torch.nn import functional as F
 from alignx_demo.config import AXES, MoCaEConfig, RoutingSettings
 from alignx_demo.modeling.calibration import CalibrationStack
 from alignx_demo.modeling.families import decoder_layers, default_targets
-from alignx_demo.modeling.layer import MoCaELinear, Router, RoutingSlot
+from alignx_demo.modeling.layer import CausalMean, MoCaELinear, Router, RoutingSlot
+
+_CONTEXT_ATTR = "alignx_router_context"
+"""Attribute of a KV cache that carries the routers' running means (`CausalMean`) to its next forward."""
 
 
 class RoutingRecord:
@@ -80,7 +83,10 @@ class MoCaEModel(nn.Module):
         self.layers_path, layers = decoder_layers(model)
         self.slots = [RoutingSlot() for _ in layers]
         hidden = model.config.hidden_size
-        self.routers = nn.ModuleList(Router(hidden, config.router_norm) for _ in layers)
+        self.routers = nn.ModuleList(Router(hidden, config.router_norm, config.router_context) for _ in layers)
+        self._context: CausalMean | None = None
+        model.register_forward_pre_hook(self._start_forward, with_kwargs=True)
+        model.register_forward_hook(self._end_forward, with_kwargs=True)
         self.expert_modules: dict[str, MoCaELinear] = {}
         for index, layer in enumerate(layers):
             self._inject(f"{self.layers_path}.{index}", layer, self.slots[index])
@@ -89,6 +95,8 @@ class MoCaEModel(nn.Module):
             raise ValueError(f"no module matched target_modules {config.target_modules}")
         device = next(model.parameters()).device
         self.routers.to(device)
+        if calibration is not None:
+            calibration.to(device)
         for module in self.expert_modules.values():
             module.lora_A.data = module.lora_A.data.to(device)
             module.lora_B.data = module.lora_B.data.to(device)
@@ -103,6 +111,23 @@ class MoCaEModel(nn.Module):
             setattr(parent, leaf, wrapped)
             self.expert_modules[f"{prefix}.{name}"] = wrapped
 
+    def _start_forward(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Pick up the running means a KV cache carries (a continued sequence) or start fresh ones."""
+        cache = kwargs.get("past_key_values")
+        continued = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        mask = kwargs.get("attention_mask")
+        mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+        context = getattr(cache, _CONTEXT_ATTR, None) if continued else None
+        self._context = context or CausalMean(self.n_layers)
+        self._context.mask = mask
+
+    def _end_forward(self, _module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        cache = getattr(output, "past_key_values", None)
+        if cache is not None and self._context is not None:
+            self._context.mask = None
+            setattr(cache, _CONTEXT_ATTR, self._context)
+        self._context = None
+
     def _make_hook(self, index: int):
         def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
@@ -112,7 +137,7 @@ class MoCaEModel(nn.Module):
 
     def _route(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         router = self.routers[index]
-        features = router.features(hidden)
+        features = router.features(hidden, self._context, index)
         logits = router(features)
         settings = self.routing
         if settings.calibrated and self.calibration is not None:

@@ -2,19 +2,26 @@
 
 Recipe (DESIGN.md section 5):
 
-- Text: every train-split example of the three axes in the chat format of
-  `templates.encode_example`, with NO axis preamble (the base has no expert identity).
-- Axis balance: examples are packed into fixed-length blocks per axis; each batch row picks its
-  axis with the sampling weights (default helpful 0.70 / harmless 0.15 / honest 0.15 of the
-  tokens), then a random block of that axis. A base trained on the naive mix learns to refuse
-  everything, because the safety answers are the most repetitive text in the corpus.
+- Data role (`data.roles.base_examples`): the base is a neutral general assistant. By default it
+  learns from the helpful axis's general instruction/answer text only, minus the few answers that
+  refuse or hedge; refusals and "I have no comment" are left to the experts. A base trained on
+  the naive mix (10 % refusals, 10 % TruthfulQA answers) learned to refuse and hedge first, because
+  those answers are the most repetitive text in the corpus. `axis_weights` can bring the other
+  axes back (that mix is kept as the joint-SFT baseline's data, where it shows "too harmless").
+- Shorter answers: each answer is cut to its sentences within `max_answer_tokens` tokens. A
+  6.9 M-parameter model learns answer openings well and long essays and code listings poorly, and
+  the demo shows at most a few dozen tokens of an answer.
+- Text format: `templates.encode_example`, with NO axis preamble (the base has no expert identity).
+  Examples are packed into fixed-length blocks per axis; each batch row picks its axis with the
+  sampling weights, then a random block of that axis.
 - Loss: next-token loss on all tokens of each block (prompts included: for a base LM the prompt
   text is language to learn too). Blocks are packed across example boundaries (BOS/EOS mark
   them) without cross-document attention masking, as in standard LM pre-training.
 - Optimiser: AdamW (betas 0.9/0.95, weight decay 0.1 on matrices only), linear warmup, then cosine
   decay to 10 % of the peak LR. The cosine runs over the training *budget*: progress is the larger
   of step/max_steps and elapsed/max_minutes, so a time-bounded run ends at the low LR.
-- Held-out loss per axis on fixed calibration-split blocks, every `eval_every` steps, logged to
+- Held-out loss per axis on fixed calibration-split blocks of the full, unfiltered answers (so the
+  figure compares with earlier bases whatever the data role), every `eval_every` steps, logged to
   `OUT/base/training_log.jsonl`.
 - Checkpoints (safetensors only, see `common`) every `save_every` steps, on SIGTERM / Ctrl-C and
   at the end, in `OUT/checkpoints/base/`; each checkpoint is also exported to `OUT/base/` (a plain HF
@@ -37,6 +44,7 @@ from typing import Any
 import torch
 
 from alignx_demo.config import AXES
+from alignx_demo.data import roles
 from alignx_demo.training import common
 
 BASE_DIR = "base"
@@ -56,7 +64,9 @@ class BaseTrainConfig:
         context: block length in tokens (also max_position_embeddings).
         batch_size: blocks per optimiser step.
         lr, warmup_steps, min_lr_ratio, weight_decay, grad_clip: optimiser settings.
-        axis_weights: sampling weights of (helpful, harmless, honest) blocks.
+        axis_weights: sampling weights of (helpful, harmless, honest) blocks (0: not trained on).
+        max_answer_tokens: answers are cut to their sentences within this many tokens (None: whole).
+        drop_refusals: leave out training answers that refuse or hedge (`data.behaviour`).
         max_steps: total optimiser steps (None: no step limit; then max_minutes must be set).
         max_minutes: total training minutes across resumes (None: no time limit).
         eval_every, eval_blocks: held-out loss every N steps, on at most this many blocks per axis.
@@ -72,7 +82,7 @@ class BaseTrainConfig:
     num_layers: int = 6
     num_heads: int = 8
     num_kv_heads: int | None = None
-    intermediate_size: int = 688
+    intermediate_size: int = 704
     context: int = 256
     batch_size: int = 8
     lr: float = 1e-3
@@ -80,14 +90,16 @@ class BaseTrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    axis_weights: dict[str, float] = field(default_factory=lambda: {"helpful": 0.7, "harmless": 0.15, "honest": 0.15})
+    axis_weights: dict[str, float] = field(default_factory=lambda: {"helpful": 1.0, "harmless": 0.0, "honest": 0.0})
+    max_answer_tokens: int | None = roles.BASE_ANSWER_TOKENS
+    drop_refusals: bool = True
     max_steps: int | None = 20000
     max_minutes: float | None = None
     eval_every: int = 100
     eval_blocks: int = 16
     save_every: int = 200
     log_every: int = 10
-    threads: int | None = 1
+    threads: int | None = 2
     seed: int = 0
     max_per_source: int | None = None
     quick: bool = False
@@ -141,8 +153,10 @@ def _optimizer(model: torch.nn.Module, cfg: BaseTrainConfig) -> torch.optim.Opti
 def prepare_blocks(tokenizer: Any, examples: list, cfg: BaseTrainConfig) -> tuple[common.AxisBlocks, dict[str, torch.Tensor], dict[str, int]]:
     """Train blocks per axis (weighted sampler), held-out calibration blocks per axis, example counts."""
     train, heldout, counts = {}, {}, {}
+    axes = tuple(a for a in AXES if cfg.axis_weights.get(a, 0) > 0)
+    train_examples = roles.base_examples(tokenizer, examples, axes, cfg.max_answer_tokens, cfg.drop_refusals)
     for axis in AXES:
-        tr = [e for e in examples if e.axis == axis and e.split == "train"]
+        tr = [e for e in train_examples if e.axis == axis]
         cal = [e for e in examples if e.axis == axis and e.split == "calibration"]
         counts[f"{axis}/train"] = len(tr)
         counts[f"{axis}/calibration"] = len(cal)

@@ -1,12 +1,20 @@
 """The comparison systems of the Axis Collapse view, each saved as a PEFT LoRA adapter folder in
 `OUT/baselines/<name>/` (no preamble anywhere: these are what one gets without Stage 1):
 
-- joint_sft: one rank-r adapter trained on the naive mix of all three axes' train data (natural
-  proportions) — axes interfere; on the demo corpus this illustrates "too harmless";
-- sequential_sft: help → harm → honest; each stage trains a fresh rank-r adapter on one axis and
-  is merged into the weights before the next, so earlier axes can be forgotten. The result is
-  exactly the sum of the three deltas, saved as one rank-3r adapter (stacked A and B);
+- joint_sft: one rank-r adapter trained on the naive mix of all three axes' raw train references
+  (natural proportions) — axes interfere; on the demo corpus this illustrates "too harmless";
+- sequential_sft: help → harm → honest on the experts' data roles (`data.roles`); each stage
+  trains a fresh rank-r adapter on one axis and is merged into the weights before the next, so
+  earlier axes can be forgotten. The result is exactly the sum of the three deltas, saved as one
+  rank-3r adapter (stacked A and B);
 - uniform_merge: the three Stage 1 experts averaged, Σ_k ⅓·B_k A_k, saved as a rank-3r adapter.
+
+Fair budgets: joint SFT trains for the experts' total (3 × `steps_per_axis`), sequential SFT for
+one expert's budget per stage. Seeds are set before every initialisation. After each sequential
+stage the held-out loss (response tokens, calibration split, `held_out` examples per axis) of every
+axis is logged, and forgetting is measured as DESIGN defines it: an axis's held-out loss after the
+later stages minus its loss right after its own stage (`forgetting` in the summary; only axes
+trained before the last stage have one).
 """
 
 from __future__ import annotations
@@ -18,31 +26,31 @@ from typing import Any
 
 import torch
 
-from alignx_demo.config import AXES, MoCaEConfig, RoutingSettings
+from alignx_demo.config import AXES, BASELINES, MoCaEConfig, RoutingSettings  # noqa: F401  (BASELINES re-exported)
 from alignx_demo.data.records import AxisExample
 from alignx_demo.modeling.checkpoint import load_base, load_mocae, save_lora_adapter
 from alignx_demo.modeling.mocae import MoCaEModel
 from alignx_demo.training.common import JsonlLog, is_main_process
-from alignx_demo.training.experts import by_axis, one_hot
-from alignx_demo.training.finetune import encode_set, train_loop
-
-BASELINES = ("joint_sft", "sequential_sft", "uniform_merge")
+from alignx_demo.data.roles import expert_examples
+from alignx_demo.training.experts import ExpertsConfig, one_hot
+from alignx_demo.training.finetune import encode_set, response_loss, train_loop
 
 
 @dataclass
 class BaselinesConfig:
-    """Steps of joint SFT and of each sequential stage; LoRA shape as Stage 1."""
+    """One expert's step budget (joint SFT gets three of them, each sequential stage one); LoRA shape
+    as Stage 1; held-out examples per axis for the sequential stages' losses."""
 
-    joint_steps: int = 400
-    sequential_steps: int = 150
+    steps_per_axis: int = ExpertsConfig.steps
     batch_size: int = 8
     lr: float = 2e-3
     max_len: int = 256
+    held_out: int = 64
     seed: int = 0
 
     @classmethod
     def quick_recipe(cls) -> BaselinesConfig:
-        return cls(joint_steps=10, sequential_steps=6, batch_size=4, max_len=128)
+        return cls(steps_per_axis=6, batch_size=4, max_len=128, held_out=8)
 
 
 def _merge_slot_into_base(mocae: MoCaEModel, k: int) -> None:
@@ -83,34 +91,44 @@ def train_baselines(
 
     def fresh() -> MoCaEModel:
         model, _, _, _ = load_base(base_source, load_in_4bit=False)
-        mocae = MoCaEModel(model, MoCaEConfig(rank=config.rank, alpha=config.alpha))
-        torch.manual_seed(cfg.seed)
-        return mocae
+        torch.manual_seed(cfg.seed)  # before the LoRA init, so the seed governs it
+        return MoCaEModel(model, MoCaEConfig(rank=config.rank, alpha=config.alpha))
 
     train = [e for e in examples if e.split == "train" and e.response and e.axis in AXES]
     joint = fresh()
     summary["joint_sft"] = train_loop(
         joint, joint.expert_parameters(), encode_set(tokenizer, train, cfg.max_len),
-        routing=RoutingSettings(axis_prior=one_hot(0), calibrated=False), steps=cfg.joint_steps,
+        routing=RoutingSettings(axis_prior=one_hot(0), calibrated=False), steps=len(AXES) * cfg.steps_per_axis,
         batch_size=cfg.batch_size, lr=cfg.lr, pad_id=pad, seed=cfg.seed, log=log, desc="joint_sft", progress=progress,
     )
     _adapter(joint, folder / "joint_sft", {n: m.expert(0) for n, m in joint.expert_modules.items()}, r)
 
     sequential = fresh()
-    per_axis = by_axis(examples, "train")
+    held = {a: encode_set(tokenizer, expert_examples(tokenizer, examples, a, "calibration")[: cfg.held_out], cfg.max_len) for a in AXES}
     deltas: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {n: [] for n in sequential.expert_modules}
-    summary["sequential_sft"] = {}
+    stages: list[dict[str, Any]] = []
     for k, axis in enumerate(AXES):
-        summary["sequential_sft"][axis] = train_loop(
-            sequential, sequential.expert_parameters(), encode_set(tokenizer, per_axis[axis], cfg.max_len),
-            routing=RoutingSettings(axis_prior=one_hot(k), calibrated=False), steps=cfg.sequential_steps,
+        result = train_loop(
+            sequential, sequential.expert_parameters(), encode_set(tokenizer, expert_examples(tokenizer, examples, axis), cfg.max_len),
+            routing=RoutingSettings(axis_prior=one_hot(k), calibrated=False), steps=cfg.steps_per_axis,
             batch_size=cfg.batch_size, lr=cfg.lr, pad_id=pad, seed=cfg.seed + k, log=log,
             desc=f"sequential_sft {axis}", progress=progress,
         )
         for name, module in sequential.expert_modules.items():
             a, b = module.expert(k)
             deltas[name].append((a.detach().clone(), b.detach().clone()))
-        _merge_slot_into_base(sequential, k)
+        _merge_slot_into_base(sequential, k)  # the merged weights now hold every stage so far
+        losses = {a: round(response_loss(sequential, held[a], RoutingSettings(axis_prior=one_hot(k), calibrated=False), pad), 4)
+                  for a in AXES if len(held[a])}
+        log.write({"stage": f"sequential_sft after {axis}", "heldout_loss": losses})
+        stages.append({"axis": axis, "train": result, "heldout_loss": losses})
+    summary["sequential_sft"] = {
+        "stages": stages,
+        "forgetting": {
+            stage["axis"]: round(stages[-1]["heldout_loss"][stage["axis"]] - stage["heldout_loss"][stage["axis"]], 4)
+            for stage in stages[:-1] if stage["axis"] in stage["heldout_loss"]
+        },
+    }
     _adapter(sequential, folder / "sequential_sft",
              {n: (torch.cat([a for a, _ in d]), torch.cat([b for _, b in d], dim=1)) for n, d in deltas.items()}, 3 * r)
 

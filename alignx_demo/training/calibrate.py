@@ -1,19 +1,24 @@
-"""Fitting the calibration stack on the calibration split: temperature, natural, fractal geometry.
+"""Fitting the calibration stack on the calibration split: temperature, natural and fractal
+geometry (token level), and the pooled temperature (run level).
 
-Router logits and features are collected per prompt token (at most `tokens_per_example` tokens
-of each prompt, evenly spaced after the template prefix every prompt shares, the last always
-included), from uncalibrated soft routing without any preamble — as the router sees prompts at
-inference. Each token's label is its example's axis.
-The parts are fitted in order, each on the output of the previous ones, all by the same NLL
-objective (`nll`: the mean of the token-level and the prompt-level NLL):
-1. temperature: log T_ℓ per layer, jointly, by L-BFGS;
-2. natural geometry: per-layer PCA (d = 16), class means and shared covariance (+ ridge), then
-   (λ1, λ2) by grid search;
-3. fractal geometry: a bank of up to 2,048 calibration tokens per layer (PCA space), medians of
-   the bank's own LID and k-th-neighbour distance (k = 20), then (β, β_d) by grid search on the
-   tokens outside the bank and on a shifted calibration set (XSTest's calibration-split prompts,
-   `readers.xstest_routing_set`), the two NLLs weighted equally — tempering off-manifold tokens
-   only pays off under shift, so the fit must see some. Evaluation never uses those XSTest items.
+Data: the distinct calibration-split prompts of the three axes (at most `max_per_axis` each), every
+prompt token after the shared template prefix, router logits and features from uncalibrated soft
+routing without any preamble — as the router sees prompts at inference. Each token's label is its
+prompt's axis. No shifted set (XSTest) is used in any fit: shifted sets only measure.
+
+The prompts are split in two, by prompt: a *fit* part (1 − `select_fraction`) on which parameters
+are estimated, and a *select* part on which every setting chosen by search (λ, β) and the pooled
+temperature are chosen. A setting is thus never chosen on the data its part was fitted on.
+1. temperature: log T_ℓ per layer, by L-BFGS on the token NLL of the fit part;
+2. natural geometry: per-layer PCA (d = 16), class means and shared covariance (+ ridge) on the fit
+   part; then (λ1, λ2) by grid search on the select part's token NLL;
+3. fractal geometry: a bank of up to `bank_size` fit-part tokens per layer (PCA space), the bank's
+   median LID and k-th-neighbour distance (k = 20); then (β, β_d) by grid search on the select
+   part's token NLL (β = β_d = 0, no tempering, is in the grid: the data decides);
+4. pooled: T_pool by bounded 1-D search on the select part's prompt-level NLL, where a prompt's
+   run-level weights are softmax(log(mean of its calibrated token weights) / T_pool).
+Grids are wide enough that no chosen value sits at an edge that could move (the summary records
+`at_edge` for each search so a reader can check).
 """
 
 from __future__ import annotations
@@ -27,20 +32,23 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from alignx_demo.config import AXES, RoutingSettings
-from alignx_demo.data.records import AxisExample
-from alignx_demo.data.templates import encode_prompt, template_prefix_length
-from alignx_demo.modeling.calibration import CalibrationStack, TemperatureScaling
+from alignx_demo.analysis.routing import RoutingData, collect_routing, prompt_labels, prompt_mean
+from alignx_demo.config import AXES
+from alignx_demo.data.records import AxisExample, normalize_key
+from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
 from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, load_mocae
 from alignx_demo.modeling.geometry import FractalGeometry, NaturalGeometry, knn_distances, levina_bickel_lid, project
-from alignx_demo.modeling.mocae import MoCaEModel
+
+LAMBDA_GRID = ([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6, 2.0], [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.4, 2.0])
+BETA_GRID = ([0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0], [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
 
 
 @dataclass
 class CalibrationConfig:
     """Calibration fitting settings."""
 
-    tokens_per_example: int = 16
+    max_per_axis: int = 400
+    select_fraction: float = 0.4
     pca_dim: int = 16
     ridge: float = 1e-3
     knn: int = 20
@@ -50,96 +58,46 @@ class CalibrationConfig:
 
     @classmethod
     def quick_recipe(cls) -> CalibrationConfig:
-        return cls(tokens_per_example=8, pca_dim=8, knn=5, bank_size=128, max_len=128)
+        return cls(max_per_axis=40, pca_dim=8, knn=5, bank_size=128, max_len=128)
 
 
-@dataclass
-class RoutingData:
-    """Token-level router outputs: logits (L, N, K), features (L, N, D), weights used (L, N, K),
-    labels (N,), example index (N,)."""
-
-    logits: torch.Tensor
-    features: torch.Tensor
-    weights: torch.Tensor
-    labels: torch.Tensor
-    example: torch.Tensor
-
-
-@torch.no_grad()
-def collect_routing(
-    mocae: MoCaEModel, tokenizer: Any, examples: list[AxisExample], *, tokens_per_example: int, max_len: int,
-    routing: RoutingSettings | None = None,
-) -> RoutingData:
-    """Router logits, features and weights of sampled prompt tokens of each example: up to
-    `tokens_per_example` positions evenly spaced from the end of the shared template prefix to the
-    last prompt token (always included)."""
-    device = next(mocae.model.parameters()).device
-    routing = routing or RoutingSettings(mode="soft", calibrated=False)
-    skip = template_prefix_length(tokenizer)
-    logits, features, weights, labels, owner = [], [], [], [], []
-    for i, example in enumerate(examples):
-        ids = encode_prompt(tokenizer, example.prompt)
-        start = skip if len(ids) <= max_len else 0
-        ids = ids[-max_len:]
-        with mocae.routed(routing), mocae.record(features=True) as record:
-            mocae(input_ids=torch.tensor([ids], device=device))
-        n = len(ids)
-        pick = torch.linspace(min(start, n - 1), n - 1, min(tokens_per_example, n - min(start, n - 1))).round().long().unique()
-        logits.append(torch.stack([z[0][0, pick] for z in record.logits]).cpu())
-        features.append(torch.stack([f[0][0, pick] for f in record.features]).cpu())
-        weights.append(torch.stack([w[0][0, pick] for w in record.weights]).cpu())
-        labels += [AXES.index(example.axis)] * len(pick)
-        owner += [i] * len(pick)
-    cat = lambda parts: torch.cat(parts, 1).float()  # noqa: E731
-    return RoutingData(cat(logits), cat(features), cat(weights), torch.tensor(labels), torch.tensor(owner))
-
-
-def stack_logp(stack: CalibrationStack | None, data: RoutingData, layers: range | None = None) -> torch.Tensor:
-    """Log-probabilities (L, N, K) of the data under a stack (None: uncalibrated softmax)."""
-    layers = layers or range(data.logits.shape[0])
+def token_logp(stack: CalibrationStack | None, data: RoutingData) -> torch.Tensor:
+    """Log-probabilities (L, N, K) of the data's tokens under a stack (None: uncalibrated softmax)."""
+    layers = range(data.logits.shape[0])
     if stack is None:
         return torch.stack([F.log_softmax(data.logits[l], -1) for l in layers])
     return torch.stack([stack.probs(l, data.logits[l], data.features[l]).clamp_min(1e-12).log() for l in layers])
 
 
+def token_nll(logp: torch.Tensor, data: RoutingData) -> torch.Tensor:
+    """Mean over layers and tokens of −log p(axis)."""
+    return -logp.gather(-1, data.labels.expand(logp.shape[0], -1)[..., None]).mean()
+
+
+def run_weights(token_p: torch.Tensor, data: RoutingData, stack: CalibrationStack | None = None) -> torch.Tensor:
+    """Run-level weights (prompts, K): each prompt's mean over its tokens and the layers of token
+    weights (L, N, K), pooled by the stack's run-level part when given."""
+    mean, _ = prompt_mean(token_p.mean(0), data.example)
+    return stack.pool(mean) if stack is not None else mean
+
+
+def prompt_nll(run_p: torch.Tensor, data: RoutingData) -> torch.Tensor:
+    return -run_p.gather(-1, prompt_labels(data)[:, None]).clamp_min(1e-12).log().mean()
+
+
 def nll(logp: torch.Tensor, data: RoutingData) -> float:
-    """The calibration objective: ½ (token NLL + prompt NLL) of log-probabilities (L, N, K).
-
-    Token NLL: mean over layers and sampled tokens of −log p(axis). Prompt NLL: −log of each
-    prompt's routing — its weights averaged over its sampled tokens and the layers, as `evaluate`
-    reports it at prompt level — averaged over prompts. Fitting the token term alone leaves the
-    prompt-level average miscalibrated (a prompt's early tokens cannot know its axis, and their
-    honest uncertainty flattens the average); fitting the prompt term alone would let single
-    tokens be overconfident. Both are what the app shows, so both are fitted.
-    """
-    return float(_objective(logp, data))
-
-
-def prompt_mean(p: torch.Tensor, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt-level routing: each prompt's mean of the token rows p (N, K), prompts in id order, and
-    for each token row the index of its prompt among them."""
-    ids, inverse = torch.unique(example, return_inverse=True)
-    sums = torch.zeros(len(ids), p.shape[-1], dtype=p.dtype).index_add_(0, inverse, p)
-    return sums / torch.bincount(inverse, minlength=len(ids))[:, None], inverse
-
-
-def _objective(logp: torch.Tensor, data: RoutingData) -> torch.Tensor:
-    token = -logp.gather(-1, data.labels.expand(logp.shape[0], -1)[..., None]).mean()
-    prompt_p, inverse = prompt_mean(logp.exp().mean(0), data.example)
-    labels = torch.zeros(len(prompt_p), dtype=torch.long).scatter_(0, inverse, data.labels)  # one label per prompt
-    return (token - prompt_p.gather(-1, labels[:, None]).clamp_min(1e-12).log().mean()) / 2
+    """Token NLL of log-probabilities (L, N, K) (kept for reports and tests)."""
+    return float(token_nll(logp, data))
 
 
 def fit_temperature(data: RoutingData) -> TemperatureScaling:
-    """One temperature per layer, all fitted together by L-BFGS on the calibration objective
-    (its prompt term couples the layers)."""
+    """One temperature per layer, fitted together by L-BFGS on the token NLL."""
     log_t = torch.zeros(data.logits.shape[0], requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        logp = F.log_softmax(data.logits / log_t.exp()[:, None, None], dim=-1)
-        loss = _objective(logp, data)
+        loss = token_nll(F.log_softmax(data.logits / log_t.exp()[:, None, None], dim=-1), data)
         loss.backward()
         return loss
 
@@ -147,21 +105,11 @@ def fit_temperature(data: RoutingData) -> TemperatureScaling:
     return TemperatureScaling(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def _grid_search(
-    part: Any, names: tuple[str, ...], grid: tuple[list[float], ...], stack: CalibrationStack, *datasets: RoutingData
-) -> None:
-    """Set `part`'s named settings to the grid point with the lowest NLL of stack + part, averaged
-    over the datasets (each weighted equally, whatever its size)."""
-
-    def score(values: tuple[float, ...]) -> float:
-        for name, value in zip(names, values):
-            setattr(part, name, value)
-        trial = CalibrationStack(stack.temperature, [*stack.parts, part])
-        return sum(nll(stack_logp(trial, d), d) for d in datasets) / len(datasets)
-
+def _grid_search(score, grid: tuple[list[float], ...]) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """The grid point with the lowest score, and a note of where it sits in the grid."""
     best = min(itertools.product(*grid), key=score)
-    for name, value in zip(names, best):
-        setattr(part, name, value)
+    at_edge = [bool(v == axis[-1] and len(axis) > 1) for v, axis in zip(best, grid)]
+    return best, {"best": list(best), "at_upper_edge": at_edge}
 
 
 def _pca(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,91 +118,122 @@ def _pca(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, v[: min(dim, v.shape[0])]
 
 
-def fit_natural(data: RoutingData, stack: CalibrationStack, cfg: CalibrationConfig) -> NaturalGeometry:
-    n_layers, k = data.logits.shape[0], len(AXES)
+def fit_natural(fit: RoutingData, select: RoutingData, stack: CalibrationStack, cfg: CalibrationConfig
+                ) -> tuple[NaturalGeometry, dict[str, Any]]:
+    """Gaussians on the fit part; (λ1, λ2) chosen on the select part."""
+    n_layers, k = fit.logits.shape[0], len(AXES)
     means, comps, class_means, precisions, priors = [], [], [], [], []
     for layer in range(n_layers):
-        mean, comp = _pca(data.features[layer], cfg.pca_dim)
-        u = project(data.features[layer], mean, comp)
-        mus = torch.stack([u[data.labels == c].mean(0) if (data.labels == c).any() else u.mean(0) for c in range(k)])
-        centered = u - mus[data.labels]
+        mean, comp = _pca(fit.features[layer], cfg.pca_dim)
+        u = project(fit.features[layer], mean, comp)
+        mus = torch.stack([u[fit.labels == c].mean(0) if (fit.labels == c).any() else u.mean(0) for c in range(k)])
+        centered = u - mus[fit.labels]
         cov = centered.T @ centered / max(len(u) - k, 1) + cfg.ridge * torch.eye(u.shape[1])
-        counts = torch.bincount(data.labels, minlength=k).float() + 1.0
+        counts = torch.bincount(fit.labels, minlength=k).float() + 1.0
         means.append(mean), comps.append(comp), class_means.append(mus)
         precisions.append(torch.linalg.inv(cov)), priors.append((counts / counts.sum()).log())
     part = NaturalGeometry(torch.stack(means), torch.stack(comps), torch.stack(class_means), torch.stack(precisions), torch.stack(priors))
-    _grid_search(part, ("lambda1", "lambda2"), ([0.2, 0.4, 0.6, 0.8, 1.0], [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]), stack, data)
-    return part
+    base = token_logp(stack, select)
+    geo = torch.stack([part.log_posterior(l, select.features[l]) for l in range(n_layers)])
+
+    def score(values: tuple[float, ...]) -> float:
+        return float(token_nll(F.log_softmax(values[0] * base + values[1] * geo, dim=-1), select))
+
+    (part.lambda1, part.lambda2), note = _grid_search(score, LAMBDA_GRID)
+    return part, note
 
 
-def fit_fractal(
-    data: RoutingData, stack: CalibrationStack, natural: NaturalGeometry, cfg: CalibrationConfig, shifted: RoutingData | None = None
-) -> FractalGeometry:
-    n_layers, n = data.logits.shape[0], data.labels.shape[0]
+def fit_fractal(fit: RoutingData, select: RoutingData, stack: CalibrationStack, natural: NaturalGeometry,
+                cfg: CalibrationConfig) -> tuple[FractalGeometry, dict[str, Any]]:
+    """A bank of fit-part tokens; (β, β_d) chosen on the select part (other prompts than the bank's)."""
+    n_layers = fit.logits.shape[0]
     gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(n, generator=gen)
-    in_bank = order[: min(cfg.bank_size, n // 2)]
-    rest = order[len(in_bank):]
-    banks, lid_med, dist_med = [], [], []
+    in_bank = torch.randperm(fit.labels.shape[0], generator=gen)[: cfg.bank_size]
     k = min(cfg.knn, len(in_bank) - 1)
+    banks, lid_med, dist_med, lids, dists = [], [], [], [], []
     for layer in range(n_layers):
-        bank = project(data.features[layer, in_bank], natural.mean[layer], natural.components[layer])
-        dist = knn_distances(bank, bank, k, exclude_self=True)
+        bank = project(fit.features[layer, in_bank], natural.mean[layer], natural.components[layer])
+        own = knn_distances(bank, bank, k, exclude_self=True)
         banks.append(bank)
-        lid_med.append(levina_bickel_lid(dist).median())
-        dist_med.append(dist[:, -1].median().clamp_min(1e-6))
+        lid_med.append(levina_bickel_lid(own).median())
+        dist_med.append(own[:, -1].median().clamp_min(1e-6))
+        query = knn_distances(project(select.features[layer], natural.mean[layer], natural.components[layer]), bank, k)
+        lids.append(levina_bickel_lid(query) / lid_med[-1]), dists.append(query[:, -1] / dist_med[-1])
     part = FractalGeometry(natural.mean, natural.components, torch.stack(banks), torch.stack(lid_med), torch.stack(dist_med), k=k)
-    held = RoutingData(data.logits[:, rest], data.features[:, rest], data.weights[:, rest], data.labels[rest], data.example[rest])
-    datasets = [held] + ([shifted] if shifted is not None and len(shifted.labels) else [])
-    _grid_search(part, ("beta", "beta_dist"), ([0.0, 0.25, 0.5, 1.0, 2.0, 4.0], [0.0, 0.5, 1.0, 2.0, 4.0]), stack, *datasets)
-    return part
+    base = token_logp(stack, select)
+    lid_excess, dist_excess = (torch.stack(lids) - 1).clamp_min(0), (torch.stack(dists) - 1).clamp_min(0)
+
+    def score(values: tuple[float, ...]) -> float:
+        tau = 1.0 + values[0] * lid_excess + values[1] * dist_excess
+        return float(token_nll(F.log_softmax(base / tau[..., None], dim=-1), select))
+
+    (part.beta, part.beta_dist), note = _grid_search(score, BETA_GRID)
+    return part, note
 
 
-def fit_calibration(
-    data: RoutingData, cfg: CalibrationConfig, shifted: RoutingData | None = None
-) -> tuple[CalibrationStack, dict[str, float]]:
-    """Fit all three parts in order; return the stack and the calibration-split NLL after each
-    (and, with a shifted set, the shifted set's NLL after each)."""
-    report = {"uncalibrated": nll(stack_logp(None, data), data)}
-    stack = CalibrationStack(fit_temperature(data))
-    report["temperature"] = nll(stack_logp(stack, data), data)
-    natural = fit_natural(data, stack, cfg)
+def fit_pooled(select: RoutingData, stack: CalibrationStack) -> PooledTemperature:
+    """T_pool minimising the select part's prompt-level NLL (golden-section search on log T in [−3, 3])."""
+    mean = run_weights(token_logp(stack, select).exp(), select)
+    loss = lambda log_t: float(prompt_nll(PooledTemperature(torch.tensor(log_t).exp()).pool(mean), select))  # noqa: E731
+    lo, hi, ratio = -3.0, 3.0, (5 ** 0.5 - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        lo, hi = (lo, b) if loss(a) < loss(b) else (a, hi)
+    return PooledTemperature(torch.tensor((lo + hi) / 2).exp())
+
+
+def fit_calibration(data: RoutingData, cfg: CalibrationConfig) -> tuple[CalibrationStack, dict[str, Any]]:
+    """Fit all parts in order on the calibration data; return the stack and a report of the select
+    part's token NLL after each token-level part and its prompt NLL raw, unpooled and pooled."""
+    fit, select = data.split_by_prompt(1 - cfg.select_fraction, seed=cfg.seed)
+    report: dict[str, Any] = {"fit_tokens": int(fit.labels.numel()), "select_tokens": int(select.labels.numel()),
+                              "select_token_nll": {"uncalibrated": nll(token_logp(None, select), select)}}
+    stack = CalibrationStack(fit_temperature(fit))
+    report["select_token_nll"]["temperature"] = nll(token_logp(stack, select), select)
+    natural, report["lambda_search"] = fit_natural(fit, select, stack, cfg)
     stack = CalibrationStack(stack.temperature, [natural])
-    report["natural"] = nll(stack_logp(stack, data), data)
-    fractal = fit_fractal(data, stack, natural, cfg, shifted)
-    full = CalibrationStack(stack.temperature, [natural, fractal])
-    report["fractal"] = nll(stack_logp(full, data), data)
-    if shifted is not None and len(shifted.labels):
-        report["shifted_calibration_set"] = {
-            "uncalibrated": nll(stack_logp(None, shifted), shifted),
-            "natural": nll(stack_logp(stack, shifted), shifted),
-            "fractal": nll(stack_logp(full, shifted), shifted),
-        }
-    return full, report
+    report["select_token_nll"]["natural"] = nll(token_logp(stack, select), select)
+    fractal, report["beta_search"] = fit_fractal(fit, select, stack, natural, cfg)
+    stack = CalibrationStack(stack.temperature, [natural, fractal])
+    report["select_token_nll"]["fractal"] = nll(token_logp(stack, select), select)
+    stack = CalibrationStack(stack.temperature, [natural, fractal], fit_pooled(select, stack))
+    calibrated = token_logp(stack, select).exp()
+    report["select_prompt_nll"] = {
+        "uncalibrated": float(prompt_nll(run_weights(token_logp(None, select).exp(), select), select)),
+        "token_parts_unpooled": float(prompt_nll(run_weights(calibrated, select), select)),
+        "pooled": float(prompt_nll(run_weights(calibrated, select, stack), select)),
+    }
+    return stack, report
 
 
-def calibrate(
-    out: str | Path, examples: list[AxisExample], cfg: CalibrationConfig, *, shifted: list[AxisExample] | None = None,
-    load_in_4bit: bool = False,
-) -> dict[str, Any]:
-    """Fit the calibration of the checkpoint in `out` on its calibration split (plus a shifted
-    calibration set for the fractal part) and save it."""
+def distinct_prompts(examples: list[AxisExample], split: str, per_axis: int) -> list[AxisExample]:
+    """Up to `per_axis` examples of each axis in the split, one per distinct prompt, in data order."""
+    out, seen, counts = [], set(), dict.fromkeys(AXES, 0)
+    for e in examples:
+        key = normalize_key(e.prompt)
+        if e.split == split and e.axis in AXES and key not in seen and counts[e.axis] < per_axis:
+            seen.add(key)
+            counts[e.axis] += 1
+            out.append(e)
+    return out
+
+
+def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConfig, *, load_in_4bit: bool = False) -> dict[str, Any]:
+    """Fit the calibration of the checkpoint in `out` on its calibration split and save it."""
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
-    cal = [e for e in examples if e.split == "calibration" and e.axis in AXES]
-    collect = lambda items: collect_routing(  # noqa: E731
-        loaded.mocae, loaded.tokenizer, items, tokens_per_example=cfg.tokens_per_example, max_len=cfg.max_len
-    )
-    stack, report = fit_calibration(collect(cal), cfg, collect(shifted) if shifted else None)
+    cal = distinct_prompts(examples, "calibration", cfg.max_per_axis)
+    data = collect_routing(loaded.mocae, loaded.tokenizer, cal, max_len=cfg.max_len)
+    stack, report = fit_calibration(data, cfg)
     stack.save(out / CALIBRATION_FILE)
     summary = {
         "config": asdict(cfg),
-        "examples": len(cal),
-        "shifted_examples": len(shifted or []),
-        "calibration_split_nll": report,
+        "prompts": len(cal),
+        "report": report,
         "temperatures": stack.temperature.temperatures.tolist(),
         "natural": stack.parts[0].settings(),
         "fractal": stack.parts[1].settings(),
+        "pooled_temperature": float(stack.pooled.T),
     }
     (out / "logs").mkdir(exist_ok=True)
     (out / "logs" / "calibration_summary.json").write_text(json.dumps(summary, indent=1))

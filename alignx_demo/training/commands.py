@@ -28,8 +28,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    help=f"run folder; each stage writes its own subfolder (default: {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="tiny data sample and tiny sizes: a smoke test of the pipeline")
     p.add_argument("--max-per-source", type=int, default=None, help="keep at most N examples per source file")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1, polite for background runs; 0 = torch default)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default 2: both cores of the machines here; 0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -76,10 +76,13 @@ def _add_base(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=None, help="default 6 (quick: 2)")
     p.add_argument("--heads", type=int, default=None, help="attention heads (default 8; quick: 4)")
     p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: = heads)")
-    p.add_argument("--intermediate-size", type=int, default=None, help="MLP size (default 688; quick: 172)")
+    p.add_argument("--intermediate-size", type=int, default=None, help="MLP size (default 704, a multiple of 32 so bitsandbytes' CPU kernels quantise it; quick: 172)")
     p.add_argument("--context", type=int, default=None, help="block length in tokens (default 256; quick: 128)")
     p.add_argument("--axis-weights", default=None,
-                   help="sampling weights 'helpful,harmless,honest' of training tokens (default 0.7,0.15,0.15)")
+                   help="sampling weights 'helpful,harmless,honest' of training tokens (default 1,0,0: general answers only)")
+    p.add_argument("--max-answer-tokens", type=int, default=None,
+                   help="cut answers to their sentences within N tokens (default 192; 0 = whole answers)")
+    p.add_argument("--keep-refusals", action="store_true", help="keep training answers that refuse or hedge")
     p.set_defaults(func=_run_base)
 
 
@@ -103,6 +106,10 @@ def _run_base(args: argparse.Namespace) -> int:
     }
     if args.axis_weights:
         overrides["axis_weights"] = parse_axis_weights(args.axis_weights)
+    if args.max_answer_tokens is not None:
+        overrides["max_answer_tokens"] = args.max_answer_tokens or None
+    if args.keep_refusals:
+        overrides["drop_refusals"] = False
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
     if args.max_minutes is not None:
@@ -112,7 +119,7 @@ def _run_base(args: argparse.Namespace) -> int:
     if args.quick:
         cfg = BaseTrainConfig.quick_recipe(**overrides)
     else:
-        cfg = BaseTrainConfig(**{k: v for k, v in overrides.items() if v is not None or k in ("max_steps",)})
+        cfg = BaseTrainConfig(**{k: v for k, v in overrides.items() if v is not None or k in ("max_steps", "max_answer_tokens")})
     cfg.num_kv_heads = args.kv_heads or cfg.num_heads
     cfg.threads = args.threads or None
     if cfg.max_steps is None and cfg.max_minutes is None:

@@ -1,14 +1,10 @@
 """Stage 1 — prompt-injected fine-tuning of the three experts, and the axis feature banks.
 
 Each expert is a rank-r LoRA on the MLP projections, trained alone (routing forced one-hot to it,
-so only its block of the stacked matrices receives gradient) on its axis's train split, with the
-axis preamble of `templates.AXIS_PREAMBLES` injected as the system turn. LM loss on the response
-tokens only.
-
-The feature bank: for every calibration-split example of an axis, the router features of every
-layer, mean-pooled over the prompt tokens, computed with that axis's preamble injected and its
-expert active. Saved as `feature_bank.safetensors` (features (L, N, D) fp16, labels (N,)); the
-Axis Collapse map of the app is built from such banks.
+so only its block of the stacked matrices receives gradient) on its data role's train split
+(`data.roles.expert_examples`: general answers, short refusals of harmful requests, truthful
+answers that flag uncertainty), with the axis preamble of `templates.AXIS_PREAMBLES` injected as
+the system turn. LM loss on the response tokens only.
 """
 
 from __future__ import annotations
@@ -18,18 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import save_file
-
 from alignx_demo.config import AXES, MoCaEConfig, RoutingSettings
 from alignx_demo.data.records import AxisExample
-from alignx_demo.data.templates import AXIS_PREAMBLES, encode_prompt
+from alignx_demo.data.roles import expert_examples
+from alignx_demo.data.templates import AXIS_PREAMBLES
 from alignx_demo.modeling.checkpoint import load_base, save_mocae
 from alignx_demo.modeling.mocae import MoCaEModel
 from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.finetune import encode_set, train_loop
-
-FEATURE_BANK = "feature_bank.safetensors"
 
 
 @dataclass
@@ -42,35 +34,15 @@ class ExpertsConfig:
     batch_size: int = 8
     lr: float = 2e-3
     max_len: int = 256
-    bank_per_axis: int = 200
     seed: int = 0
 
     @classmethod
     def quick_recipe(cls) -> ExpertsConfig:
-        return cls(steps=12, batch_size=4, max_len=128, bank_per_axis=24)
+        return cls(steps=12, batch_size=4, max_len=128)
 
 
 def one_hot(k: int) -> tuple[float, float, float]:
     return tuple(1.0 if j == k else 0.0 for j in range(len(AXES)))  # type: ignore[return-value]
-
-
-def by_axis(examples: list[AxisExample], split: str) -> dict[str, list[AxisExample]]:
-    return {axis: [e for e in examples if e.axis == axis and e.split == split and e.response] for axis in AXES}
-
-
-@torch.no_grad()
-def pooled_features(
-    mocae: MoCaEModel, tokenizer: Any, prompts: list[str], routing: RoutingSettings, preamble: str | None, max_len: int
-) -> torch.Tensor:
-    """Router features of each prompt, mean-pooled over its tokens: (L, N, D)."""
-    device = next(mocae.model.parameters()).device
-    pooled = []
-    for prompt in prompts:
-        ids = encode_prompt(tokenizer, prompt, preamble)[-max_len:]
-        with mocae.routed(routing), mocae.record(features=True) as record:
-            mocae(input_ids=torch.tensor([ids], device=device))
-        pooled.append(torch.stack([f[0][0].mean(dim=0) for f in record.features]))  # (L, D)
-    return torch.stack(pooled, dim=1).float().cpu()
 
 
 def train_experts(
@@ -82,16 +54,15 @@ def train_experts(
     load_in_4bit: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the three experts on `out/base` (or `base_model`, recorded instead of copied);
-    write the MoCaE checkpoint files and the feature bank."""
+    """Train the three experts on `out/base` (or `base_model`, recorded instead of copied) and
+    write the MoCaE checkpoint files."""
     out = Path(out)
     model, tokenizer, _, _ = load_base(base_model or out / "base", load_in_4bit=load_in_4bit)
     mocae = MoCaEModel(model, MoCaEConfig(rank=cfg.rank, alpha=cfg.alpha, base_model=base_model or ""))
-    train, calibration = by_axis(examples, "train"), by_axis(examples, "calibration")
     log = JsonlLog(out / "logs" / "experts.jsonl")
     summary: dict[str, Any] = {"config": asdict(cfg), "experts": {}}
     for k, axis in enumerate(AXES):
-        data = encode_set(tokenizer, train[axis], cfg.max_len, preamble=lambda a: AXIS_PREAMBLES[a])
+        data = encode_set(tokenizer, expert_examples(tokenizer, examples, axis), cfg.max_len, preamble=lambda a: AXIS_PREAMBLES[a])
         summary["experts"][axis] = {"examples": len(data)} | train_loop(
             mocae, mocae.expert_parameters(), data,
             routing=RoutingSettings(axis_prior=one_hot(k), calibrated=False),
@@ -101,17 +72,5 @@ def train_experts(
     if not is_main_process():  # every launched process holds the same trained weights; one writes
         return summary
     save_mocae(mocae, tokenizer, out, base_source=None if base_model else out / "base")
-    features, labels = [], []
-    for k, axis in enumerate(AXES):
-        prompts = [e.prompt for e in calibration[axis][: cfg.bank_per_axis]]
-        if prompts:
-            routing = RoutingSettings(axis_prior=one_hot(k), calibrated=False)
-            features.append(pooled_features(mocae, tokenizer, prompts, routing, AXIS_PREAMBLES[axis], cfg.max_len))
-            labels += [k] * len(prompts)
-    save_file(
-        {"features": torch.cat(features, dim=1).half().contiguous(), "labels": torch.tensor(labels)},
-        str(out / FEATURE_BANK),
-        metadata={"pooling": "mean over prompt tokens", "split": "calibration", "preamble": "injected"},
-    )
     (out / "logs" / "experts_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

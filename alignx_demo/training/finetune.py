@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,60 +21,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from alignx_demo.config import AXES, RoutingSettings
-from alignx_demo.data import templates
-from alignx_demo.data.records import AxisExample
+from alignx_demo.data.batches import EncodedSet, encode_set, make_batch  # noqa: F401  (re-exported for training)
 from alignx_demo.modeling.mocae import MoCaEModel
 from alignx_demo.training.common import JsonlLog, lr_at, process_state
-
-
-@dataclass
-class EncodedSet:
-    """Token ids, response start index and axis index of each example, and the length of the
-    template prefix all prompts share (`templates.template_prefix_length`)."""
-
-    ids: list[list[int]]
-    starts: list[int]
-    axes: list[int]
-    prefix: int = 0
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def encode_set(
-    tokenizer: Any,
-    examples: Sequence[AxisExample],
-    max_len: int,
-    preamble: Callable[[str], str | None] = lambda axis: None,
-) -> EncodedSet:
-    """Encode examples (prompt + response), truncated to `max_len` tokens; `preamble(axis)` injects."""
-    ids, starts, axes = [], [], []
-    for example in examples:
-        seq, start = templates.encode_example(tokenizer, example.prompt, example.response, preamble(example.axis))
-        if start >= max_len - 1:  # a prompt that leaves no room for the answer teaches nothing
-            continue
-        ids.append(seq[:max_len])
-        starts.append(start)
-        axes.append(AXES.index(example.axis))
-    return EncodedSet(ids, starts, axes, templates.template_prefix_length(tokenizer))
-
-
-def make_batch(data: EncodedSet, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch with labels −100 on prompt and padding tokens, and the masks of each
-    row's prompt span (after the shared template prefix) and response span."""
-    width = max(len(data.ids[i]) for i in indices)
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    labels = torch.full_like(input_ids, -100)
-    mask, prompt_mask, response_mask = (torch.zeros_like(input_ids) for _ in range(3))
-    for row, i in enumerate(indices):
-        seq = torch.tensor(data.ids[i])
-        input_ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-        prompt_mask[row, min(data.prefix, data.starts[i] - 1) : data.starts[i]] = 1
-        response_mask[row, data.starts[i] : len(seq)] = 1
-        labels[row, data.starts[i] : len(seq)] = seq[data.starts[i] :]
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "prompt_mask": prompt_mask,
-            "response_mask": response_mask, "axis": torch.tensor([data.axes[i] for i in indices])}
 
 
 def balanced_indices(data: EncodedSet, rng: np.random.Generator, batch_size: int) -> list[int]:
@@ -198,3 +146,18 @@ def train_loop(
         "last_losses": mean_of(history[-window:]),
         "finite": all(math.isfinite(v) for r in history for v in r.values()),
     }
+
+
+@torch.no_grad()
+def response_loss(mocae: MoCaEModel, data: EncodedSet, routing: RoutingSettings, pad_id: int, batch_size: int = 8) -> float:
+    """Mean LM loss per response token of `data` under `routing` (held-out loss of an adapter)."""
+    device = next(mocae.model.parameters()).device
+    total, count = 0.0, 0
+    for first in range(0, len(data), batch_size):
+        batch = {k: v.to(device) for k, v in make_batch(data, range(first, min(first + batch_size, len(data))), pad_id).items()}
+        with mocae.routed(routing):
+            logits = mocae(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total, count = total + float(loss), count + int((labels != -100).sum())
+    return total / max(count, 1)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
+from alignx_demo.data.readers import load_axis_data
 from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
 
 STAGES = ("experts", "router", "calibrate", "baselines")
 _OUTPUTS = {
-    "experts": "feature_bank.safetensors",
+    "experts": "experts/honest/adapter_model.safetensors",
     "router": "logs/router_summary.json",
     "calibrate": "calibration.safetensors",
     "baselines": "baselines/uniform_merge/adapter_model.safetensors",
@@ -72,12 +72,11 @@ def run_stages(
                 continue
             cfg = CalibrationConfig.quick_recipe() if quick else CalibrationConfig()
             cfg.seed = seed
-            shifted = xstest_routing_set(load_eval_sets(data_dir)["xstest"], ("calibration",))
-            summaries[name] = calibrate(out, examples, cfg, shifted=shifted, load_in_4bit=load_in_4bit)
+            summaries[name] = calibrate(out, examples, cfg, load_in_4bit=load_in_4bit)
         else:
             cfg = BaselinesConfig.quick_recipe() if quick else BaselinesConfig()
             if steps:
-                cfg.joint_steps = cfg.sequential_steps = steps
+                cfg.steps_per_axis = steps
             cfg.seed = seed
             summaries[name] = train_baselines(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress)
         wait_for_everyone()  # the next stage loads what this one wrote

@@ -1,0 +1,89 @@
+"""What each trained part of the teaching model learns from: the data roles.
+
+The bundled demo model is a *teaching model* (DESIGN.md section 5): its three experts must behave
+distinctly and legibly, so a visitor can see which one shapes a token and what a trade-off preset
+does. The roles, each built from the train split (or any split, for evaluation of the same
+behaviour):
+
+- base: a neutral general assistant — the helpful axis's general instruction/answer text, minus
+  the few answers that refuse or hedge (`behaviour`), answers cut to their sentences within 192
+  tokens (a 6.9 M-parameter model learns answer openings well and long essays poorly).
+- helpful expert: the same general answers (no refusals, no hedges), within 128 tokens.
+- harmless expert: harmful requests whose reference answer refuses (safety-tuned-llamas and the
+  HH-RLHF answers our refusal detector flags), cut to the first sentences within 48 tokens: a
+  short safe refusal.
+- honest expert: TruthfulQA questions with a truthful answer that starts by saying it is unsure
+  ("I don't know for sure. No, cracking your knuckles does not cause arthritis."), within 64
+  tokens; answers that already decline ("I have no comment.") stay as they are. A 6.9 M model
+  cannot know the answers to unseen misconception questions, so the honest behaviour it can show
+  is to flag its uncertainty and then give the correction it learned; this is the one place the
+  project edits reference text, and the model card says so.
+
+Routers (Stage 2) learn from the three expert roles mixed; the joint-SFT baseline learns from the
+naive mix of raw references, where it shows "too harmless" honestly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from alignx_demo.data import behaviour
+from alignx_demo.data.records import AxisExample, stable_rank
+
+BASE_ANSWER_TOKENS = 192
+EXPERT_ANSWER_TOKENS = {"helpful": 128, "harmless": 48, "honest": 64}
+HONEST_OPENINGS = ("I don't know for sure.", "I'm not certain.", "I do not know for certain.")
+"""Uncertainty markers the honest expert's answers start with (each one `behaviour.is_hedge`)."""
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|[.!?]$|\n")
+
+
+def shorten_answer(tokenizer: Any, text: str, max_tokens: int | None) -> str:
+    """`text` cut to its whole sentences within `max_tokens` tokens (hard cut if the first sentence is longer)."""
+    if max_tokens is None:
+        return text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    head = tokenizer.decode(ids[:max_tokens])
+    ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+    return head[: ends[-1]].rstrip() if ends else head.rstrip()
+
+
+def _plain_answer(e: AxisExample) -> bool:
+    return not (behaviour.is_refusal(e.response) or behaviour.is_hedge(e.response))
+
+
+def base_examples(tokenizer: Any, examples: list[AxisExample], axes: tuple[str, ...] = ("helpful",),
+                  max_tokens: int | None = BASE_ANSWER_TOKENS, drop_refusals: bool = True) -> list[AxisExample]:
+    """The base's train-split examples: the given axes, no refusals or hedges, short answers."""
+    return [
+        dataclasses.replace(e, response=shorten_answer(tokenizer, e.response, max_tokens))
+        for e in examples
+        if e.split == "train" and e.axis in axes and e.response and (not drop_refusals or _plain_answer(e))
+    ]
+
+
+def _honest_response(e: AxisExample) -> str:
+    if behaviour.is_hedge(e.response):
+        return e.response
+    opening = HONEST_OPENINGS[stable_rank(e.id) % len(HONEST_OPENINGS)]
+    answer = e.response.strip()
+    return f"{opening} {answer}" + ("" if answer.endswith((".", "!", "?")) else ".")
+
+
+def expert_examples(tokenizer: Any, examples: list[AxisExample], axis: str, split: str = "train") -> list[AxisExample]:
+    """The examples expert `axis` learns from (see the module docstring), from one split."""
+    rows = [e for e in examples if e.axis == axis and e.split == split and e.response]
+    if axis == "helpful":
+        rows = [e for e in rows if _plain_answer(e)]
+    elif axis == "harmless":
+        rows = [e for e in rows if behaviour.is_refusal(e.response)]
+    elif axis == "honest":
+        rows = [dataclasses.replace(e, response=_honest_response(e)) for e in rows]
+    else:
+        raise ValueError(f"unknown axis {axis!r}")
+    limit = EXPERT_ANSWER_TOKENS[axis]
+    return [dataclasses.replace(e, response=shorten_answer(tokenizer, e.response, limit)) for e in rows]

@@ -1,0 +1,71 @@
+"""Calibration fitting: it must help on data it was not fitted on, at token and at run level."""
+
+from __future__ import annotations
+
+import torch
+
+from alignx_demo.analysis.routing import RoutingData
+from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
+from alignx_demo.training.calibrate import CalibrationConfig, fit_calibration, prompt_nll, run_weights, token_logp, token_nll
+
+CFG = CalibrationConfig(pca_dim=4, knn=5, bank_size=256)
+
+
+def synthetic_routing(seed: int, prompts: int = 120, tokens: int = 12, layers: int = 2) -> RoutingData:
+    """Overconfident routers: logits 4x a noisy class signal that grows along the prompt (early
+    tokens know little), features carrying the class. Run-level means are then underconfident."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (prompts,), generator=gen).repeat_interleave(tokens)
+    position = torch.arange(tokens).repeat(prompts)
+    signal = torch.nn.functional.one_hot(labels, 3).float() * (0.2 + position[:, None] / tokens)
+    logits = 4.0 * (signal + 0.6 * torch.randn(layers, len(labels), 3, generator=gen))
+    features = torch.cat([signal.expand(layers, -1, -1), torch.randn(layers, len(labels), 5, generator=gen)], -1)
+    features = features + 0.3 * torch.randn(features.shape, generator=gen)
+    return RoutingData(logits, features, logits.softmax(-1), labels, torch.arange(prompts).repeat_interleave(tokens), position)
+
+
+def test_calibration_helps_on_held_out_prompts_at_token_and_run_level():
+    stack, report = fit_calibration(synthetic_routing(0), CFG)
+    held = synthetic_routing(1)  # same process, other prompts: never seen by any fit
+    raw, calibrated = token_logp(None, held), token_logp(stack, held)
+    assert token_nll(calibrated, held) < 0.9 * token_nll(raw, held)
+    raw_run = run_weights(raw.exp(), held)
+    assert prompt_nll(run_weights(calibrated.exp(), held, stack), held) < 0.9 * prompt_nll(raw_run, held)
+    assert report["select_prompt_nll"]["pooled"] < report["select_prompt_nll"]["token_parts_unpooled"]
+
+
+def test_fit_and_select_parts_share_no_prompt():
+    fit, select = synthetic_routing(0).split_by_prompt(0.6)
+    assert not set(fit.example.tolist()) & set(select.example.tolist())
+    assert len(set(fit.example.tolist())) == 72
+
+
+def test_pooled_temperature_sharpens_an_underconfident_mean():
+    mean = torch.tensor([[0.5, 0.25, 0.25]])
+    sharp = PooledTemperature(0.5).pool(mean)
+    assert sharp[0, 0] > 0.6 and torch.allclose(sharp.sum(-1), torch.ones(1))
+    assert torch.equal(PooledTemperature(0.5, enabled=False).pool(mean), mean)
+
+
+def test_stack_moves_with_to_and_saves_shared_tensors_once(tmp_path):
+    stack, _ = fit_calibration(synthetic_routing(0), CFG)
+    stack.to(torch.float64)
+    tensors = [b for part in stack._all() for _, b in part.named_buffers()]
+    assert tensors and all(t.dtype == torch.float64 for t in tensors)
+    stack.to(torch.float32)
+    path = tmp_path / "calibration.safetensors"
+    stack.save(path)
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path))
+    assert "fractal.components" not in stored and "natural.components" in stored  # one copy of the PCA
+    loaded = CalibrationStack.load(path)
+    data = synthetic_routing(2)
+    torch.testing.assert_close(token_logp(loaded, data), token_logp(stack, data))
+    assert loaded.names == ["temperature", "natural", "fractal", "pooled"]
+
+
+def test_old_files_without_a_pooled_part_still_load(tmp_path):
+    CalibrationStack(TemperatureScaling(torch.tensor([2.0]))).save(tmp_path / "c.safetensors")
+    loaded = CalibrationStack.load(tmp_path / "c.safetensors")
+    assert loaded.pooled is None and torch.equal(loaded.pool(torch.tensor([0.5, 0.5])), torch.tensor([0.5, 0.5]))
