@@ -1,14 +1,21 @@
 """`python -m alignx_demo precompute`: build the artefacts the app shows without heavy compute.
 
-    python -m alignx_demo precompute --model DIR --data-dir DIR [--eval-report FILE] [--quick] [--out precomputed/]
+    python -m alignx_demo precompute --model DIR [--data-dir DIR | --eval-report FILE] [--quick] [--out precomputed/]
 
-Steps (one progress bar): load the checkpoint in full precision; compute the map features of the
-project's own map prompts (`analysis.map_prompts`) under every regime (`analysis.regimes`); fit
-one 2-D projection per regime (UMAP; PCA with --quick, labelled as such); collapse metrics; the
-reliability data of calibrated and uncalibrated routing (from --eval-report, an `evaluate` JSON, or
-computed here on the evaluation split of --data-dir); forgetting (held-out loss per axis, from the
-report or computed here); example traces of the curated example prompts. Every JSON carries
-"version", "command", "created", "model" and "model_fingerprint".
+Steps (one progress bar): load the checkpoint in full precision; run the project's own map prompts
+(`analysis.map_prompts`) under every regime (`analysis.regimes`), one forward each, keeping every
+candidate representation (`regimes.candidates`); measure silhouette and kNN axis purity of every
+regime in every representation and pick the one whose maps show the most training effects
+(`metrics.choose_representation`; `--representation` overrides, the table is kept either way); fit
+one 2-D projection per regime of the chosen features (UMAP; PCA with --quick, labelled as such);
+write each regime's sentence from its numbers; forgetting from the bundle's
+`logs/baselines_summary.json` (sequential SFT only, measured during training); reliability of
+calibrated and uncalibrated routing (from --eval-report, which must carry this model's fingerprint,
+or computed here on the evaluation split of --data-dir); example traces of the curated prompts.
+
+Provenance: every artefact carries "version", "command", "created", "model", "model_path" and
+"model_fingerprint"; figures taken from another file are stamped only when that file names the same
+model (`artefacts.check_provenance`), otherwise precompute stops with an error.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,60 +32,91 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from alignx_demo.analysis.artefacts import (
-    ARTEFACT_VERSION, DEFAULT_DIR, FEATURES_FILE, header, model_fingerprint, write_json,
+    ARTEFACT_VERSION, DEFAULT_DIR, FEATURES_FILE, check_provenance, header, model_fingerprint, write_json,
 )
 from alignx_demo.analysis.map_prompts import example_prompts, map_prompts
-from alignx_demo.analysis.metrics import METRIC_SENTENCES, forgetting, knn_purity, routing_accuracy, silhouette
+from alignx_demo.analysis.metrics import (
+    KNN_K, METRIC_SENTENCES, VISIBLE, choose_representation, forgetting, measure, regime_sentence, representation_score,
+    routing_accuracy, strength, summary_sentence,
+)
 from alignx_demo.analysis.placement import DEFAULT_K
-from alignx_demo.analysis.regimes import FEATURE_LAYER, REGIME_LABELS, REGIME_SENTENCES, REGIMES, RegimeSet
+from alignx_demo.analysis.regimes import (
+    INSTRUCTED, REFERENCE, REGIME_LABELS, REGIME_SETUPS, REGIMES, ROUTED, Representation, RegimeSet, candidates,
+)
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 
 MODEL_DEFAULT = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+BASELINES_SUMMARY = Path("logs") / "baselines_summary.json"
 
 
-def _one_hot(k: int) -> tuple[float, float, float]:
-    return tuple(1.0 if j == k else 0.0 for j in range(len(AXES)))  # type: ignore[return-value]
+def read_report(path: str | Path, fingerprint: str, model_dir: Path) -> dict[str, Any]:
+    """An `evaluate` report whose figures may be stamped with this model's fingerprint (else an error)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"evaluation report not found: {path}")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"evaluation report {path} is unreadable: {err}") from err
+    check_provenance(report, fingerprint, model_dir, f"evaluation report {path}")
+    return report
 
 
-def _computed_losses(regimes: RegimeSet, examples: list[Any], max_len: int) -> dict[str, dict[str, float]]:
-    """Held-out loss per axis of every system the forgetting figure needs (no preamble)."""
-    from alignx_demo.evaluation.harness import heldout_loss
+def reliability_from_report(report: dict[str, Any]) -> dict[str, Any]:
+    """Per split: the uncalibrated routing and the fullest calibrated variant the report measured."""
+    from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS
 
-    mocae, tokenizer = regimes.mocae, regimes.tokenizer
-    losses: dict[str, dict[str, float]] = {}
-    for k, axis in enumerate(AXES):
-        losses[f"expert_{axis}"] = heldout_loss(mocae, tokenizer, examples, RoutingSettings(calibrated=False, axis_prior=_one_hot(k)), max_len)
-    losses["mocae"] = heldout_loss(mocae, tokenizer, examples, RoutingSettings(calibrated=True), max_len)
-    for regime in ("base", "joint_sft", "sequential_sft"):
-        if regime in regimes.missing:
-            continue
-        with mocae.lock, regimes.applied(regime) as (routing, _):
-            losses[regime] = heldout_loss(mocae, tokenizer, examples, routing, max_len)
-    return losses
-
-
-def losses_from_report(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Held-out loss per axis of each system of an `evaluate` report, keyed as `metrics.forgetting`
-    expects (the regime "mocae" is the fully calibrated MoCaE)."""
-    losses = {name: row["heldout_loss"] for name, row in report.get("systems", {}).items() if row.get("heldout_loss")}
-    if "mocae_full" in losses:
-        losses["mocae"] = losses["mocae_full"]
-    return losses
-
-
-def _reliability_from_report(report: dict[str, Any]) -> dict[str, Any]:
     splits = {}
     for split, variants in report.get("routing", {}).items():
-        calibrated = "fractal" if "fractal" in variants else None
-        entry = {"uncalibrated": _variant(variants["uncalibrated"])}
+        calibrated = [v for v in CALIBRATION_VARIANTS[1:] if v in variants]
+        entry = {"uncalibrated": _variant(variants["uncalibrated"], "uncalibrated")}
         if calibrated:
-            entry["calibrated"] = _variant(variants[calibrated])
+            entry["calibrated"] = _variant(variants[calibrated[-1]], calibrated[-1])
         splits[split] = entry
     return splits
 
 
-def _variant(v: dict[str, Any]) -> dict[str, Any]:
-    return {"prompt_metrics": v["prompt"], "token_metrics": v["token"], "bins": v["reliability_prompt"]}
+def _variant(v: dict[str, Any], name: str) -> dict[str, Any]:
+    return {"variant": name, "prompt_metrics": v["prompt"], "token_metrics": v["token"], "bins": v["reliability_prompt"]}
+
+
+def _baselines_summary(model_dir: Path) -> dict[str, Any] | None:
+    path = model_dir / BASELINES_SUMMARY
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def collapse_figures(features: dict[str, dict[str, torch.Tensor]], weights: dict[str, torch.Tensor], labels: torch.Tensor,
+                     forced: str | None = None) -> dict[str, Any]:
+    """Measure every representation, choose one (or take `forced`), and write each regime's figures
+    and sentence from the chosen one's numbers. `features[regime][representation]` is (N, D)."""
+    names = list(next(iter(features.values())))
+    tables = {name: measure({r: f[name] for r, f in features.items()}, labels) for name in names}
+    chosen, why = choose_representation(tables)
+    if forced is not None:
+        if forced not in tables:
+            raise ValueError(f"representation {forced!r} was not measured; measured: {', '.join(names)}")
+        why = f"{forced} was chosen on the command line (--representation); by measurement the pick would be {chosen}: {why}"
+        chosen = forced
+    table = tables[chosen]
+    rows: dict[str, Any] = {}
+    for regime, row in table.items():
+        extra: dict[str, Any] = {"routing_accuracy": None, "misrouted": None}
+        if regime in ROUTED:
+            top = weights[regime].argmax(-1)
+            extra = {"routing_accuracy": routing_accuracy(weights[regime], labels), "misrouted": int((top != labels).sum())}
+        rows[regime] = row | extra | {
+            "strength": strength(row["contrast"]) if row["contrast"] else None,
+            "sentence": regime_sentence(regime, row, table, routing_accuracy=extra["routing_accuracy"], misrouted=extra["misrouted"]),
+        }
+    measured = {
+        name: {"score": {"visible_training_contrasts": s[0], "mean_abs_delta_silhouette": s[1]},
+               "regimes": {r: {"silhouette": t[r]["silhouette"], "knn_purity": t[r]["knn_purity"]} for r in t}}
+        for name, t in tables.items() for s in [representation_score(t)]
+    }
+    return {"chosen": chosen, "why": why, "rows": rows, "measured": measured, "summary": summary_sentence(rows)}
 
 
 def run_precompute(
@@ -90,6 +127,7 @@ def run_precompute(
     quick: bool = False,
     eval_report: str | Path | None = None,
     projection: str | None = None,
+    representation: str | None = None,
     per_axis: int | None = None,
     k: int = DEFAULT_K,
     command: str | None = None,
@@ -103,19 +141,21 @@ def run_precompute(
     if threads:
         torch.set_num_threads(threads)
     start = time.time()
+    model_dir = Path(model_dir)
+    fingerprint = model_fingerprint(model_dir)
+    report = read_report(eval_report, fingerprint, model_dir) if eval_report else None  # refuse before any work
+    if representation is not None:
+        Representation.parse(representation)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model_dir)
     projection = projection or ("pca" if quick else "umap")
     per_axis = per_axis or (12 if quick else None)
     command = command or "python -m alignx_demo precompute --model " + shlex.quote(str(model_dir))
     notes: list[str] = []
-    report = json.loads(Path(eval_report).read_text()) if eval_report else None
     bar = tqdm(total=len(REGIMES) * 2 + 4, desc="precompute", disable=not progress)
 
     loaded = load_mocae(model_dir, load_in_4bit=False)
-    fingerprint = model_fingerprint(model_dir)
-    head = header(command, loaded.description, fingerprint)
+    head = header(command, loaded.description, model_dir, fingerprint)
     regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, model_dir)
     notes += [f"{r}: {why}" for r, why in regimes.missing.items()]
     bar.update()
@@ -124,90 +164,102 @@ def run_precompute(
     prompts = [p for _, p in pairs]
     axes = [a for a, _ in pairs]
     labels = torch.tensor([AXES.index(a) for a in axes])
-    features: dict[str, torch.Tensor] = {}
+    reps = candidates(loaded.mocae.n_layers)
+    features: dict[str, dict[str, torch.Tensor]] = {}
     weights: dict[str, torch.Tensor] = {}
     for regime in REGIMES:
         bar.set_postfix_str(f"features {regime}")
         if regime not in regimes.missing:
-            features[regime], weights[regime] = regimes.pooled(regime, prompts, axes)
+            found = regimes.features(regime, prompts, axes, reps)
+            features[regime], weights[regime] = found.features, found.weights
         bar.update()
 
+    figures = collapse_figures(features, weights, labels, representation)
+    chosen = Representation.parse(figures["chosen"])
     map_regimes: dict[str, Any] = {}
-    collapse: dict[str, Any] = {}
     for regime in REGIMES:
         bar.set_postfix_str(f"{projection} {regime}")
         if regime in features:
-            coords = project_coords(features[regime], projection)
-            entry: dict[str, Any] = {"label": REGIME_LABELS[regime], "sentence": REGIME_SENTENCES[regime],
+            coords = project_coords(features[regime][chosen.name], projection)
+            entry: dict[str, Any] = {"label": REGIME_LABELS[regime], "setup": REGIME_SETUPS[regime],
+                                     "sentence": figures["rows"][regime]["sentence"],
                                      "coords": [[round(x, 4), round(y, 4)] for x, y in coords.tolist()]}
-            metrics: dict[str, Any] = {
-                "silhouette": silhouette(features[regime], labels),
-                "knn_purity": knn_purity(features[regime], labels),
-                "routing_accuracy": None,
-            }
-            if regime == "mocae":
+            if regime in ROUTED:
                 top = weights[regime].argmax(-1)
                 entry["routed_axis"] = [AXES[int(i)] for i in top]
                 entry["misrouted"] = [bool(t != y) for t, y in zip(top.tolist(), labels.tolist())]
                 entry["weights"] = [[round(float(v), 4) for v in row] for row in weights[regime]]
-                metrics["routing_accuracy"] = routing_accuracy(weights[regime], labels)
             map_regimes[regime] = entry
-            collapse[regime] = metrics
         bar.update()
 
+    feature_info = {
+        "representation": chosen.name,
+        "what": chosen.describe(loaded.mocae.n_layers),
+        "layer": chosen.depth,
+        "preamble": f"given only in {' and '.join(INSTRUCTED)}, and never read: features come from the user's "
+                    "prompt tokens or the answer position only",
+        "why": figures["why"],
+    }
     map_data = head | {
         "projection": projection,
         "projection_note": "UMAP (umap-learn, n_neighbors 15, min_dist 0.1, seed 0), fitted offline per regime"
         if projection == "umap" else "PCA (first two components) — a quick stand-in for UMAP, built with --quick",
-        "feature": {
-            "what": "router input features (RMS-normed input hidden state) of one decoder layer, mean-pooled over the prompt tokens",
-            "layer": FEATURE_LAYER if FEATURE_LAYER >= 0 else loaded.mocae.n_layers + FEATURE_LAYER,
-            "preamble": "injected only in the stage1_experts regime",
-        },
+        "feature": feature_info,
         "place_k": k,
         "prompts": [{"index": i, "axis": a, "text": p} for i, (a, p) in enumerate(pairs)],
         "regimes": map_regimes,
+        "summary": figures["summary"],
         "unavailable": dict(regimes.missing),
     }
     write_json(out, "map", map_data)
-    save_file({r: f.half().contiguous() for r, f in features.items()}, str(out / FEATURES_FILE),
-              metadata={"version": str(ARTEFACT_VERSION), "model_fingerprint": fingerprint,
-                        "feature_layer": str(map_data["feature"]["layer"])})
+    save_file({r: f[chosen.name].half().contiguous() for r, f in features.items()}, str(out / FEATURES_FILE),
+              metadata={"version": str(ARTEFACT_VERSION), "model_fingerprint": fingerprint, "model_path": str(model_dir),
+                        "command": command, "representation": chosen.name})
 
     bar.set_postfix_str("reliability")
     if report is not None:
-        reliability = {"source": f"evaluation report {Path(eval_report).name} ({report.get('model', '?')})",
-                       "splits": _reliability_from_report(report)}
-        losses = losses_from_report(report)
-        loss_source = f"evaluation report {Path(eval_report).name}"
+        reliability = {"source": f"evaluation report {Path(eval_report).name}, built by `{report.get('command', '?')}` "
+                                 f"for model {report['model_fingerprint']}",
+                       "splits": reliability_from_report(report)}
     elif data_dir is not None:
         from alignx_demo.data.readers import load_axis_data
-        from alignx_demo.evaluation.harness import EvalConfig, loss_examples, routing_examples, routing_report
+        from alignx_demo.evaluation.hhh import routing_examples
+        from alignx_demo.evaluation.routing_eval import routing_report
+        from alignx_demo.evaluation.tasks import EvalConfig
 
         cfg = EvalConfig.quick_recipe() if quick else EvalConfig()
         data = load_axis_data(Path(data_dir), quick=quick).examples
         examples = routing_examples(data, cfg.routing_per_axis)
         routing = routing_report(loaded.mocae, loaded.tokenizer, examples, cfg)
         reliability = {"source": f"computed by precompute on {len(examples)} evaluation-split prompts of {Path(data_dir).name}",
-                       "splits": _reliability_from_report({"routing": {"eval": routing}})}
-        loss_set = loss_examples(data, cfg.loss_per_axis if not quick else 4)
-        losses = _computed_losses(regimes, loss_set, cfg.max_len)
-        loss_source = f"computed by precompute on {len(loss_set)} evaluation-split examples"
+                       "splits": reliability_from_report({"routing": {"eval": routing}})}
     else:
-        reliability, losses, loss_source = None, None, None
-        notes.append("no --eval-report and no --data-dir: reliability and forgetting not built")
+        reliability = None
+        notes.append("no --eval-report and no --data-dir: reliability not built")
     bar.update()
     if reliability is not None:
         write_json(out, "reliability", head | reliability)
-    forgotten = forgetting(losses)
-    for regime in collapse:
-        collapse[regime]["forgetting"] = forgotten.get(regime)
+
+    forgotten, forgetting_note = forgetting(_baselines_summary(model_dir))
+    collapse: dict[str, Any] = {}
+    for regime, row in figures["rows"].items():
+        measured = regime == "sequential_sft" and forgotten is not None
+        collapse[regime] = row | {
+            "label": REGIME_LABELS[regime],
+            "forgetting": forgotten if measured else None,
+            "forgetting_note": forgetting_note if regime == "sequential_sft"
+            else "not measured: forgetting is defined for sequential training only",
+        }
     write_json(out, "collapse", head | {
         "regimes": collapse,
         "sentences": METRIC_SENTENCES,
-        "forgetting_source": loss_source,
-        "heldout_loss": losses,
-        "knn_k": 10,
+        "summary": figures["summary"],
+        "representation": {"chosen": chosen.name, "what": feature_info["what"], "why": figures["why"],
+                           "measured": figures["measured"]},
+        "references": {r: REFERENCE[r] for r in collapse if r in REFERENCE},
+        "visible_threshold": VISIBLE,
+        "forgetting_source": f"{BASELINES_SUMMARY} of the model (sequential SFT only): {forgetting_note}",
+        "knn_k": KNN_K,
         "points": len(prompts),
         "projection": projection,
     })
@@ -227,7 +279,7 @@ def run_precompute(
     bar.update()
     bar.close()
     return {"out": str(out), "seconds": round(time.time() - start, 1), "projection": projection,
-            "points": len(prompts), "regimes": list(features), "notes": notes}
+            "representation": chosen.name, "points": len(prompts), "regimes": list(features), "notes": notes}
 
 
 def project_coords(features: torch.Tensor, method: str) -> torch.Tensor:
@@ -241,11 +293,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("precompute", help="build the app's precomputed artefacts (maps, metrics, reliability, examples)")
     p.add_argument("--model", type=Path, default=MODEL_DEFAULT, help="MoCaE checkpoint folder (default assets/demo-model)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="offline data folder, for reliability and forgetting when no --eval-report is given")
-    p.add_argument("--eval-report", type=Path, default=None, help="an `evaluate` JSON report to take reliability and held-out losses from")
+                   help="offline data folder, for reliability when no --eval-report is given")
+    p.add_argument("--eval-report", type=Path, default=None,
+                   help="an `evaluate` JSON report of this same model (its fingerprint must match) to take reliability from")
     p.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output folder (default precomputed/)")
     p.add_argument("--quick", action="store_true", help="12 map prompts per axis, PCA instead of UMAP, tiny evaluation (smoke test)")
     p.add_argument("--projection", choices=("umap", "pca"), default=None, help="default umap (pca with --quick)")
+    p.add_argument("--representation", default=None,
+                   help="map features, e.g. answer@6 or prompt_mean@5 (default: chosen by measurement)")
     p.add_argument("--per-axis", type=int, default=None, help="map prompts per axis (default all 40; quick 12)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours used to place a visitor's prompt")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch default)")
@@ -263,7 +318,8 @@ def _command(args: argparse.Namespace) -> str:
 
     parts = ["python -m alignx_demo precompute", "--model", rel(args.model)]
     for flag, value in (("--data-dir", args.data_dir), ("--eval-report", args.eval_report), ("--out", args.out),
-                        ("--projection", args.projection), ("--per-axis", args.per_axis)):
+                        ("--projection", args.projection), ("--representation", args.representation),
+                        ("--per-axis", args.per_axis)):
         if value is not None:
             parts += [flag, rel(value) if isinstance(value, Path) else str(value)]
     if args.k != DEFAULT_K:
@@ -274,30 +330,12 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.eval_report is not None and not args.eval_report.exists():
-        raise FileNotFoundError(f"evaluation report not found: {args.eval_report}")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise FileNotFoundError(f"data directory not found: {args.data_dir}")
     summary = run_precompute(
         args.model, args.data_dir, args.out, quick=args.quick, eval_report=args.eval_report, projection=args.projection,
-        per_axis=args.per_axis, k=args.k, command=_command(args),
+        representation=args.representation, per_axis=args.per_axis, k=args.k, command=_command(args),
         progress=not args.no_progress, threads=args.threads or None,
     )
     print(json.dumps(summary, indent=1))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (until the project CLI registers the command)."""
-    parser = argparse.ArgumentParser(prog="python -m alignx_demo")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, RuntimeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

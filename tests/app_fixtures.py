@@ -33,7 +33,7 @@ def quick_run() -> tuple[Path, Path]:
 @functools.cache
 def quick_precomputed() -> Path:
     """`precompute --quick` of the quick run (PCA maps)."""
-    from alignx_demo.precompute import main
+    from alignx_demo.cli import main
 
     run, data = quick_run()
     folder = run.parent / "precomputed"

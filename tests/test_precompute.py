@@ -14,7 +14,7 @@ from safetensors import safe_open
 from alignx_demo.analysis.artefacts import ARTEFACT_VERSION, FEATURES_FILE, FILES, load_artefacts, model_fingerprint
 from alignx_demo.analysis.map_prompts import MAP_PROMPTS
 from alignx_demo.analysis.metrics import knn_purity
-from alignx_demo.analysis.regimes import REGIMES, RegimeSet
+from alignx_demo.analysis.regimes import REGIMES, ROUTED, RegimeSet, Representation, candidates, prompt_span
 from alignx_demo.config import AXES
 from alignx_demo.modeling import load_mocae
 
@@ -36,26 +36,40 @@ def test_artefacts_are_versioned_and_complete():
         assert data["version"] == ARTEFACT_VERSION, name
         assert data["command"].startswith("python -m alignx_demo precompute") and "--quick" in data["command"]
         assert data["created"] and data["model"].startswith("run (")
-        assert data["model_fingerprint"] == model_fingerprint(run)
+        assert data["model_fingerprint"] == model_fingerprint(run) and data["model_path"] == str(run)
     map_data = json.loads((folder / FILES["map"]).read_text())
     assert map_data["projection"] == "pca" and "PCA" in map_data["projection_note"]
-    assert set(map_data["regimes"]) == set(REGIMES)
+    assert set(map_data["regimes"]) == set(REGIMES) and "base_instructed" in REGIMES
+    chosen = map_data["feature"]["representation"]
     n = len(map_data["prompts"])
     assert n == 3 * 12 and {p["axis"] for p in map_data["prompts"]} == set(AXES)
     for regime, info in map_data["regimes"].items():
         assert len(info["coords"]) == n and all(len(c) == 2 for c in info["coords"])
+        assert info["sentence"] and ("rout" in info["sentence"]) == (regime in ROUTED), regime
     mocae = map_data["regimes"]["mocae"]
     assert len(mocae["misrouted"]) == n and set(mocae["routed_axis"]) <= set(AXES)
     with safe_open(str(folder / FEATURES_FILE), "pt") as handle:
-        assert handle.metadata()["version"] == str(ARTEFACT_VERSION)
+        meta = handle.metadata()
+        assert meta["version"] == str(ARTEFACT_VERSION) and meta["representation"] == chosen
+        assert meta["model_fingerprint"] == model_fingerprint(run) and meta["command"] == map_data["command"]
         for regime in REGIMES:
             assert handle.get_tensor(regime).dtype == torch.float16 and handle.get_tensor(regime).shape[0] == n
     collapse = json.loads((folder / FILES["collapse"]).read_text())
+    table = collapse["representation"]["measured"]
+    assert collapse["representation"]["chosen"] == chosen and chosen in table and len(table) > 2
+    assert chosen in collapse["representation"]["why"] and collapse["summary"]
     for regime in REGIMES:
         row = collapse["regimes"][regime]
         assert -1 <= row["silhouette"] <= 1 and 0 <= row["knn_purity"] <= 1
-        assert set(row["forgetting"]) == set(AXES)
-    assert collapse["regimes"]["stage1_experts"]["forgetting"]["helpful"]["forgetting"] == 0
+        assert row["silhouette"] == pytest.approx(table[chosen]["regimes"][regime]["silhouette"])
+        assert row["sentence"] == map_data["regimes"][regime]["sentence"]
+        if regime != "sequential_sft":
+            assert row["forgetting"] is None and row["forgetting_note"].startswith("not measured"), regime
+    assert collapse["regimes"]["stage1_experts"]["reference"] == "base_instructed"
+    forgotten = collapse["regimes"]["sequential_sft"]["forgetting"]  # measured by `train baselines`
+    assert set(forgotten) == set(AXES[:-1])
+    summary = json.loads((run / "logs" / "baselines_summary.json").read_text())
+    assert {a: v["forgetting"] for a, v in forgotten.items()} == summary["sequential_sft"]["forgetting"]
     assert 0 <= collapse["regimes"]["mocae"]["routing_accuracy"] <= 1
     reliability = json.loads((folder / FILES["reliability"]).read_text())
     eval_split = reliability["splits"]["eval"]
@@ -70,21 +84,20 @@ def test_baseline_regime_equals_the_peft_adapter_and_is_restored():
     from torch.nn import functional as F
     from transformers import AutoModelForCausalLM
 
-    from alignx_demo.data.templates import encode_prompt
-
     run, _ = quick_run()
     loaded = load_mocae(run, load_in_4bit=False)
     regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, run)
     assert regimes.available == list(REGIMES)
     before = {n: (m.lora_A.clone(), m.lora_B.clone()) for n, m in loaded.mocae.expert_modules.items()}
     prompt = "How do I bake bread?"
-    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+    ids, start, end = prompt_span(loaded.tokenizer, prompt, None, regimes.max_len)
+    rep = Representation("prompt_mean", loaded.mocae.n_layers - 1)
     for regime in ("joint_sft", "sequential_sft"):
-        ours, _ = regimes.pooled(regime, [prompt], [None])
+        ours = regimes.features(regime, [prompt], [None], [rep]).features[rep.name]
         peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run / "base"), str(run / "baselines" / regime)).eval()
         with torch.no_grad():
-            hidden = peft(input_ids=ids, output_hidden_states=True).hidden_states
-        last_input = hidden[loaded.mocae.n_layers - 1][0]  # input of the last decoder layer
+            hidden = peft(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        last_input = hidden[loaded.mocae.n_layers - 1][0, start:end]  # input of the last decoder layer, user tokens
         expected = F.rms_norm(last_input, (last_input.shape[-1],), eps=1e-6).mean(0)
         assert torch.allclose(ours[0], expected, atol=1e-4), regime
     for name, module in loaded.mocae.expert_modules.items():
@@ -96,22 +109,8 @@ def test_checkpoint_without_baselines_reports_those_regimes_missing(checkpoint, 
     regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, checkpoint)
     assert set(regimes.missing) == {"joint_sft", "sequential_sft"}
     assert "train baselines" in regimes.missing["joint_sft"]
-    features, weights = regimes.pooled("base", ["hello", "bread"], [None, None])
-    assert features.shape[0] == 2 and torch.allclose(weights.sum(-1), torch.ones(2))
-
-
-def test_forgetting_from_an_evaluate_report():
-    from alignx_demo.analysis.metrics import forgetting
-    from alignx_demo.precompute import losses_from_report
-
-    loss = {"helpful": 4.0, "harmless": 3.0, "honest": 4.0}
-    systems = {name: {"heldout_loss": dict(loss)} for name in ("base", "joint_sft", "sequential_sft", "mocae_full")}
-    systems |= {f"expert_{a}": {"heldout_loss": {**loss, a: loss[a] - 0.5}} for a in AXES}
-    result = forgetting(losses_from_report({"systems": systems}))
-    assert set(result) == set(REGIMES)
-    assert result["base"]["helpful"]["forgetting"] == pytest.approx(0.5)
-    assert result["stage1_experts"]["honest"]["forgetting"] == 0.0
-    assert result["mocae"]["harmless"] == {"loss": 3.0, "expert_loss": 2.5, "forgetting": 0.5}
+    found = regimes.features("base", ["hello", "bread"], [None, None], candidates(loaded.mocae.n_layers))
+    assert all(f.shape[0] == 2 for f in found.features.values()) and torch.allclose(found.weights.sum(-1), torch.ones(2))
 
 
 def test_knn_purity_of_separated_clusters():
@@ -134,7 +133,7 @@ def test_missing_stale_and_corrupt_artefacts_become_notices(tmp_path):
 
 def test_precompute_errors_are_clear(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "alignx_demo.precompute", "precompute", "--model", str(tmp_path), "--eval-report", str(tmp_path / "none.json")],
+        [sys.executable, "-m", "alignx_demo", "precompute", "--model", str(tmp_path), "--eval-report", str(tmp_path / "none.json")],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr and "evaluation report not found" in out.stderr

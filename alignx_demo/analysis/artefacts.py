@@ -1,12 +1,17 @@
 """The precomputed artefacts the app shows, how they are written and how the app reads them.
 
-`precomputed/` holds (each JSON with "version", "command", "created", "model", "model_fingerprint"):
+`precomputed/` holds (each JSON with "version", "command", "created", "model", "model_path",
+"model_fingerprint": which model, where, and the command that built the file):
 
-    map.json                    per regime: 2-D coordinates of the map prompts, axis, hover text,
-                                misrouted marks (MoCaE), the projection used (umap | pca)
-    map_features.safetensors    per regime: the high-dimensional features (N, D) fp16 of the same
-                                points, for placing a visitor's prompt by its nearest neighbours
-    collapse_metrics.json       per regime: silhouette, kNN axis purity, forgetting, routing accuracy
+    map.json                    per regime: 2-D coordinates of the map prompts, axis, hover text, the
+                                regime's sentence, misrouted marks (MoCaE), the representation and
+                                projection used (umap | pca)
+    map_features.safetensors    per regime: the chosen representation's features (N, D) fp16 of the
+                                same points, for placing a visitor's prompt by its nearest neighbours
+                                (metadata: version, model fingerprint and path, command, representation)
+    collapse_metrics.json       per regime: silhouette, kNN axis purity, contrast with its reference
+                                regime, routing accuracy (MoCaE), forgetting (sequential SFT, when
+                                measured), sentence; the measurement table of every representation
     reliability.json            reliability-diagram bins and routing metrics, calibrated and uncalibrated
     example_traces.json         routed generations of a few example prompts
 
@@ -25,7 +30,9 @@ from typing import Any
 
 import torch
 
-ARTEFACT_VERSION = 1
+from alignx_demo.config import BASELINES
+
+ARTEFACT_VERSION = 2
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "precomputed"
 FILES = {
     "map": "map.json",
@@ -38,11 +45,13 @@ HOW_TO_BUILD = "python -m alignx_demo precompute --model MODEL_DIR --data-dir ..
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """A short hash of the checkpoint's small files (config, routers, calibration, experts, base config)."""
+    """A short hash of the checkpoint's small files: config, routers, calibration, experts, the base's
+    config and the baseline adapters (the Axis Collapse regimes run them)."""
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
     names = ["mocae_config.json", "router.safetensors", "calibration.safetensors", "base/config.json"]
     names += [f"experts/{a}/adapter_model.safetensors" for a in ("helpful", "harmless", "honest")]
+    names += [f"baselines/{b}/{f}" for b in BASELINES for f in ("adapter_config.json", "adapter_model.safetensors")]
     for name in names:
         path = model_dir / name
         if path.exists():
@@ -51,12 +60,34 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def header(command: str, model: str, fingerprint: str) -> dict[str, Any]:
+class ProvenanceError(ValueError):
+    """Figures computed from one model would be stamped with another model's fingerprint."""
+
+
+def check_provenance(source: dict[str, Any], fingerprint: str, model_dir: str | Path, what: str) -> None:
+    """Raise ProvenanceError unless `source` (a report read from disk) names the model `fingerprint`."""
+    found = source.get("model_fingerprint") if isinstance(source, dict) else None
+    if not found:
+        raise ProvenanceError(
+            f"{what} carries no model fingerprint, so nothing says it was computed from {model_dir} "
+            f"(fingerprint {fingerprint}); its figures will not be stamped with that model. Re-run "
+            f"`python -m alignx_demo evaluate --model {model_dir} ...` or leave the report out."
+        )
+    if found != fingerprint:
+        raise ProvenanceError(
+            f"{what} was computed from model {found} ({source.get('model_dir') or source.get('model') or 'path unknown'}), "
+            f"not from {model_dir} (fingerprint {fingerprint}); its figures will not be stamped with that model. "
+            f"Evaluate {model_dir} again or pass the report of that model."
+        )
+
+
+def header(command: str, model: str, model_dir: str | Path, fingerprint: str) -> dict[str, Any]:
     return {
         "version": ARTEFACT_VERSION,
         "command": command,
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "model": model,
+        "model_path": str(model_dir),
         "model_fingerprint": fingerprint,
     }
 
@@ -118,6 +149,11 @@ def load_artefacts(folder: str | Path | None = None) -> Artefacts:
                 meta = handle.metadata() or {}
                 if meta.get("version") != str(ARTEFACT_VERSION):
                     raise ValueError(f"version {meta.get('version')!r}, expected {ARTEFACT_VERSION}")
+                made = out.data["map"]
+                for key, want in (("model_fingerprint", made.get("model_fingerprint")),
+                                  ("representation", made.get("feature", {}).get("representation"))):
+                    if meta.get(key) != want:
+                        raise ValueError(f"{key} {meta.get(key)!r} differs from map.json's {want!r}")
                 out.features = {k: handle.get_tensor(k).float() for k in handle.keys()}
         except Exception as err:  # missing or corrupt file: placement is off, the map still shows
             out.notices["features"] = (
