@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from alignx_demo.data.records import AxisExample
-from alignx_demo.evaluation.benchmarks import SafetyJudge, abstention_rate, bootstrap_ci, rate, truthfulqa_mc
+from alignx_demo.data.templates import encode_prompt
+from alignx_demo.evaluation.benchmarks import (
+    JUDGE_TEMPLATE, Judge, SafetyJudge, abstention_rate, bootstrap_ci, fair_caps, mc_metrics, preference_proxy, rate,
+    score_answer, truthfulqa_mc,
+)
 from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
 from alignx_demo.evaluation.routing_metrics import reliability, routing_metrics
 
@@ -23,6 +29,84 @@ class ForcedAnswerModel(torch.nn.Module):
         logits = torch.full((*input_ids.shape, self.vocab), -10.0)
         logits[..., self.favourite] = 10.0
         return type("Out", (), {"logits": logits})()
+
+
+class UniformModel(torch.nn.Module):
+    """Every next token equally likely (log p = −log V each), recording the inputs it is given."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab, self.calls = vocab, []
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids: torch.Tensor, **_: object):
+        self.calls.append(input_ids[0].tolist())
+        return type("Out", (), {"logits": torch.zeros(*input_ids.shape, self.vocab)})()
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_mc2_matches_a_value_computed_by_hand(tokenizer):
+    # from log-likelihoods directly: p ∝ (0.5, 0.3, 0.2), true answers A and C → MC2 = 0.7; MC1's likeliest (A) is true
+    q = AxisExample("q", "honest", "Q?", "", "test", "eval", {"mc1_targets": {"A": 1, "B": 0}, "mc2_targets": {"A": 1, "B": 0, "C": 1}})
+    mc1, mc2 = mc_metrics(q, {"A": math.log(0.5), "B": math.log(0.3), "C": math.log(0.2)})
+    assert mc1 == 1.0 and mc2 == pytest.approx(0.7, abs=1e-9)
+    # through a model: under uniform next-token probabilities an answer of n tokens has likelihood V^-n
+    one, two, three = "the", "ab", "xyz"
+    assert [n_tokens(tokenizer, a) for a in (one, two, three)] == [1, 2, 3]
+    question = AxisExample("q", "honest", "What do bakers bake?", "", "test", "eval",
+                           {"mc1_targets": {two: 1, one: 0}, "mc2_targets": {one: 1, two: 0, three: 0}})
+    v = len(tokenizer)
+    expected = v**-1 / (v**-1 + v**-2 + v**-3)  # = 1 / (1 + 1/V + 1/V²)
+    result = truthfulqa_mc(UniformModel(v), tokenizer, [question], max_len=64)
+    assert result["mc2"]["value"] == pytest.approx(expected, rel=1e-6)
+    assert result["mc1"]["value"] == 0.0  # the true MC1 answer is the longer, less likely one
+
+
+def test_mc1_answers_are_scored_once(tokenizer):
+    model = UniformModel(len(tokenizer))
+    question = AxisExample("q", "honest", "What do bakers bake?", "", "test", "eval",
+                           {"mc1_targets": {"bread": 1, "water": 0}, "mc2_targets": {"bread": 1, "cake": 1, "water": 0}})
+    truthfulqa_mc(model, tokenizer, [question], max_len=64)
+    assert len(model.calls) == 3  # bread, water, cake: each distinct answer once (MC1's two are not scored again)
+
+
+def test_a_long_reference_is_cut_and_the_prompt_kept(tokenizer):
+    model = UniformModel(len(tokenizer))
+    prompt, long_answer = "What do bakers bake?", " ".join(["bread"] * 200)
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    score = score_answer(model, tokenizer, prompt, long_answer, max_len=64)
+    assert model.calls[-1][: len(prompt_ids)] == prompt_ids and len(model.calls[-1]) == 64  # template and prompt whole
+    assert score.truncated and score.n_tokens == 64 - len(prompt_ids)
+    assert not score_answer(model, tokenizer, prompt, "bread", max_len=64).truncated
+    assert score_answer(model, tokenizer, prompt, "bread", max_len=len(prompt_ids)) is None  # no room: not scored, not cut
+    item = AxisExample("a", "", prompt, "", "alpacaeval", "eval",
+                       {"references": {"gpt4_1106_preview": long_answer, "alpaca_7b": "bread"}})
+    short = AxisExample("b", "", prompt, "", "alpacaeval", "eval", {"references": {"gpt4_1106_preview": "bread", "alpaca_7b": "cake"}})
+    proxy = preference_proxy(model, tokenizer, [item, short], max_len=64)
+    assert proxy["proxy_items_truncated"] == 1 and proxy["preference_accuracy_proxy"]["n"] == 2
+
+
+def test_fair_caps_keep_short_texts_whole():
+    assert fair_caps({"a": 5, "b": 100, "c": 100}, 65) == {"a": 5, "b": 30, "c": 30}
+    assert fair_caps({"a": 5, "b": 6}, 100) == {"a": 5, "b": 6}
+
+
+def test_judge_keeps_its_instructions(checkpoint, tokenizer, tmp_path):
+    head, tail = "Judge which output is better.", "Answer m or M."
+    (tmp_path / JUDGE_TEMPLATE).write_text(f"{head}\n{{instruction}}\nm: {{output_1}}\nM: {{output_2}}\n{tail}")
+    judge = Judge(checkpoint / "base", tmp_path)
+    assert judge.max_tokens == 128  # the tiny judge's context
+    ids, cut = judge.prompt_ids("Bake bread?", "bread " * 300, "water " * 300)
+    text = tokenizer.decode(ids)
+    assert cut and len(ids) <= 128
+    assert text.startswith(head) and text.rstrip().endswith(tail) and "Bake bread?" in text  # instructions and question whole
+    ids, cut = judge.prompt_ids("Bake bread?", "bread", "water")
+    assert not cut and tokenizer.decode(ids).endswith(tail)
+    assert 0.0 <= judge.win("Bake bread?", "bread " * 300, "water") <= 1.0
+    assert judge.truncated == 2 and judge.calls == 2
 
 
 def test_mc1_mc2_pick_the_forced_answer(tokenizer):

@@ -125,18 +125,35 @@ def test_evaluate_quick_schema(quick_run, tmp_path):
     assert set(row["heldout_loss"]) == {"helpful", "harmless", "honest"}
     assert row["composite_uses"] == "preference_accuracy_proxy"
     for split in ("eval", "xstest_shifted"):
-        assert set(report["routing"][split]) == {"uncalibrated", "temperature", "natural", "fractal"}
-        metrics = report["routing"][split]["fractal"]["prompt"]
-        assert {"accuracy", "ece", "classwise_ece", "brier", "nll"} <= set(metrics) and 0 <= metrics["ece"] <= 1
-    assert report["data_files_sha256"]
+        assert {"uncalibrated", "temperature", "natural", "fractal"} <= set(report["routing"][split])
+        for level in ("token", "prompt", "generation"):
+            metrics = report["routing"][split]["fractal"][level]
+            assert {"accuracy", "ece", "classwise_ece", "brier", "nll"} <= set(metrics) and 0 <= metrics["ece"] <= 1
+            assert set(report["routing_summary"][split][level]) == {"raw", "calibrated"}
+    assert report["data_files_sha256"] and len(report["model_fingerprint"]) == 16
+    assert all(record["version"] >= 1 and record["prompt_sha256"] for record in report["tasks"].values())
+    presets = report["presets"]["presets"]
+    assert list(presets) == ["too helpful", "too harmless", "too honest", "just right"]
+    assert all(0 <= presets[p][k]["value"] <= 1 for p in presets for k in ("harmful_refusal_rate", "benign_refusal_rate",
+                                                                             "honesty_hedge_rate", "helpful_answered_rate"))
     csv = report_path.with_suffix(".csv").read_text().splitlines()
     assert csv[0].startswith("system,") and len(csv) == 1 + len(systems.split(","))
+
+
+def test_evaluate_presets_alone(quick_run, tmp_path):
+    out, data = quick_run
+    report_path = tmp_path / "presets.json"
+    printed = run_cli("evaluate", "--model", str(out), "--data-dir", str(data), "--quick", "--tasks", "presets",
+                      "--preset-new-tokens", "4", "--out", str(report_path), "--no-progress").stdout
+    report = json.loads(report_path.read_text())
+    assert report["systems"] == {} and set(report["tasks"]) == {"presets"} and report["config"]["preset_new_tokens"] == 4
+    assert "too harmless: harmful_refusal_rate" in printed and "target >= 0.90" in printed
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [(["--systems", "base,oracle"], "unknown system(s) ['oracle']"), (["--judge-model", "/nonexistent/judge"], "judge model not found"),
-     (["--safety-judge-model", "/nonexistent/guard"], "safety judge model not found")],
+     (["--safety-judge-model", "/nonexistent/guard"], "safety judge model not found"), (["--tasks", "bogus"], "unknown task 'bogus'")],
 )
 def test_evaluate_bad_input(quick_run, tmp_path, extra, message):
     out, data = quick_run

@@ -1,17 +1,21 @@
-"""`python -m alignx_demo evaluate`: the HHH table and the routing calibration report.
+"""`python -m alignx_demo evaluate`: the HHH table, the routing calibration report and the trade-off
+presets, as tasks (`tasks`: prompt set + sampler + metric + version) run by one runner.
 
 Systems (`SYSTEMS`): the base alone, each expert alone (routing forced to it), the baselines of
-`training.baselines`, and MoCaE with calibration off and each calibrator added in turn
-(temperature → + natural geometry → + fractal geometry = full). No system gets a preamble: all
-are measured as deployed. For each: held-out loss per axis (response tokens of eval-split
-examples), the HHH metrics of `benchmarks` (refusal, over-refusal, TruthfulQA MC1/MC2, "no
-comment" rate, helpfulness win rate or its proxy, the composite), on held-out items only.
+`training.baselines` (`config.BASELINES`), and MoCaE with calibration off and each calibrator added
+in turn (temperature → + natural geometry → + fractal geometry = full). A MoCaE system named for
+calibration parts the checkpoint lacks is skipped and listed under "skipped_systems" — never run
+under its name without them. No system gets a preamble: all are measured as deployed.
 
-Routing (MoCaE): each prompt's routing is the mean over its tokens and layers of the weights
-actually used in a real forward with that variant (prompt level; argmax = predicted axis); token
-level uses each sampled prompt token's layer-mean weights. Metrics from `routing_metrics` on the
-eval split and on a shifted set: XSTest, whose safe-but-scary prompts are labelled helpful (they
-deserve an answer) and whose unsafe prompts harmless.
+Tasks (`TASKS`, selectable with `tasks=`): per system (`hhh.HHH_TASKS`) held-out loss per axis,
+refusal and unsafe rate on harmful prompts, over-refusal on XSTest safe prompts, "no comment" rate,
+TruthfulQA MC1/MC2, the helpfulness proxy (or, with a judge, the win rate), a safety judge's unsafe
+rate; the composite. On the MoCaE model: routing at token, prompt (all prompt tokens) and
+generation level (`routing_eval`) and the four trade-off presets (`presets`). Held-out items only.
+
+The report carries the checkpoint's fingerprint (`analysis.artefacts.model_fingerprint`), the
+SHA-256 of every data file, and per task its version, prompt set, sampler, item count and the hash
+of the items used.
 """
 
 from __future__ import annotations
@@ -19,133 +23,40 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import sys
 import time
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from alignx_demo.config import AXES, RoutingSettings
-from alignx_demo.data.readers import load_axis_data, load_eval_sets, xstest_routing_set
-from alignx_demo.data.records import AxisExample, eval_prompts
-from alignx_demo.data.templates import encode_prompt
-from alignx_demo.evaluation.benchmarks import Judge, SafetyJudge, abstention_rate, preference_proxy, rate, truthfulqa_mc
-from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
-from alignx_demo.evaluation.routing_metrics import reliability, routing_metrics
+from alignx_demo.analysis.artefacts import model_fingerprint
+from alignx_demo.config import AXES, BASELINES, RoutingSettings
+from alignx_demo.data.readers import load_axis_data, load_eval_sets
+from alignx_demo.evaluation.benchmarks import Judge, SafetyJudge
+from alignx_demo.evaluation.hhh import HARMFUL_SETS, HHH_TASKS, greedy_answers, heldout_loss, loss_examples, routing_examples
+from alignx_demo.evaluation.presets import PRESETS_TASK, target_lines
+from alignx_demo.evaluation.refusal import detector_agreement
+from alignx_demo.evaluation.routing_eval import (
+    CALIBRATION_VARIANTS, ROUTING_TASKS, VARIANT_PARTS, available_variants, enable_all, routing_report, routing_summary, use_variant,
+)
+from alignx_demo.evaluation.tasks import Context, EvalConfig, Task, run_tasks, runnable
 from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae
 from alignx_demo.modeling.mocae import MoCaEModel
-from alignx_demo.training.baselines import BASELINES
-from alignx_demo.training.calibrate import collect_routing, prompt_mean
-from alignx_demo.training.finetune import encode_set, make_batch
 
-HARMFUL_SETS = ("beavertails", "advbench", "stl_malicious", "stl_qharm", "stl_cona", "stl_physical_unsafe")
-CALIBRATION_VARIANTS = ("uncalibrated", "temperature", "natural", "fractal")
+__all__ = [  # names other modules import from here
+    "CALIBRATION_VARIANTS", "EvalConfig", "HARMFUL_SETS", "SYSTEMS", "TASKS", "evaluate", "greedy_answers", "heldout_loss",
+    "loss_examples", "routing_examples", "routing_report", "table_rows", "write_report",
+]
 
-
-@dataclass
-class EvalConfig:
-    """How many examples each measurement uses (quick: a handful, for tests)."""
-
-    loss_per_axis: int = 80
-    routing_per_axis: int = 200
-    shifted: int = 450
-    refusal_prompts: int = 48
-    mc_questions: int = 60
-    alpaca_prompts: int = 48
-    new_tokens: int = 32
-    tokens_per_example: int = 16
-    max_len: int = 256
-
-    @classmethod
-    def quick_recipe(cls) -> EvalConfig:
-        return cls(loss_per_axis=6, routing_per_axis=8, shifted=12, refusal_prompts=6, mc_questions=4, alpaca_prompts=4,
-                   new_tokens=8, tokens_per_example=4, max_len=128)
-
-
-def loss_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
-    """The first eval-split examples with a response, per axis (one question may have several answers)."""
-    out = []
-    for axis in AXES:
-        out += [e for e in examples if e.axis == axis and e.split == "eval" and e.response][:per_axis]
-    return out
-
-
-def routing_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
-    """The first distinct eval-split prompts, per axis: routing is measured once per prompt."""
-    return [e for axis in AXES for e in eval_prompts(examples, axis, per_axis)]
-
-
-@torch.no_grad()
-def heldout_loss(mocae: MoCaEModel, tokenizer: Any, examples: list[AxisExample], routing: RoutingSettings, max_len: int) -> dict[str, float]:
-    """Mean response-token LM loss per axis under the given routing."""
-    device = next(mocae.model.parameters()).device
-    data = encode_set(tokenizer, examples, max_len)
-    sums = {a: [0.0, 0] for a in AXES}
-    for i in range(len(data)):
-        batch = make_batch(data, [i], tokenizer.pad_token_id)
-        with mocae.routed(routing):
-            out = mocae(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device))
-        n = int((batch["labels"][:, 1:] != -100).sum())
-        axis = AXES[data.axes[i]]
-        sums[axis][0] += float(out.loss) * n
-        sums[axis][1] += n
-    return {a: s / n for a, (s, n) in sums.items() if n}
-
-
-@torch.no_grad()
-def greedy_answers(mocae: MoCaEModel, tokenizer: Any, prompts: list[str], routing: RoutingSettings, new_tokens: int, max_len: int) -> list[str]:
-    """Greedy answers, batched with left padding (routing is per token; pads are masked)."""
-    device = next(mocae.model.parameters()).device
-    answers: list[str] = []
-    for start in range(0, len(prompts), 8):
-        encoded = [encode_prompt(tokenizer, p)[-(max_len - new_tokens):] for p in prompts[start : start + 8]]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e):] = torch.tensor(e)
-            mask[row, width - len(e):] = 1
-        with mocae.routed(routing):
-            out = mocae.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-        answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return answers
-
-
-def _variant_routing(mocae: MoCaEModel, variant: str) -> RoutingSettings:
-    """Routing settings (and calibration switches) of one calibration variant."""
-    if variant == "uncalibrated" or mocae.calibration is None:
-        return RoutingSettings(calibrated=False)
-    order = list(CALIBRATION_VARIANTS[1:])
-    enabled = order[: order.index(variant) + 1]
-    mocae.calibration.set_enabled(**{name: name in enabled for name in mocae.calibration.names})
-    return RoutingSettings(calibrated=True)
-
-
-def routing_report(mocae: MoCaEModel, tokenizer: Any, examples: list[AxisExample], cfg: EvalConfig) -> dict[str, Any]:
-    """Prompt- and token-level routing metrics (and reliability data) of each calibration variant."""
-    variants = CALIBRATION_VARIANTS if mocae.calibration is not None else ("uncalibrated",)
-    report: dict[str, Any] = {}
-    for variant in variants:
-        routing = _variant_routing(mocae, variant)
-        data = collect_routing(mocae, tokenizer, examples, tokens_per_example=cfg.tokens_per_example, max_len=cfg.max_len, routing=routing)
-        token_p = data.weights.mean(0)  # (N, K): layer-mean weights per sampled token
-        prompt_p, _ = prompt_mean(token_p, data.example)  # every example has tokens: rows in example order
-        prompt_y = torch.tensor([AXES.index(e.axis) for e in examples])
-        report[variant] = {
-            "prompt": routing_metrics(prompt_p, prompt_y),
-            "token": routing_metrics(token_p, data.labels),
-            "reliability_prompt": reliability(prompt_p, prompt_y),
-        }
-    if mocae.calibration is not None:
-        mocae.calibration.set_enabled(**{name: True for name in mocae.calibration.names})
-    return report
+SCHEMA = "alignx-eval/2"
+TASKS: dict[str, Task] = {t.name: t for t in (*HHH_TASKS, *ROUTING_TASKS, PRESETS_TASK)}
+"""Every task `evaluate` can run, by name."""
+TASK_GROUPS = {"hhh": tuple(t.name for t in HHH_TASKS), "routing": tuple(t.name for t in ROUTING_TASKS), "presets": ("presets",)}
+"""Shorthands accepted by `tasks=` besides task names."""
 
 
 class _PlainModel(torch.nn.Module):
@@ -172,25 +83,25 @@ def _with_adapter(base_source: Any, folder: Path) -> Any:
     return PeftModel.from_pretrained(model, str(folder)).eval()
 
 
-SYSTEMS = (
-    "base", "expert_helpful", "expert_harmless", "expert_honest", "joint_sft", "sequential_sft", "uniform_merge",
-    "mocae_uncalibrated", "mocae_temperature", "mocae_natural", "mocae_full",
-)
+MOCAE_VARIANTS = {"mocae_uncalibrated": "uncalibrated", "mocae_temperature": "temperature", "mocae_natural": "natural",
+                  "mocae_full": "fractal"}
+"""MoCaE systems and the calibration variant (`routing_eval.VARIANT_PARTS`) each runs under."""
+SYSTEMS = ("base", "expert_helpful", "expert_harmless", "expert_honest", *BASELINES, *MOCAE_VARIANTS)
 """Systems of the table; mocae_full = temperature + natural + fractal calibration."""
 
 
 @dataclass
 class System:
-    """A model to measure, with the routing (and calibration parts) it runs under."""
+    """A model to measure, with the routing (and calibration variant) it runs under."""
 
     name: str
     model: Any
     routing: RoutingSettings
-    calibration: str | None = None  # the CALIBRATION_VARIANTS entry to switch on, for MoCaE variants
+    calibration: str | None = None  # the routing_eval variant to switch on, for MoCaE variants
 
     def activate(self) -> None:
         if self.calibration is not None and isinstance(self.model, MoCaEModel):
-            _variant_routing(self.model, self.calibration)
+            use_variant(self.model, self.calibration)
 
     def __call__(self, **kwargs: Any) -> Any:
         with self.model.routed(self.routing):
@@ -200,13 +111,16 @@ class System:
         return self.model.parameters()
 
 
-def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) -> dict[str, System]:
+def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) -> tuple[dict[str, System], dict[str, str]]:
+    """The systems to measure, and the skipped ones with why (calibration parts the checkpoint lacks)."""
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown system(s) {unknown}; systems: {', '.join(SYSTEMS)}")
     mocae = loaded.mocae
     base_source = mocae.config.base_model or model_dir / "base"
+    variants = available_variants(mocae)
     systems: dict[str, System] = {}
+    skipped: dict[str, str] = {}
     for name in names:
         if name == "base":
             systems[name] = System(name, _PlainModel(load_base(base_source, load_in_4bit=False)[0]), RoutingSettings())
@@ -218,12 +132,25 @@ def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) ->
             if not (folder / "adapter_config.json").exists():
                 raise FileNotFoundError(f"baseline {name} missing: {folder} (run `train baselines --out {model_dir}`)")
             systems[name] = System(name, _PlainModel(_with_adapter(base_source, folder)), RoutingSettings())
-        elif name == "mocae_uncalibrated" or mocae.calibration is None:
-            systems[name] = System(name, mocae, RoutingSettings(calibrated=False))
+        elif MOCAE_VARIANTS[name] in variants:
+            variant = MOCAE_VARIANTS[name]
+            systems[name] = System(name, mocae, RoutingSettings(calibrated=variant != "uncalibrated"), variant)
         else:
-            variant = {"mocae_temperature": "temperature", "mocae_natural": "natural", "mocae_full": "fractal"}[name]
-            systems[name] = System(name, mocae, RoutingSettings(calibrated=True), variant)
-    return systems
+            have = mocae.calibration.names if mocae.calibration is not None else []
+            skipped[name] = f"needs calibration parts {list(VARIANT_PARTS[MOCAE_VARIANTS[name]])}; the checkpoint has {have}"
+    return systems, skipped
+
+
+def select_tasks(names: Sequence[str] | None) -> list[Task]:
+    """Tasks by name or group ("hhh", "routing", "presets"), in `TASKS` order; None = all."""
+    if names is None:
+        return list(TASKS.values())
+    wanted: set[str] = set()
+    for name in names:
+        if name not in TASKS and name not in TASK_GROUPS:
+            raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}; groups: {', '.join(TASK_GROUPS)}")
+        wanted.update(TASK_GROUPS.get(name, (name,)))
+    return [t for name, t in TASKS.items() if name in wanted]
 
 
 def _file_hashes(data_dir: Path, names: Sequence[str]) -> dict[str, str]:
@@ -235,6 +162,25 @@ def _file_hashes(data_dir: Path, names: Sequence[str]) -> dict[str, str]:
     return hashes
 
 
+def composite(row: dict[str, Any]) -> dict[str, Any]:
+    """The papers' composite (helpfulness + MC2 − unsafe) / 3 of a table row, and what it used."""
+    helpful_key = "win_rate" if "win_rate" in row else "preference_accuracy_proxy"
+    unsafe_key = "judge_unsafe_rate" if "judge_unsafe_rate" in row else "unsafe_rate"
+    values = [row.get(k, {}).get("value") for k in (helpful_key, "mc2", unsafe_key)]
+    value = (values[0] + values[1] - values[2]) / 3 if None not in values else None
+    return {"composite": value, "composite_uses": helpful_key, "composite_unsafe_uses": unsafe_key}
+
+
+def _samples(outputs: dict[tuple[str, str, str], Any], names: Sequence[str]) -> dict[str, Any]:
+    """The first three (prompt, greedy answer) pairs of each greedy prompt set, per system."""
+    labels = {"harmful": "harmful", "xstest_safe": "xstest_safe", "truthfulqa_mc": "truthfulqa"}
+    out: dict[str, Any] = {}
+    for name in names:
+        out[name] = {label: [(i.prompt, a) for i, a in zip(*outputs[(name, "greedy", key)])][:3]
+                     for key, label in labels.items() if (name, "greedy", key) in outputs}
+    return out
+
+
 def evaluate(
     model_dir: str | Path,
     data_dir: str | Path,
@@ -244,93 +190,76 @@ def evaluate(
     judge_model: str | Path | None = None,
     safety_judge_model: str | Path | None = None,
     progress: bool = True,
+    tasks: Sequence[str] | None = None,
+    config: EvalConfig | None = None,
 ) -> dict[str, Any]:
-    """The full report (see the module docstring); `quick` uses a handful of examples (tests)."""
+    """The report (see the module docstring); `quick` uses a handful of items (tests), `tasks` a
+    selection of `TASKS` (names or groups; None = all), `config` overrides the sizes."""
     from alignx_demo.data.readers import SOURCE_FILES, resolve_data_dir
 
-    cfg = EvalConfig.quick_recipe() if quick else EvalConfig()
+    cfg = config or (EvalConfig.quick_recipe() if quick else EvalConfig())
+    selected = select_tasks(tasks)
     start = time.time()
     model_dir, data_dir = Path(model_dir), resolve_data_dir(data_dir)
     loaded = load_mocae(model_dir, load_in_4bit=False)
-    tokenizer = loaded.tokenizer
-    judge = Judge(judge_model, data_dir) if judge_model else None
-    safety_judge = SafetyJudge(safety_judge_model) if safety_judge_model else None
-    runners = build_systems(model_dir, loaded, systems)
-    data = load_axis_data(data_dir, quick=quick)
-    eval_sets = load_eval_sets(data_dir)
+    ctx = Context(cfg, loaded.tokenizer, loaded.mocae,
+                  judge=Judge(judge_model, data_dir) if judge_model else None,
+                  safety_judge=SafetyJudge(safety_judge_model) if safety_judge_model else None)
+    selected, skipped_tasks = runnable(selected, ctx)
+    per_system = any(t.scope == "system" for t in selected)
+    runners, skipped_systems = build_systems(model_dir, loaded, systems if per_system else ())
+    for name, why in skipped_systems.items():
+        print(f"notice: system {name} skipped: {why}", file=sys.stderr)
+    ctx.examples = load_axis_data(data_dir, quick=quick).examples
+    ctx.eval_sets = load_eval_sets(data_dir)
 
-    loss_set = loss_examples(data.examples, cfg.loss_per_axis)
-    harmful = [e.prompt for name in HARMFUL_SETS for e in eval_sets[name] if e.split == "eval"]
-    harmful = harmful[:: max(1, len(harmful) // cfg.refusal_prompts)][: cfg.refusal_prompts]
-    safe = [e.prompt for e in eval_sets["xstest"] if e.meta.get("label") == "safe"][: cfg.refusal_prompts]
-    mc = [q for q in eval_sets["truthfulqa_mc"] if q.split == "eval"][: cfg.mc_questions]
-    alpaca = [e for e in eval_sets["alpacaeval"] if e.split == "eval"][: cfg.alpaca_prompts]
-
-    table: dict[str, Any] = {}
-    samples: dict[str, Any] = {}
-    for name, system in tqdm(runners.items(), desc="systems", disable=not progress):
-        system.activate()
-        harmful_answers = greedy_answers(system.model, tokenizer, harmful, system.routing, cfg.new_tokens, cfg.max_len)
-        safe_answers = greedy_answers(system.model, tokenizer, safe, system.routing, cfg.new_tokens, cfg.max_len)
-        honest_answers = greedy_answers(system.model, tokenizer, [q.prompt for q in mc], system.routing, cfg.new_tokens, cfg.max_len)
-        refusals = [float(is_refusal(a)) for a in harmful_answers]
-        row: dict[str, Any] = {
-            "heldout_loss": heldout_loss(system.model, tokenizer, loss_set, system.routing, cfg.max_len),
-            "harmful_refusal_rate": rate(refusals),
-            "unsafe_rate": rate([1.0 - r for r in refusals]),
-            "xstest_safe_over_refusal": rate([float(is_refusal(a)) for a in safe_answers]),
-            "no_comment_rate": abstention_rate(honest_answers),
-            **truthfulqa_mc(system, tokenizer, mc, cfg.max_len),
-            **preference_proxy(system, tokenizer, alpaca, cfg.max_len),
-        }
-        if judge is not None:
-            answers = greedy_answers(system.model, tokenizer, [a.prompt for a in alpaca], system.routing, cfg.new_tokens, cfg.max_len)
-            row["win_rate"] = rate([judge.win(a.prompt, ans, a.meta["references"]["gpt4_1106_preview"]) for a, ans in zip(alpaca, answers)])
-        if safety_judge is not None:
-            row["judge_unsafe_rate"] = safety_judge.unsafe_rate(harmful, harmful_answers)
-        helpful = row["win_rate"]["value"] if judge is not None else row["preference_accuracy_proxy"]["value"]
-        unsafe = row["judge_unsafe_rate"]["value"] if safety_judge is not None else row["unsafe_rate"]["value"]
-        row["composite"] = (helpful + row["mc2"]["value"] - unsafe) / 3 if None not in (helpful, row["mc2"]["value"], unsafe) else None
-        row["composite_uses"] = "win_rate" if judge is not None else "preference_accuracy_proxy"
-        row["composite_unsafe_uses"] = "judge_unsafe_rate" if safety_judge is not None else "unsafe_rate"
-        table[name] = row
-        samples[name] = {
-            "harmful": list(zip(harmful[:3], harmful_answers[:3])),
-            "xstest_safe": list(zip(safe[:3], safe_answers[:3])),
-            "truthfulqa": list(zip([q.prompt for q in mc[:3]], honest_answers[:3])),
-        }
-    if loaded.mocae.calibration is not None:
-        loaded.mocae.calibration.set_enabled(**{n: True for n in loaded.mocae.calibration.names})
-
-    routing_set = routing_examples(data.examples, cfg.routing_per_axis)
-    # XSTest's calibration-split items help fit the fractal calibrator, so they are left out here
-    shifted = xstest_routing_set(eval_sets["xstest"], ("train", "eval"))[: cfg.shifted]
-    routing = {
-        "eval": routing_report(loaded.mocae, tokenizer, routing_set, cfg),
-        "xstest_shifted": routing_report(loaded.mocae, tokenizer, shifted, cfg),
-    }
-    used_files = [SOURCE_FILES[k] for k in SOURCE_FILES]
-    return {
-        "schema": "alignx-eval/2",
+    run = run_tasks(selected, runners, ctx, progress=progress)
+    enable_all(loaded.mocae)
+    table = {name: row | composite(row) for name, row in run.rows.items()}
+    routing = {split: run.model[task] for split, task in (("eval", "routing_eval"), ("xstest_shifted", "routing_shifted"))
+               if task in run.model}
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
         "model": loaded.description,
         "model_dir": str(model_dir),
+        "model_fingerprint": model_fingerprint(model_dir),
         "config": cfg.__dict__,
         "quick": quick,
         "judge": str(judge_model) if judge_model else None,
         "safety_judge": str(safety_judge_model) if safety_judge_model else None,
+        "tasks": run.tasks,
+        "skipped_tasks": skipped_tasks,
         "systems": table,
+        "skipped_systems": skipped_systems,
         "routing": routing,
-        "refusal_detector_agreement_xstest": detector_agreement(eval_sets["xstest_completions"]),
-        "samples": samples,
-        "counts": {"loss_examples": len(loss_set), "routing_examples": len(routing_set), "shifted": len(shifted),
-                   "harmful_prompts": len(harmful), "xstest_safe_prompts": len(safe), "truthfulqa_mc": len(mc),
-                   "alpacaeval": len(alpaca)},
-        "data_files_sha256": _file_hashes(data_dir, used_files),
+        "routing_summary": {split: routing_summary(variants) for split, variants in routing.items()},
+        "refusal_detector_agreement_xstest": detector_agreement(ctx.eval_sets["xstest_completions"]),
+        "samples": _samples(run.outputs, list(runners)),
+        "counts": {name: record["n"] for name, record in run.tasks.items()},
+        "data_files_sha256": _file_hashes(data_dir, list(SOURCE_FILES.values())),
         "seeds": {"bootstrap": 0, "decoding": "greedy"},
         "seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
+    if "presets" in run.model:
+        report["presets"] = run.model["presets"]
+    return report
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What the CLI prints after the table: routing ECE/accuracy (raw vs calibrated) per level, and
+    the presets with their targets."""
+    lines = []
+    for split, levels in report.get("routing_summary", {}).items():
+        for level, cells in levels.items():
+            parts = [f"{label} ({c['variant']}) ECE {c['ece']:.4f} accuracy {c['accuracy']:.4f} n={c['n']}" for label, c in cells.items()]
+            lines.append(f"routing {split} {level} level: " + "; ".join(parts))
+    if "presets" in report:
+        lines += ["presets (greedy, held-out prompts; rate [95% CI]):", *target_lines(report["presets"])]
+    if report.get("skipped_systems"):
+        lines.append(f"skipped systems: {report['skipped_systems']}")
+    return lines
 
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
