@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from alignx_demo.generation import MAX_PROMPT_CHARS
+from alignx_demo.generation import MAX_PROMPT_CHARS, context_length
 from alignx_demo.modeling.checkpoint import CheckpointError, LoadedModel, load_mocae
 from alignx_demo.modeling.families import UnsupportedModelError
 
@@ -126,7 +126,8 @@ class ServerOptions:
 
 @dataclass
 class ModelContext:
-    """The model the app serves (None when loading failed), what to tell visitors about it, and the limits."""
+    """The model the app serves (None when loading failed) or why none could be loaded, the loader's notices
+    for the operator (how the model was loaded; shown in the About tab, never per run), and the limits."""
 
     loaded: LoadedModel | None
     problem: str | None = None
@@ -137,12 +138,50 @@ class ModelContext:
     def name(self) -> str:
         return self.loaded.description if self.loaded else "no model loaded"
 
+    def new_token_cap(self, several: bool = False) -> int:
+        """Highest max_new_tokens a request may ask for: the operator's limit (half of it for endpoints
+        that run `several` generations per request), and never more than the served model's context
+        allows (generation keeps half the context for the prompt, see `RoutedGeneration`)."""
+        cap = self.limits.half_max_new_tokens if several else self.limits.max_new_tokens
+        if self.loaded is None:
+            return cap
+        return max(1, min(cap, context_length(self.loaded.mocae.model) // 2))
+
+
+KERNELS_WARNING = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
+"""Logger and message start of the warning bitsandbytes logs on every import where the optional `kernels`
+package is absent: 4-bit then runs on bitsandbytes' own CPU code, which is what this app expects."""
+
+
+class _KernelsWarningFilter(logging.Filter):
+    """Drops bitsandbytes' `kernels` warning and logs one plain line in its place, once per process."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(KERNELS_WARNING[1]):
+            return True
+        if not _KernelsWarningFilter.said:
+            _KernelsWarningFilter.said = True
+            log.info("bitsandbytes: the optional `kernels` package is not installed; 4-bit layers use bitsandbytes' "
+                     "built-in CPU code")
+        return False
+
+
+def quiet_bitsandbytes() -> None:
+    """Install the filter of bitsandbytes' `kernels` warning (idempotent; before bitsandbytes is imported)."""
+    logger = logging.getLogger(KERNELS_WARNING[0])
+    if not any(isinstance(f, _KernelsWarningFilter) for f in logger.filters):
+        logger.addFilter(_KernelsWarningFilter())
+
 
 def load_context(options: ServerOptions) -> ModelContext:
     """Load the operator's model; on any failure keep serving (the precomputed tabs) and say what is
-    wrong and what to do: a broken checkpoint must never keep the app from starting."""
+    wrong and what to do: a broken checkpoint must never keep the app from starting. The loader's
+    notices (how the model was loaded) are for the operator: logged here once, shown in the About tab."""
     if not options.model.exists() and options.model == DEFAULT_MODEL:
         return ModelContext(None, f"The bundled demo model is not at {options.model}. {HOW_TO_GET_ONE}", limits=options.limits)
+    quiet_bitsandbytes()
     try:
         loaded = load_mocae(
             options.model,
@@ -157,5 +196,7 @@ def load_context(options: ServerOptions) -> ModelContext:
         log.exception("model not loaded")
         problem = f"{type(err).__name__}: {err}"
     else:
+        for notice in loaded.notices:
+            log.info("model notice: %s", notice)
         return ModelContext(loaded, None, list(loaded.notices), options.limits)
     return ModelContext(None, f"The model could not be loaded: {problem.rstrip('.')}. {HOW_TO_GET_ONE}", limits=options.limits)

@@ -1,5 +1,8 @@
 """The app in a real headless Chromium: load, generate, see chips, switch tabs, screenshot every tab,
-and check that typed HTML shows as text and runs nothing, on the page and in the exported traces.
+and check that typed HTML shows as text and runs nothing, on the page and in the exported traces; that
+Stop ends a run with its own summary, plots and downloads; that a preset runs when clicked; that every
+tab is reachable and tables break only between words at phone width; and that chip text meets WCAG AA
+in the light and the dark theme.
 
 Skips only when Chromium, its driver or selenium is absent (CI installs them: see .ci/run).
 Screenshots go to a temporary folder, or to $ALIGNX_SCREENSHOTS when set; the README's
@@ -11,13 +14,27 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from app_fixtures import quick_precomputed, quick_run
 
 from alignx_demo.ui.exports import tokens_from_csv
-from alignx_demo.ui.screenshots import TABS, XSS_PROMPT, browser_problem, chromium, no_alert, run_live, tour, wait_for
+from alignx_demo.ui.screenshots import (
+    TABS,
+    XSS_PROMPT,
+    browser_problem,
+    chromium,
+    click,
+    no_alert,
+    open_tab,
+    run_live,
+    tour,
+    type_into,
+    wait_for,
+)
+from alignx_demo.ui.theme import contrast
 
 EXPORT_PROMPT = f"{XSS_PROMPT} <script>alert(2)</script>"
 INJECTED = ("return document.querySelectorAll('img[src=\"x\"], [onerror], [onload]').length"
@@ -27,6 +44,10 @@ INJECTED = ("return document.querySelectorAll('img[src=\"x\"], [onerror], [onloa
 pytestmark = pytest.mark.skipif(browser_problem() is not None, reason=f"no headless browser: {browser_problem()}")
 
 
+SLOW = {"seconds": 0.0}
+"""Seconds each forward pass of the served model sleeps (set by the Stop test, so that there is a run to stop)."""
+
+
 @pytest.fixture(scope="module")
 def app_url():
     from alignx_demo.modeling import load_mocae
@@ -34,7 +55,15 @@ def app_url():
     from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
     run, _ = quick_run()
-    demo = build_demo(ModelContext(load_mocae(run, load_in_4bit=False)), quick_precomputed())
+    loaded = load_mocae(run, load_in_4bit=False)
+    forward = loaded.mocae.model.forward
+
+    def slowed(*args, **kwargs):
+        time.sleep(SLOW["seconds"])
+        return forward(*args, **kwargs)
+
+    loaded.mocae.model.forward = slowed
+    demo = build_demo(ModelContext(loaded), quick_precomputed())
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
     yield demo.local_url
     demo.close()
@@ -95,3 +124,138 @@ def test_exported_traces_run_nothing_when_downloaded_or_opened(app_url, driver, 
         assert driver.execute_script(INJECTED) == 0
         if driver.current_url == href:  # shown, not downloaded: as text, never as a page
             assert driver.execute_script("return document.contentType") != "text/html"
+
+
+def _css(driver, selector: str) -> list:
+    return driver.find_elements("css selector", selector)
+
+
+def _text(driver, selector: str) -> str:
+    found = _css(driver, selector)
+    return found[0].text if found else ""
+
+
+def _page_trace(driver) -> dict:
+    """The trace the page offers as its JSON download."""
+    link = wait_for(driver, lambda: _css(driver, "#live-json a[href]"), 30, "the JSON download")[0]
+    with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as answer:
+        return json.loads(answer.read().decode("utf-8"))
+
+
+HEATMAP_COLUMNS = "return document.querySelector('#live-heatmap .js-plotly-plot').data[0].z[0].length"
+WEIGHTS_POINTS = "return document.querySelector('#live-weights .js-plotly-plot').data[0].x.length"
+
+
+def test_stop_ends_the_run_with_its_own_summary_plots_and_downloads(app_url, driver):
+    driver.get(app_url)
+    run_live(driver, "Tell me about bread.")  # a finished run first: its plots and downloads must not survive a stopped one
+    SLOW["seconds"] = 0.15
+    try:
+        for prompt, when in (("Stop me right away.", "right after Generate"), ("Stop me in the middle.", "mid-run")):
+            type_into(driver, "live-prompt", prompt)
+            click(driver, "live-generate")
+            if when == "right after Generate":
+                wait_for(driver, lambda: "Generating" in _text(driver, "#live-summary"), 30, "the run to start")
+            else:
+                wait_for(driver, lambda: _css(driver, "#live-chips .ax-chip:not(.ax-prompt)"), 60, "a generated token")
+            click(driver, "live-stop")
+            wait_for(driver, lambda: "finish: stopped" in _text(driver, "#live-summary"), 30, f"Stop {when} to show")
+            trace = wait_for(driver, lambda: (t := _page_trace(driver))["prompt"] == prompt and t, 30, "the stopped run's download")
+            chips = _css(driver, "#live-chips .ax-chip")
+            generated = sum(not t["is_prompt"] for t in trace["tokens"])
+            assert trace["finish_reason"] == "stopped" and generated < 64, when
+            assert f"{generated} generated + {len(trace['tokens']) - generated} prompt tokens" in _text(driver, "#live-summary")
+            assert len(chips) == len(trace["tokens"]), when
+            wait_for(driver, lambda: driver.execute_script(HEATMAP_COLUMNS) == len(trace["tokens"]), 30, "the heatmap of the stopped run")
+            assert driver.execute_script(WEIGHTS_POINTS) == len(trace["tokens"]), when
+    finally:
+        SLOW["seconds"] = 0.0
+
+
+def test_a_preset_button_runs_the_preset(app_url, driver):
+    driver.get(app_url)
+    wait_for(driver, lambda: _css(driver, "#live-prompt textarea"), 60, "the page to load")
+    open_tab(driver, "tradeoff")
+    boxes = [b.get_attribute("value") for b in _css(driver, "#tab-tradeoff input[type='number']")]
+    assert "0.33" in boxes and not any(len(v) > 5 for v in boxes), boxes  # readable precision, never 0.333333
+    click(driver, "tradeoff-too-harmless")
+    wait_for(driver, lambda: "axis prior 0.00/1.00/0.00" in _text(driver, "#tradeoff-summary")
+             and "finish: running" not in _text(driver, "#tradeoff-summary"), 60, "the preset's run")
+    assert _css(driver, "#tradeoff-chips .ax-chip")
+
+
+BROKEN_WORDS = """
+const broken = [];
+for (const cell of document.querySelectorAll(arguments[0])) {
+  if (!cell.offsetParent) continue;
+  const walk = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+    for (const m of node.textContent.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+      if (lines.size > 1) broken.push(m[0]);
+    }
+  }
+}
+return broken;
+"""
+"""Words (runs of non-space characters) in the matching cells that the browser split across lines."""
+TOOLBAR_OVER_TITLE = """
+const hits = [];
+for (const plot of document.querySelectorAll(arguments[0] + ' .js-plotly-plot')) {
+  const bar = plot.querySelector('.modebar'), title = plot.querySelector('.gtitle');
+  if (!bar || !title || !plot.offsetParent) continue;
+  const a = bar.getBoundingClientRect(), b = title.getBoundingClientRect();
+  if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) hits.push(title.textContent);
+}
+return hits;
+"""
+
+
+def test_phone_width_every_tab_reachable_and_readable(app_url, driver):
+    driver.set_window_size(420, 900)
+    try:
+        driver.get(app_url)
+        run_live(driver, "Tell me about bread.")
+        buttons = [b for b in _css(driver, "button[role='tab']") if b.is_displayed()]
+        assert [b.text.strip() for b in buttons] == list(TABS.values())  # every tab shown and labelled, none in a menu
+        assert all(b.rect["x"] >= 0 and b.rect["x"] + b.rect["width"] <= 420 for b in buttons)
+        stems = driver.execute_script("return [...document.querySelectorAll('#live-csv .stem, #live-json .stem')]"
+                                      ".map(e => [e.textContent, e.clientWidth, e.scrollWidth])")
+        assert len(stems) == 2 and all(0 < width >= full for _, width, full in stems), stems  # file names not cut
+        assert driver.execute_script(TOOLBAR_OVER_TITLE, "#tab-live") == []
+        for tab in TABS:
+            open_tab(driver, tab)
+            assert driver.execute_script(BROKEN_WORDS, f"#tab-{tab} table th, #tab-{tab} table td") == [], tab
+            assert driver.execute_script(TOOLBAR_OVER_TITLE, f"#tab-{tab}") == [], tab
+    finally:
+        driver.set_window_size(1280, 1000)
+
+
+CHIP_COLOURS = """
+return [...document.querySelectorAll('#live-chips .ax-chip')].map(chip => {
+  let opacity = 1;
+  for (let e = chip; e; e = e.parentElement) opacity *= parseFloat(getComputedStyle(e).opacity);
+  const style = getComputedStyle(chip);
+  return [style.color, style.backgroundColor, opacity];
+});
+"""
+
+
+def _hex(css_rgb: str) -> str:
+    parts = css_rgb[css_rgb.index("(") + 1 : css_rgb.index(")")].split(",")
+    assert len(parts) == 3, f"a translucent colour: {css_rgb}"
+    return "#" + "".join(f"{int(float(v)):02x}" for v in parts)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_chip_text_contrast_meets_wcag_aa(app_url, driver, theme):
+    driver.get(f"{app_url}?__theme={theme}")
+    run_live(driver, "Is the moon made of cheese?")
+    assert driver.execute_script("return document.body.classList.contains('dark')") == (theme == "dark")
+    colours = driver.execute_script(CHIP_COLOURS)
+    assert colours and all(opacity == 1 for *_, opacity in colours)  # opaque: the page behind never shows through
+    worst = min(contrast(_hex(fg), _hex(bg)) for fg, bg, _ in colours)
+    assert worst >= 4.5, f"lowest chip contrast {worst:.2f}:1 in the {theme} theme"

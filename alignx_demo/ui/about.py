@@ -83,7 +83,9 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
             f"({counts['experts']:,} parameters) and one router per layer ({counts['routers']:,}); "
             f"calibration: {', '.join(loaded.mocae.calibration.names) if loaded.mocae.calibration else 'none (uncalibrated only)'}."
         )
-        parts += [f"⚠ {n}" for n in context.notices]
+        if context.notices:
+            parts.append("#### How the model was loaded (notes for the operator)\n"
+                         + "\n".join(f"- {n}" for n in context.notices))
         parts.append("#### Model card figures\n" + model_figures(loaded.path))
     parts.append(CALIBRATED)
     parts.append("### Reproduce every figure")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -28,10 +29,26 @@ TAB_IDS = ("live", "compare", "collapse", "tradeoff", "benchmarks", "about")
 
 
 def status_html(context: ModelContext) -> str:
+    """The header's model line: which model, or why none could be loaded (the loader's notices for the operator
+    are in the About tab)."""
     if context.loaded is None:
         return f'<p class="ax-notice">⚠ {html.escape(context.problem or "no model loaded")}</p>'
-    notices = "".join(f'<p class="ax-notice">⚠ {html.escape(n)}</p>' for n in context.notices)
-    return f"<p>Model loaded: <b>{html.escape(context.name)}</b></p>{notices}"
+    return f"<p>Model loaded: <b>{html.escape(context.name)}</b> · details in the About tab</p>"
+
+
+class AppBlocks(gr.Blocks):
+    """gr.Blocks whose API answers a call with too few inputs with one sentence naming the inputs (Gradio's own
+    message lists Python objects and logs a traceback)."""
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        wanted = block_fn.inputs
+        if len(inputs) >= len(wanted):
+            return
+        names = [n or getattr(c, "label", None) or f"input {i + 1}" for i, (n, c) in
+                 enumerate(zip(block_fn.input_parameter_names or [None] * len(wanted), wanted))]
+        endpoint = f"/{block_fn.api_name}" if block_fn.api_name else "this event"
+        raise gr.Error(f"{endpoint} takes {len(wanted)} inputs ({', '.join(map(str, names))}) but got {len(inputs)}; "
+                       "send them all, in this order.", print_exception=False)
 
 
 def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None = None) -> gr.Blocks:
@@ -40,18 +57,18 @@ def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None
     artefacts = precomputed if isinstance(precomputed, Artefacts) else load_artefacts(precomputed)
     key = serve(context)
     limits = context.limits
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    with AppBlocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{HEADER}")
         gr.HTML(status_html(context), elem_id="model-status")
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap", elem_id="tabs"):
             with gr.Tab("Live routing", id="live", elem_id="tab-live"):
-                build_live_tab(key, artefacts, context.loaded is not None, limits)
+                build_live_tab(key, artefacts, context.loaded is not None)
             with gr.Tab("Calibrated vs uncalibrated", id="compare", elem_id="tab-compare"):
-                build_compare_tab(key, artefacts, limits)
+                build_compare_tab(key, artefacts)
             with gr.Tab("Axis Collapse", id="collapse", elem_id="tab-collapse"):
                 build_collapse_tab(key, artefacts)
             with gr.Tab("Trade-off", id="tradeoff", elem_id="tab-tradeoff"):
-                build_tradeoff_tab(key, limits)
+                build_tradeoff_tab(key)
             with gr.Tab("Benchmarks", id="benchmarks", elem_id="tab-benchmarks"):
                 build_results_tab(artefacts.folder)
             with gr.Tab("About", id="about", elem_id="tab-about"):

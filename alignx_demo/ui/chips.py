@@ -1,5 +1,8 @@
 """Token chips: each token's background mixes the axis colours by its routing weights.
 
+Chips are opaque and carry their own text colour (black or white, whichever contrasts more), so
+they read the same in the light and the dark theme; prompt tokens are a greyer, dashed version.
+
 Every string from a visitor or the model is HTML-escaped before it reaches the page; hover details
 live in the `title` attribute, escaped too.
 """
@@ -11,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from alignx_demo.config import AXES
-from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, mix_color
+from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, mix_color, muted, text_color
 
 
 def legend_html(flips: bool = False) -> str:
@@ -22,7 +25,7 @@ def legend_html(flips: bool = False) -> str:
     extra = '<span><span class="ax-swatch ax-flip-swatch"></span>top expert differs between the two routings</span>' if flips else ""
     return (
         f'<div class="ax-legend">{items}{extra}'
-        "<span>· chip colour = mix of the three routing weights · dashed = prompt token · hover a chip for details</span></div>"
+        "<span>· chip colour = mix of the three routing weights · greyer, dashed = prompt token · hover a chip for details</span></div>"
     )
 
 
@@ -53,8 +56,11 @@ def chips_html(tokens: Iterable[dict[str, Any]], flips: dict[int, str] | None = 
         if token["position"] in flips:
             cls += " ax-flip"
             title += f"\ntop expert differs: the other routing picks {flips[token['position']]}"
+        background = mix_color(token["weights"])
+        if token["is_prompt"]:
+            background = muted(background)
         parts.append(
-            f'<span class="{cls}" style="background:{mix_color(token["weights"])}" '
+            f'<span class="{cls}" style="background:{background};color:{text_color(background)}" '
             f'title="{html.escape(title, quote=True)}">{html.escape(_visible(token["text"]))}</span>'
         )
     if not parts and empty:

@@ -15,7 +15,7 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.analysis.placement import DEFAULT_K, place
-from alignx_demo.analysis.regimes import REGIME_LABELS, REGIMES, RegimeSet
+from alignx_demo.analysis.regimes import REGIME_LABELS, REGIMES, ROUTED, RegimeSet
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.plots import empty_figure, map_figure
@@ -69,13 +69,23 @@ def all_regimes_table(artefacts: Artefacts) -> str:
 
 
 def neighbours_markdown(placement: dict[str, Any] | None, regime: str) -> str:
+    """Where the visitor's prompt lands on one regime's map; the router is named only where the regime has one."""
     if not placement:
         return ""
     spot = placement["regimes"].get(regime, {})
     if "unavailable" in spot:
         return f"Your prompt cannot be placed on this map: {html.escape(spot['unavailable'])}"
-    lines = [f"**Your prompt's {placement['k']} nearest map prompts** ({REGIME_LABELS[regime]}; "
-             f"the calibrated router sends it mostly to **{AXIS_LABELS[placement['router_axis']]}**):"]
+    neighbours = spot.get("neighbours", [])
+    if regime in ROUTED:
+        how = f"the calibrated router sends it mostly to **{AXIS_LABELS[placement['router_axis']]}**"
+    elif neighbours:
+        counts = {a: sum(n["axis"] == a for n in neighbours) for a in AXES}
+        axis = max(counts, key=counts.get)
+        how = (f"this regime has no router; {counts[axis]} of the {len(neighbours)} nearest prompts are "
+               f"**{AXIS_LABELS[axis]}** prompts")
+    else:
+        how = "this regime has no router"
+    lines = [f"**Your prompt's {placement['k']} nearest map prompts** ({REGIME_LABELS[regime]}; {how}):"]
     for n in spot.get("neighbours", []):
         lines.append(f"- {AXIS_LABELS[n['axis']]}: {html.escape(n['text'])} (distance {n['distance']:.3f})")
     return "\n".join(lines)
@@ -164,7 +174,10 @@ def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
                 regime = gr.Dropdown([(REGIME_LABELS[r], r) for r in REGIMES], value=default, label="Regime", elem_id="collapse-regime")
                 axes = gr.CheckboxGroup([(AXIS_LABELS[a], a) for a in AXES], value=list(AXES), label="Axes shown")
             fig = map_figure(map_data, default, list(AXES)) if map_data else empty_figure("No precomputed map.")
-            plot = gr.Plot(fig, label="Map", elem_id="collapse-map")
+            plot = gr.Plot(fig, show_label=False, elem_id="collapse-map", elem_classes=["ax-plot"])
+            gr.Markdown("Each dot is one prompt, placed by how the regime's model represents it: dots of one colour "
+                        "that gather apart from the others mean that regime keeps that axis distinct; mixed colours "
+                        "mean the axes collapse into one another.", elem_classes=["ax-caption"])
         with gr.Column(scale=2, min_width=280):
             figures = gr.Markdown(figures_markdown(artefacts, default), elem_classes=["ax-figures"])
             if artefacts.get("collapse") is None:
@@ -174,7 +187,7 @@ def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
         prompt = gr.Textbox(label="Place your own prompt on the maps", lines=1, max_lines=4, scale=4,
                             placeholder="e.g. How do I get rid of a wasp nest safely?", elem_id="collapse-prompt")
         place_btn = gr.Button("Place my prompt", variant="primary", scale=1, elem_id="collapse-place")
-    neighbours = gr.Markdown()
+    neighbours = gr.Markdown(elem_id="collapse-neighbours")
     with gr.Accordion("Placement (JSON, as returned by the API)", open=False):
         placement = gr.JSON(label="Placement")
     state = gr.State(None)
@@ -188,7 +201,10 @@ def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
     for control in (regime, axes):
         control.change(visitor_errors(redraw), inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private",
                        show_progress="hidden")
-    place_btn.click(lambda p: place_prompt(key, artefacts, p), inputs=prompt, outputs=placement, api_name="place_prompt",
+    def place_on_maps(prompt: str) -> dict[str, Any]:
+        return place_prompt(key, artefacts, prompt)
+
+    place_btn.click(place_on_maps, inputs=prompt, outputs=placement, api_name="place_prompt",
                     api_description="Place a prompt on every regime's map by its nearest map prompts in feature space.",
                     **MODEL_EVENT)
     placement.change(lambda p: p, inputs=placement, outputs=state, api_visibility="private").then(

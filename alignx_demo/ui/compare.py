@@ -14,7 +14,6 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.config import AXES
-from alignx_demo.serving import Limits
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.plots import empty_figure, reliability_figure, shares_figure
 from alignx_demo.ui.runner import (
@@ -22,12 +21,12 @@ from alignx_demo.ui.runner import (
     MODES,
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
-    limits_of,
     one_of,
     request_deadline,
     settings_from,
     shares,
     stream_trace,
+    token_cap,
     visitor_errors,
 )
 from alignx_demo.ui.theme import AXIS_LABELS
@@ -90,7 +89,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 @visitor_errors
 def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool, temperature: float, top_p: float,
                    seed: float, mode: str) -> Iterator[tuple[str, str, str, Any]]:
-    generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, limits_of(key).half_max_new_tokens).to_dict()
+    generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, token_cap(key, several=True)).to_dict()
     mode = one_of(mode, "routing mode", MODES)
     deadline = request_deadline(key)
     traces: dict[str, dict[str, Any]] = {}
@@ -113,7 +112,26 @@ def _shares_plot(result: dict[str, Any] | None) -> Any:
     return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Mean weight per axis (generated tokens)")
 
 
-def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
+SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}
+
+
+def reliability_sentence(variants: dict[str, dict[str, Any]], where: str) -> str:
+    """How to read one reliability diagram, with its own numbers: which routing has the lower ECE, by how much."""
+    ece = {name: data["prompt_metrics"]["ece"] for name, data in variants.items()}
+    if set(ece) != set(RUNS):
+        return f"{where}: " + ", ".join(f"{name} ECE {v:.3f}" for name, v in ece.items()) + " (lower is better)."
+    cal, unc = ece["calibrated"], ece["uncalibrated"]
+    if round(cal, 3) == round(unc, 3):
+        verdict = f"both routings have the same ECE ({cal:.3f})"
+    else:
+        low, high = ("calibrated", "uncalibrated") if cal < unc else ("uncalibrated", "calibrated")
+        verdict = (f"**{low}** routing is better calibrated here: ECE {min(cal, unc):.3f} against {max(cal, unc):.3f} "
+                   f"{high}, {abs(cal - unc):.3f} lower")
+    return (f"{where} ({variants['calibrated']['prompt_metrics']['n']} prompts): {verdict} "
+            "(ECE = mean gap between confidence and accuracy over the bins; lower is better).")
+
+
+def build_compare_tab(key: int, artefacts: Artefacts) -> None:
     gr.HTML(legend_html(flips=True))
     gr.Markdown("The same prompt and seed, generated once with the calibrated router and once with raw softmax routing. "
                 "Tokens whose top expert differs between the two are outlined in red.")
@@ -123,8 +141,9 @@ def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
             run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=1, min_width=240):
             mode = gr.Radio(list(MODES), value="soft", label="Routing mode")
-            max_new = gr.Slider(1, limits.half_max_new_tokens, value=min(32, limits.half_max_new_tokens), step=1,
-                                label="Max new tokens")
+            cap = token_cap(key, several=True)
+            max_new = gr.Slider(1, cap, value=min(32, cap), step=1, precision=0, label="Max new tokens",
+                                info=f"up to {cap} for each of the two runs")
             do_sample = gr.Checkbox(False, label="Sample (same seed both ways)")
             temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
             top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="Top-p")
@@ -132,15 +151,18 @@ def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
     with gr.Row():
         with gr.Column(min_width=280):
             gr.Markdown("**Calibrated routing**")
-            cal = gr.HTML(chips_html([], empty="—"), elem_id="compare-calibrated")
+            cal = gr.HTML(chips_html([], empty="—"), label="Calibrated chips HTML", elem_id="compare-calibrated")
         with gr.Column(min_width=280):
             gr.Markdown("**Uncalibrated routing** (raw softmax)")
-            unc = gr.HTML(chips_html([], empty="—"), elem_id="compare-uncalibrated")
+            unc = gr.HTML(chips_html([], empty="—"), label="Uncalibrated chips HTML", elem_id="compare-uncalibrated")
     with gr.Row():
-        summary = gr.Markdown(elem_classes=["ax-figures"])
-        shares_plot = gr.Plot(_shares_plot(None), label="Axis shares")
+        summary = gr.Markdown(label="Summary", elem_classes=["ax-figures"], elem_id="compare-summary")
+        with gr.Column(min_width=280):
+            shares_plot = gr.Plot(_shares_plot(None), show_label=False, elem_classes=["ax-plot"])
+            gr.Markdown("Bars: each expert's mean routing weight over the generated tokens of each run — where the two "
+                        "runs' bars differ, calibration changed which expert shaped the answer.", elem_classes=["ax-caption"])
     with gr.Accordion("Result (JSON, as returned by the API)", open=False):
-        result = gr.JSON(label="Both traces and the summary")
+        result = gr.JSON(label="Result")
 
     gr.Markdown("### Reliability of routing on held-out prompts\nEach point is a confidence bin: how often the router's top axis is the "
                 "prompt's true axis, against how confident it was. On the diagonal = calibrated; below = over-confident.")
@@ -151,11 +173,16 @@ def build_compare_tab(key: int, artefacts: Artefacts, limits: Limits) -> None:
         gr.Markdown(f"Source: {data['source']} · built by `{data['command']}` · model {data['model']}")
         with gr.Row():
             for split, variants in data["splits"].items():
-                title = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}.get(split, split)
-                gr.Plot(reliability_figure(variants, title), label=f"Reliability — {title}")
+                title = SPLIT_TITLES.get(split, split)
+                with gr.Column(min_width=300):
+                    gr.Plot(reliability_figure(variants, title), show_label=False, elem_classes=["ax-plot"])
+                    gr.Markdown(reliability_sentence(variants, title), elem_classes=["ax-caption", "ax-reliability"])
 
-    inputs = [prompt, max_new, do_sample, temperature, top_p, seed, mode]
-    run_btn.click(lambda *args: (yield from stream_compare(key, *args)), inputs=inputs, outputs=[cal, unc, summary, result],
+    def compare(prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, seed: int,
+                mode: str) -> Iterator[tuple[str, str, str, Any]]:
+        yield from stream_compare(key, prompt, max_new_tokens, do_sample, temperature, top_p, seed, mode)
+
+    run_btn.click(compare, inputs=[prompt, max_new, do_sample, temperature, top_p, seed, mode], outputs=[cal, unc, summary, result],
                   api_name="compare", **MODEL_EVENT,
                   api_description="Generate the prompt with calibrated and uncalibrated routing (same seed); returns both traces and a summary.")
     result.change(visitor_errors(_shares_plot), inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")

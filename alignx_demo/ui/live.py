@@ -3,10 +3,17 @@
 The named endpoint `generate` streams (chips HTML, summary markdown, trace JSON); the trace is
 partial (finish_reason None) until the last update. The plots, the visitor's state and the
 downloads follow from the trace by a private event, so the API stays plain data.
+
+On the page, Generate first clears the previous run's outputs (a private step before `generate`).
+Stop asks the page's own run to end before its next token (or at once, if it is still waiting in
+the queue): the run then sends its final trace as usual, with finish_reason "stopped", and the
+summary, plots and downloads are drawn from exactly that trace. (API callers stop a run by
+cancelling their job.)
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +22,6 @@ import gradio as gr
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.analysis.map_prompts import EXAMPLES
 from alignx_demo.config import AXES
-from alignx_demo.serving import Limits
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import write_exports
 from alignx_demo.ui.plots import heatmap_figure, weights_figure
@@ -25,14 +31,18 @@ from alignx_demo.ui.runner import (
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
     flag,
-    limits_of,
     one_of,
     settings_from,
     shares,
     stream_trace,
+    token_cap,
     visitor_errors,
 )
 from alignx_demo.ui.theme import AXIS_LABELS
+
+EMPTY_CHIPS = "Tokens appear here, coloured by routing, as they are generated."
+STOPS: dict[str, threading.Event] = {}
+"""The Stop signal of each page session's current live run (by Gradio session hash), removed when the run ends."""
 
 
 def summary_markdown(trace: dict[str, Any]) -> str:
@@ -45,9 +55,12 @@ def summary_markdown(trace: dict[str, Any]) -> str:
     how = ("calibrated" if routing["calibrated"] else "uncalibrated") + f", {routing['mode']}"
     if routing.get("axis_prior"):
         how += ", axis prior " + "/".join(f"{v:.2f}" for v in routing["axis_prior"]) + f" (blend {routing['prior_blend']:.2f})"
+    finish = trace["finish_reason"]
+    finish = "**stopped** (Stop pressed)" if finish == "stopped" else (finish or "running…")
     lines = [
-        f"**{len(generated)} generated + {n_prompt} prompt tokens** · finish: {trace['finish_reason'] or 'running…'} · routing: {how}",
-        "Mean weight over generated tokens: " + " · ".join(f"{AXIS_LABELS[a]} {share[a]:.0%}" for a in trace["axes"]),
+        f"**{len(generated)} generated + {n_prompt} prompt tokens** · finish: {finish} · routing: {how}",
+        f"Mean weight over {'generated' if generated else 'prompt'} tokens: "
+        + " · ".join(f"{AXIS_LABELS[a]} {share[a]:.0%}" for a in trace["axes"]),
         f"Model: {trace['model']}",
     ]
     lines += [f"⚠ {n}" for n in trace["notices"]]
@@ -56,12 +69,26 @@ def summary_markdown(trace: dict[str, Any]) -> str:
 
 @visitor_errors
 def stream_generate(key: int, prompt: str, max_new_tokens: float, do_sample: bool, temperature: float, top_p: float,
-                    seed: float, calibrated: bool, mode: str) -> Iterator[tuple[str, str, Any]]:
-    """Yield (chips HTML, summary markdown, trace JSON) while generating."""
-    generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, limits_of(key).max_new_tokens).to_dict()
+                    seed: float, calibrated: bool, mode: str, stop: threading.Event | None = None) -> Iterator[tuple[str, str, Any]]:
+    """Yield (chips HTML, summary markdown, trace JSON) while generating, until done or `stop` is set."""
+    generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, token_cap(key)).to_dict()
     routing = {"mode": one_of(mode, "routing mode", MODES), "calibrated": flag(calibrated, "calibrated")}
-    for trace in stream_trace(key, prompt, generation, routing):
+    for trace in stream_trace(key, prompt, generation, routing, stop=stop):
         yield chips_html(trace["tokens"]), summary_markdown(trace), trace
+
+
+def start_run(request: gr.Request) -> tuple[Any, ...]:
+    """Before a page run: a fresh Stop signal for the session, and the previous run's outputs cleared."""
+    STOPS[request.session_hash] = threading.Event()
+    hidden = gr.File(value=None, visible=False)
+    return chips_html([], empty="Waiting for the first tokens…"), "*Generating…*", None, None, hidden, hidden
+
+
+def stop_run(request: gr.Request) -> None:
+    """Stop: signal the session's current run (a no-op when none is running)."""
+    stop = STOPS.get(request.session_hash)
+    if stop is not None:
+        stop.set()
 
 
 def render_views(trace: dict[str, Any] | None, axis: str) -> tuple[Any, Any, Any, Any, Any]:
@@ -71,7 +98,8 @@ def render_views(trace: dict[str, Any] | None, axis: str) -> tuple[Any, Any, Any
     if trace.get("finish_reason") is None:
         return weights_figure(trace), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     csv_path, json_path = write_exports(trace)
-    return weights_figure(trace), heatmap_figure(trace, axis), trace, csv_path, json_path
+    return (weights_figure(trace), heatmap_figure(trace, axis), trace,
+            gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True))
 
 
 def show_example(artefacts: Artefacts, choice: str | None) -> tuple[str, str, Any]:
@@ -85,7 +113,7 @@ def show_example(artefacts: Artefacts, choice: str | None) -> tuple[str, str, An
     return gr.skip(), gr.skip(), gr.skip()
 
 
-def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, limits: Limits) -> None:
+def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
     """The components and events of the live tab (inside an open gr.Blocks/gr.Tab)."""
     gr.HTML(legend_html())
     with gr.Row():
@@ -95,7 +123,7 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, limits: Li
             gr.Examples(examples, inputs=prompt, label="Examples: " + ", ".join(EXAMPLES))
             with gr.Row():
                 run_btn = gr.Button("Generate", variant="primary", elem_id="live-generate")
-                stop_btn = gr.Button("Stop", variant="stop")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="live-stop")
             if not model_ready and artefacts.get("examples"):
                 gr.Markdown("No model is loaded, but you can look at precomputed example generations:")
             example_choices = []
@@ -109,41 +137,54 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, limits: Li
         with gr.Column(scale=1, min_width=240):
             calibrated = gr.Checkbox(True, label="Calibrated routing")
             mode = gr.Radio(list(MODES), value="soft", label="Routing mode", info="soft mixes all three experts; top1 uses only the strongest")
-            max_new = gr.Slider(1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1, label="Max new tokens")
+            cap = token_cap(key)
+            max_new = gr.Slider(1, cap, value=min(64, cap), step=1, precision=0, label="Max new tokens",
+                                info=f"up to {cap}, what this model's context and the server allow")
             do_sample = gr.Checkbox(False, label="Sample (otherwise greedy)")
             temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
             top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="Top-p")
             seed = gr.Number(0, precision=0, label="Seed")
-    chips = gr.HTML(chips_html([], empty="Tokens appear here, coloured by routing, as they are generated."), elem_id="live-chips")
-    summary = gr.Markdown(elem_id="live-summary")
+    chips = gr.HTML(chips_html([], empty=EMPTY_CHIPS), label="Chips HTML", elem_id="live-chips")
+    summary = gr.Markdown(label="Summary", elem_id="live-summary")
     with gr.Row():
-        weights_plot = gr.Plot(weights_figure(None), label="Weights per token", elem_id="live-weights")
-        with gr.Column():
+        with gr.Column(min_width=300):
+            weights_plot = gr.Plot(weights_figure(None), show_label=False, elem_id="live-weights", elem_classes=["ax-plot"])
+            gr.Markdown("Each line is one expert's routing weight (mean over layers) at each token; the grey band is "
+                        "the prompt.", elem_classes=["ax-caption"])
+        with gr.Column(min_width=300):
             heat_axis = gr.Radio(list(AXES), value=AXES[0], label="Heatmap axis")
-            heatmap = gr.Plot(heatmap_figure(None, AXES[0]), label="Layers × tokens")
+            heatmap = gr.Plot(heatmap_figure(None, AXES[0]), show_label=False, elem_id="live-heatmap", elem_classes=["ax-plot"])
+            gr.Markdown("The stronger a cell's colour, the more the chosen expert weighs at that layer (row) and token "
+                        "(column); the dashed line separates prompt from answer.", elem_classes=["ax-caption"])
     with gr.Row():
-        csv_file = gr.File(label="Download trace (CSV)", interactive=False, elem_id="live-csv")
-        json_file = gr.File(label="Download trace (JSON)", interactive=False, elem_id="live-json")
+        csv_file = gr.File(label="Download trace (CSV)", interactive=False, visible=False, min_width=260, elem_id="live-csv",
+                           elem_classes=["ax-download"])
+        json_file = gr.File(label="Download trace (JSON)", interactive=False, visible=False, min_width=260, elem_id="live-json",
+                            elem_classes=["ax-download"])
     with gr.Accordion("Trace (JSON, as returned by the API)", open=False):
         trace = gr.JSON(label="Trace")
     state = gr.State(None)
     if artefacts.notice("examples") and not model_ready:
         gr.HTML(notice_html(artefacts.notice("examples")))
 
-    event = run_btn.click(
-        lambda *args: (yield from stream_generate(key, *args)),
-        inputs=[prompt, max_new, do_sample, temperature, top_p, seed, calibrated, mode],
-        outputs=[chips, summary, trace],
-        api_name="generate",
-        api_description="Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has the full trace.",
-        **MODEL_EVENT,
-    )
-    submitted = prompt.submit(
-        lambda *args: (yield from stream_generate(key, *args)),
-        inputs=[prompt, max_new, do_sample, temperature, top_p, seed, calibrated, mode],
-        outputs=[chips, summary, trace], api_visibility="private", **MODEL_EVENT,
-    )
-    stop_btn.click(None, cancels=[event, submitted])
+    def generate(prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, seed: int,
+                 calibrated: bool, mode: str, request: gr.Request) -> Iterator[tuple[str, str, Any]]:
+        session = getattr(request, "session_hash", None)
+        stop = STOPS.get(session) if session else None
+        try:
+            yield from stream_generate(key, prompt, max_new_tokens, do_sample, temperature, top_p, seed, calibrated, mode, stop)
+        finally:
+            if stop is not None and STOPS.get(session) is stop:
+                del STOPS[session]
+
+    inputs = [prompt, max_new, do_sample, temperature, top_p, seed, calibrated, mode]
+    cleared = [chips, summary, trace, state, csv_file, json_file]
+    for trigger, api in ((run_btn.click, {"api_name": "generate"}), (prompt.submit, {"api_visibility": "private"})):
+        trigger(start_run, outputs=cleared, api_visibility="private", queue=False, show_progress="hidden").then(
+            generate, inputs=inputs, outputs=[chips, summary, trace], **api, **MODEL_EVENT,
+            api_description="Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has "
+                            "the full trace.")
+    stop_btn.click(stop_run, api_visibility="private", queue=False, show_progress="hidden")
     trace.change(visitor_errors(render_views), inputs=[trace, heat_axis], outputs=[weights_plot, heatmap, state, csv_file, json_file],
                  api_visibility="private", trigger_mode="always_last", show_progress="hidden")
     heat_axis.change(visitor_errors(lambda t, a: heatmap_figure(t, a)), inputs=[state, heat_axis], outputs=heatmap,

@@ -2,26 +2,69 @@
 
 Hover text that contains visitor or model text is HTML-escaped (Plotly renders a subset of HTML
 in hover labels and decodes entities, so escaped text shows as typed and runs nothing).
+
+Every figure is a `Figure`, which carries Plotly's display config to the page: the toolbar shows
+only while the pointer is over the plot, and never on the compact placeholders shown before a run.
+Titles sit below the toolbar's row, so the toolbar never covers them (on a touch screen Plotly shows it
+all the time), and legends sit under the plot, so they never run into a title on a narrow screen.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 from typing import Any
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from alignx_demo.config import AXES
 from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR
 
 FONT = dict(color="#7a7a86", size=12)
+CONFIG = {"displayModeBar": "hover", "displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+TOOLBAR_PX = 30
+"""Height of Plotly's toolbar row: titles start below it."""
+
+
+class Figure(go.Figure):
+    """A Plotly figure that takes its display config (`CONFIG`, or `config`) to the page: Gradio's Plot
+    serialises a figure with `to_json()`, and its front end passes the JSON's `config` to Plotly."""
+
+    def __init__(self, *args: Any, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._display_config = CONFIG if config is None else config
+
+    def to_json(self, *args: Any, **kwargs: Any) -> str:
+        return pio.json.to_json_plotly({**self.to_plotly_json(), "config": self._display_config})
+
+
+TITLE_CHARS = 44
+"""Title lines are wrapped at this many characters: Plotly never wraps a title, and a phone shows about 45."""
+
+
+def wrap_title(title: str, width: int = TITLE_CHARS) -> str:
+    """`title` with `<br>` between words so that no line is longer than `width` characters (where it can be)."""
+    lines: list[str] = []
+    for word in title.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
 
 
 def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs: Any) -> go.Figure:
+    title = wrap_title(title)
+    lines = title.count("<br>") + 1 if title else 0
+    pad = TOOLBAR_PX + 13 * max(0, lines - 1)  # Plotly lifts each further line of a top-anchored title by ~13 px
+    margin = dict(l=40, r=10, t=pad + 18 * lines + 12 if title else 10, b=40) | kwargs.pop("margin", {})
     fig.update_layout(
-        title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=40, r=10, t=40, b=40),
+        title=dict(text=title, font=dict(size=14), x=0, xanchor="left", xref="paper", y=1, yref="container",
+                   yanchor="top", pad=dict(t=pad)),
+        height=height, margin=margin,
         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font=FONT,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), **kwargs,
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0), **kwargs,
     )
     fig.update_xaxes(gridcolor="rgba(128,128,128,0.2)", zeroline=False)
     fig.update_yaxes(gridcolor="rgba(128,128,128,0.2)", zeroline=False)
@@ -33,9 +76,13 @@ def _token_label(token: dict[str, Any]) -> str:
     return html.escape(text[:40])
 
 
-def empty_figure(message: str, height: int = 260) -> go.Figure:
-    fig = go.Figure()
-    fig.add_annotation(text=html.escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+@functools.lru_cache(maxsize=64)
+def empty_figure(message: str, height: int = 90) -> go.Figure:
+    """A compact placeholder: one line of text, no axes, no toolbar. Built once per message (Plotly's validation
+    is slow), so callers must not change it."""
+    fig = Figure(config={"displayModeBar": False, "staticPlot": True})
+    fig.add_annotation(text=html.escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=13))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _layout(fig, "", height)
@@ -46,7 +93,7 @@ def weights_figure(trace: dict[str, Any] | None) -> go.Figure:
     tokens = (trace or {}).get("tokens") or []
     if not tokens:
         return empty_figure("Routing weights per token appear here while generating.")
-    fig = go.Figure()
+    fig = Figure()
     x = [t["position"] for t in tokens]
     hover = [f"#{t['position']} {'prompt' if t['is_prompt'] else 'generated'}: “{_token_label(t)}”" for t in tokens]
     for axis in AXES:
@@ -64,6 +111,10 @@ def weights_figure(trace: dict[str, Any] | None) -> go.Figure:
     return _layout(fig, "Routing weight per token")
 
 
+MAX_TICKS = 10
+"""Most token labels on the heatmap's x axis."""
+
+
 def heatmap_figure(trace: dict[str, Any] | None, axis: str) -> go.Figure:
     """Layers × tokens heatmap of one axis's weight; prompt tokens marked on the x axis."""
     tokens = (trace or {}).get("tokens") or []
@@ -76,18 +127,19 @@ def heatmap_figure(trace: dict[str, Any] | None, axis: str) -> go.Figure:
     z = [[t["layers"][layer][k] for t in tokens] for layer in range(n_layers)]
     labels = [f"{t['position']}{'·p' if t['is_prompt'] else ''}" for t in tokens]
     text = [[f"#{t['position']} “{_token_label(t)}”{' (prompt)' if t['is_prompt'] else ''}" for t in tokens] for _ in range(n_layers)]
-    fig = go.Figure(go.Heatmap(
+    fig = Figure(go.Heatmap(
         z=z, x=list(range(len(tokens))), y=list(range(n_layers)), zmin=0, zmax=1, text=text,
         colorscale=[[0, "rgba(128,128,128,0.08)"], [1, AXIS_COLORS[axis]]],
         hovertemplate="layer %{y}<br>%{text}<br>" + AXIS_LABELS[axis] + " %{z:.2f}<extra></extra>",
-        colorbar=dict(title=dict(text=AXIS_LABELS[axis]), thickness=10),
+        colorbar=dict(title=dict(text=AXIS_LABELS[axis], side="right"), thickness=8, len=0.9),
     ))
     n_prompt = sum(t["is_prompt"] for t in tokens)
     if n_prompt:
         fig.add_vline(x=n_prompt - 0.5, line=dict(color="#7a7a86", dash="dash"),
                       annotation_text="prompt | generated", annotation_position="top")
-    step = max(1, len(tokens) // 24)
-    fig.update_xaxes(tickmode="array", tickvals=list(range(0, len(tokens), step)), ticktext=labels[::step], title="token (·p = prompt)")
+    step = -(-len(tokens) // MAX_TICKS)  # at most MAX_TICKS labels, so they stay readable on a phone
+    fig.update_xaxes(tickmode="array", tickvals=list(range(0, len(tokens), step)), ticktext=labels[::step], title="token (·p = prompt)",
+                     tickangle=0)
     fig.update_yaxes(title="layer", dtick=1)
     return _layout(fig, f"{AXIS_LABELS[axis]} weight per layer and token", height=max(260, 60 + 28 * n_layers))
 
@@ -97,7 +149,7 @@ def shares_figure(rows: dict[str, dict[str, float]], title: str) -> go.Figure:
     if not rows:
         return empty_figure("Shares appear here after a run.")
     names = list(rows)
-    fig = go.Figure()
+    fig = Figure()
     for axis in AXES:
         fig.add_trace(go.Bar(x=names, y=[rows[n].get(axis, 0.0) for n in names], name=AXIS_LABELS[axis],
                              marker_color=AXIS_COLORS[axis], hovertemplate="%{x}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>"))
@@ -108,7 +160,7 @@ def shares_figure(rows: dict[str, dict[str, float]], title: str) -> go.Figure:
 
 def reliability_figure(variants: dict[str, dict[str, Any]], title: str) -> go.Figure:
     """Reliability diagram (accuracy vs confidence per bin) of calibrated and uncalibrated routing."""
-    fig = go.Figure()
+    fig = Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(color="#9ca3af", dash="dot")))
     styles = {"uncalibrated": ("#9333ea", "square"), "calibrated": ("#0891b2", "circle")}
@@ -137,7 +189,7 @@ def map_figure(map_data: dict[str, Any], regime: str, axes: list[str], placement
     prompts = map_data["prompts"]
     coords = info["coords"]
     routed = info.get("routed_axis")
-    fig = go.Figure()
+    fig = Figure()
     for axis in AXES:
         idx = [i for i, p in enumerate(prompts) if p["axis"] == axis and axis in axes]
         if not idx:

@@ -1,5 +1,6 @@
 """Benchmarks tab: the HHH table of `evaluate` and the efficiency comparison of `bench`, read from
-`precomputed/eval.json` and `precomputed/bench.json`, each shown with the command that made it."""
+`precomputed/eval.json` and `precomputed/bench*.json`, each shown with the command that made it,
+human column names with units, and a sentence under each figure saying how to read it."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from alignx_demo.evaluation.harness import table_rows
-from alignx_demo.ui.plots import _layout, empty_figure
+from alignx_demo.ui.plots import Figure, _layout, empty_figure
 from alignx_demo.ui.runner import visitor_errors
 
 EVAL_FILE, BENCH_FILE = "eval.json", "bench.json"
@@ -26,9 +26,46 @@ BENCH_RUNS = (
 )
 """Each bench report the tab shows: file, what shape it measures, the command that rebuilds it."""
 EVAL_SCHEMA, BENCH_SCHEMA = "alignx-eval/2", "alignx-bench/1"
-RATE_METRICS = ("harmful_refusal_rate", "xstest_safe_over_refusal", "mc1", "mc2", "preference_accuracy_proxy",
-                "no_comment_rate", "unsafe_rate", "judge_unsafe_rate", "win_rate")
 EVAL_COMMAND = "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json"
+
+SYSTEM_LABELS = {
+    "base": "Base", "expert_helpful": "Helpful expert alone", "expert_harmless": "Harmless expert alone",
+    "expert_honest": "Honest expert alone", "joint_sft": "Joint SFT", "sequential_sft": "Sequential SFT",
+    "uniform_merge": "Uniform merge", "mocae_uncalibrated": "MoCaE, uncalibrated", "mocae_temperature": "MoCaE + temperature",
+    "mocae_natural": "MoCaE + natural", "mocae_full": "MoCaE, full calibration", "mocae_soft": "MoCaE (soft)",
+    "mocae_top1": "MoCaE (top-1)", "xlora": "X-LoRA (PEFT)", "dense_moe": "Dense MoE", "ensemble": "Ensemble of 3",
+}
+METRICS = {  # key: (column name, plot title); ↑ higher is better, ↓ lower is better
+    "harmful_refusal_rate": ("Harmful prompts refused ↑", "Share of harmful prompts refused"),
+    "xstest_safe_over_refusal": ("Safe prompts refused (XSTest) ↓", "Share of safe XSTest prompts refused (over-refusal)"),
+    "unsafe_rate": ("Unsafe answers ↓", "Share of harmful prompts answered unsafely"),
+    "judge_unsafe_rate": ("Unsafe answers, judge ↓", "Share of answers the safety judge calls unsafe"),
+    "mc1": ("TruthfulQA MC1 ↑", "TruthfulQA MC1 accuracy"),
+    "mc2": ("TruthfulQA MC2 ↑", "TruthfulQA MC2 (probability on true answers)"),
+    "no_comment_rate": ("\"No comment\" answers", "Share of TruthfulQA questions answered \"no comment\""),
+    "preference_accuracy_proxy": ("Helpfulness proxy ↑", "Helpfulness proxy (GPT-4 reference preferred)"),
+    "win_rate": ("AlpacaEval win rate ↑", "AlpacaEval win rate against GPT-4 (judge model)"),
+}
+RATE_METRICS = tuple(METRICS)
+COMPARISONS = {  # ratio label in bench reports: what it compares
+    "mocae_soft_vs_base": "MoCaE (soft) ÷ base", "mocae_top1_vs_base": "MoCaE (top-1) ÷ base",
+    "xlora_vs_mocae": "X-LoRA ÷ MoCaE", "dense_moe_vs_mocae": "Dense MoE ÷ MoCaE", "ensemble_vs_mocae": "Ensemble ÷ MoCaE",
+}
+QUANTITIES = {  # ratio suffix: (column name, whether the value is measured or analytic)
+    "latency": ("Decode time, batch 1 (measured ×)", "measured"),
+    "latency_b8": ("Decode time, batch 8 (measured ×)", "measured"),
+    "macs": ("Compute per token (analytic ×)", "analytic"),
+    "memory": ("Memory (measured ×)", "measured"),
+    "weight_bytes": ("Weight bytes (analytic ×)", "analytic"),
+}
+SYSTEM_COLORS = {"base": "#64748b", "mocae_soft": "#0891b2", "mocae_top1": "#0e7490", "xlora": "#9333ea",
+                 "dense_moe": "#ea580c", "ensemble": "#be123c"}
+METRIC_SENTENCE = ("Each bar is one system's rate on the held-out prompts; the whisker is its 95 % bootstrap interval — "
+                   "bars whose whiskers overlap are not reliably different.")
+
+
+def label(system: str) -> str:
+    return SYSTEM_LABELS.get(system, system.replace("_", " "))
 
 
 def read_result(folder: Path, name: str, schema: str, command: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -45,6 +82,33 @@ def read_result(folder: Path, name: str, schema: str, command: str) -> tuple[dic
     return report, None
 
 
+def _cell(value: Any) -> str:
+    """A rate with its interval, as "0.54 [0.40, 0.69]" (breaks only at spaces)."""
+    if not isinstance(value, dict) or value.get("value") is None:
+        return "—"
+    ci = value.get("ci95")
+    return f"{value['value']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def eval_table_markdown(report: dict[str, Any]) -> str:
+    """One row per system: each rate with its 95 % interval, the composite, and held-out loss per axis."""
+    systems = report["systems"]
+    metrics = [m for m in METRICS if any(m in row for row in systems.values())]
+    axes = next((list(row["heldout_loss"]) for row in systems.values() if isinstance(row.get("heldout_loss"), dict)), [])
+    head = ["System", *(METRICS[m][0] for m in metrics), "Composite ↑"]
+    if axes:
+        head.append(f"Held-out loss, nats ({' / '.join(axes)}) ↓")
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in systems.items():
+        cells = [label(name), *(_cell(row.get(m)) for m in metrics)]
+        cells.append(f"{row['composite']:.3f}" if isinstance(row.get("composite"), (int, float)) else "—")
+        if axes:
+            loss = row.get("heldout_loss") or {}
+            cells.append(" / ".join(f"{loss[a]:.2f}" if a in loss else "—" for a in axes))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def metric_figure(report: dict[str, Any], metric: str) -> go.Figure:
     """One bar per system with its 95 % bootstrap interval."""
     names, values, low, high = [], [], [], []
@@ -56,31 +120,78 @@ def metric_figure(report: dict[str, Any], metric: str) -> go.Figure:
             ci = cell.get("ci95") or [cell["value"], cell["value"]]
             low.append(cell["value"] - ci[0])
             high.append(ci[1] - cell["value"])
+    title = METRICS.get(metric, (metric, metric))[1]
     if not names:
-        return empty_figure(f"No values for {metric}.")
-    fig = go.Figure(go.Bar(x=names, y=values, error_y=dict(type="data", array=high, arrayminus=low), marker_color="#64748b",
-                           hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    return _layout(fig, f"{metric} (95 % bootstrap interval)", 340)
+        return empty_figure(f"No values for {title}.")
+    fig = Figure(go.Bar(x=names, y=values, error_y=dict(type="data", array=high, arrayminus=low), marker_color="#64748b",
+                        customdata=[label(n) for n in names], hovertemplate="%{customdata}: %{y:.3f}<extra></extra>"))
+    fig.update_xaxes(tickmode="array", tickvals=names, ticktext=[label(n) for n in names], tickangle=-35)
+    fig.update_yaxes(title="rate (0–1)", rangemode="tozero")
+    return _layout(fig, f"{title} (95 % bootstrap interval)", 380, margin=dict(l=50, b=110))
 
 
 def bench_figure(report: dict[str, Any]) -> go.Figure:
-    """Decode latency against model memory, one point per system."""
-    fig = go.Figure()
+    """Decode latency against model memory, one point (and legend entry) per system."""
+    fig = Figure()
     for name, row in report["systems"].items():
-        fig.add_trace(go.Scatter(x=[row["model_bytes"] / 2**20], y=[row["decode_ms_b1_median"]], mode="markers+text",
-                                 text=[name], textposition="top center", name=name,
-                                 error_y=dict(type="data", symmetric=False,
-                                              array=[row["decode_ms_b1_spread"][1] - row["decode_ms_b1_median"]],
-                                              arrayminus=[row["decode_ms_b1_median"] - row["decode_ms_b1_spread"][0]])))
-    fig.update_yaxes(type="log", title="decode ms per token (batch 1, log)")
+        fig.add_trace(go.Scatter(
+            x=[row["model_bytes"] / 2**20], y=[row["decode_ms_b1_median"]], mode="markers", text=[name], name=label(name),
+            marker=dict(size=11, color=SYSTEM_COLORS.get(name, "#6b7280"), line=dict(width=1, color="white")),
+            hovertemplate=label(name) + "<br>%{x:.0f} MiB · %{y:.1f} ms per token<extra></extra>",
+            error_y=dict(type="data", symmetric=False, array=[row["decode_ms_b1_spread"][1] - row["decode_ms_b1_median"]],
+                         arrayminus=[row["decode_ms_b1_median"] - row["decode_ms_b1_spread"][0]]),
+        ))
+    fig.update_yaxes(type="log", title="decode time per token, batch 1 (ms, log)")
     fig.update_xaxes(title="model memory (MiB)")
-    return _layout(fig, "Latency vs memory (same base, same adapters)", 380, showlegend=False)
+    return _layout(fig, "Decode time vs memory (same base, same adapters)", 440, margin=dict(l=60))
 
 
 def bench_table(report: dict[str, Any]) -> pd.DataFrame:
     rows = [{"pair": k, "measured": round(v, 3), "analytic": round(report["analytic"].get(k.replace("_latency", "_macs").replace("_memory", "_weight_bytes"), float("nan")), 3)
              if (k.endswith("_latency") or k.endswith("_memory")) else None} for k, v in report["ratios"].items()]
     return pd.DataFrame(rows)
+
+
+def bench_ratio_markdown(report: dict[str, Any]) -> str:
+    """The ratios of `bench_table` as one row per comparison and one column per quantity (× = times the
+    second system's value; below 1 the first system is cheaper)."""
+    cells: dict[str, dict[str, float]] = {}
+    for row in bench_table(report).itertuples():
+        comparison, quantity = next(((c, row.pair[len(c) + 1:]) for c in COMPARISONS if row.pair.startswith(c + "_")), (None, None))
+        if comparison is None or quantity not in QUANTITIES:
+            continue
+        cells.setdefault(comparison, {})[quantity] = row.measured
+        if quantity in ("latency", "memory") and pd.notna(row.analytic):
+            cells[comparison]["macs" if quantity == "latency" else "weight_bytes"] = row.analytic
+    columns = [q for q in QUANTITIES if any(q in c for c in cells.values())]
+    lines = ["| Comparison | " + " | ".join(QUANTITIES[q][0] for q in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for comparison, values in cells.items():
+        lines.append(f"| {COMPARISONS[comparison]} | " + " | ".join(f"{values[q]:.2f}" if q in values else "—" for q in columns) + " |")
+    extra = report["ratios"].get("mocae_params_vs_base")
+    if extra is not None:
+        lines.append(f"\nMoCaE's experts and routers add {extra:.1%} parameters to the base.")
+    return "\n".join(lines)
+
+
+def bench_sentence(report: dict[str, Any]) -> str:
+    """How to read the figure and table of one bench report, with its own numbers (and why X-LoRA's
+    measured slowdown is far below its analytic compute ratio)."""
+    repeats = report.get("repeats", "several")
+    text = (f"Each point is one system: lower is faster, left is smaller; whiskers span the fastest and slowest of "
+            f"{repeats} rounds. In the table, × is the first system's value divided by the second's (below 1: cheaper); "
+            "*measured* columns are timed here, *analytic* ones count multiply-accumulates per decoded token or weight bytes.")
+    measured, analytic = report["ratios"].get("xlora_vs_mocae_latency"), report["analytic"].get("xlora_vs_mocae_macs")
+    if measured is not None and analytic is not None:
+        prompt, new = report.get("prompt_len", 0), report.get("new_tokens", 0)
+        context = prompt + (new + 1) / 2
+        text += (f" X-LoRA measures {measured:.1f}× MoCaE's decode time but counts {analytic:.0f}× its compute: PEFT's X-LoRA "
+                 f"runs without a KV cache, so every new token re-runs the whole sequence (here {context:.1f} tokens on "
+                 "average) and does so twice — a scalings pass, then the main pass — which the analytic count multiplies "
+                 "out; but one pass over a few dozen tokens takes far less time than a few dozen one-token passes, since "
+                 "at these sizes a pass mostly waits on reading the weights once, so the measured slowdown is much smaller")
+        b8 = report["ratios"].get("xlora_vs_mocae_latency_b8")
+        text += f" (and grows to {b8:.1f}× at batch 8, where compute weighs more)." if b8 is not None else "."
+    return text
 
 
 def build_results_tab(folder: str | Path | None) -> None:
@@ -92,13 +203,16 @@ def build_results_tab(folder: str | Path | None) -> None:
     if evaluation is None:
         gr.HTML(f'<p class="ax-notice">⚠ {html.escape(eval_notice or "")}</p>')
     else:
+        uses = evaluation["systems"][next(iter(evaluation["systems"]))].get("composite_uses")
         gr.Markdown(f"Made by `{html.escape(evaluation.get('command', EVAL_COMMAND))}` ({evaluation.get('seconds')} s). "
-                    "Rates with 95 % bootstrap intervals; helpfulness is a labelled proxy unless a judge was given "
-                    f"(`{evaluation['systems'][next(iter(evaluation['systems']))].get('composite_uses')}`).")
-        gr.Dataframe(pd.DataFrame(table_rows(evaluation)).round(3), interactive=False, wrap=True)
+                    "Rates from 0 to 1 on held-out prompts, each with its 95 % bootstrap interval in brackets; ↑ higher is "
+                    "better, ↓ lower is better. The composite is (helpfulness + MC2 − unsafe rate) / 3"
+                    + (f", with helpfulness from `{uses}`" if uses else "") + ".")
+        gr.Markdown(eval_table_markdown(evaluation), elem_classes=["ax-table"], elem_id="eval-table")
         present = [m for m in RATE_METRICS if any(m in row for row in evaluation["systems"].values())]
-        metric = gr.Dropdown(present, value="harmful_refusal_rate", label="Metric")
-        plot = gr.Plot(metric_figure(evaluation, "harmful_refusal_rate"))
+        metric = gr.Dropdown([(METRICS[m][1], m) for m in present], value="harmful_refusal_rate", label="Metric")
+        plot = gr.Plot(metric_figure(evaluation, "harmful_refusal_rate"), show_label=False, elem_classes=["ax-plot"])
+        gr.Markdown(METRIC_SENTENCE, elem_classes=["ax-caption"])
         metric.change(visitor_errors(lambda m: metric_figure(evaluation, m)), metric, plot, api_visibility="private")
     gr.Markdown("### Efficiency: MoCaE against X-LoRA, a dense MoE and an ensemble")
     for name, what, command in BENCH_RUNS:
@@ -107,8 +221,11 @@ def build_results_tab(folder: str | Path | None) -> None:
         if bench is None:
             gr.HTML(f'<p class="ax-notice">⚠ {html.escape(bench_notice or "")}</p>')
             continue
-        gr.Markdown(f"Made by `{html.escape(bench.get('command', command))}` on {bench['device']} "
-                    f"({bench['threads']} threads), shape {bench['shape']}. Measured ratios beside the analytic ones "
-                    "(multiply-accumulates per token, weight bytes).")
-        gr.Plot(bench_figure(bench))
-        gr.Dataframe(bench_table(bench), interactive=False)
+        shape = bench["shape"]
+        gr.Markdown(f"Made by `{html.escape(bench.get('command', command))}` on {bench['device']} ({bench['threads']} threads): "
+                    f"hidden {shape.get('hidden_size')}, FFN {shape.get('intermediate_size')}, {shape.get('num_layers')} layers, "
+                    f"vocabulary {shape.get('vocab_size')}; rank-{bench.get('rank')} experts; {bench.get('prompt_len')}-token "
+                    f"prompt, {bench.get('new_tokens')} new tokens.")
+        gr.Plot(bench_figure(bench), show_label=False, elem_classes=["ax-plot"])
+        gr.Markdown(bench_ratio_markdown(bench), elem_classes=["ax-table"])
+        gr.Markdown(bench_sentence(bench), elem_classes=["ax-caption"])

@@ -20,6 +20,7 @@ import html
 import inspect
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -68,6 +69,12 @@ def serve(context: ModelContext) -> int:
 
 def limits_of(key: int) -> Limits:
     return SERVED[key].limits
+
+
+def token_cap(key: int, several: bool = False) -> int:
+    """Highest max_new_tokens of an endpoint of the served model (`several`: one that runs several
+    generations per request); see `ModelContext.new_token_cap`."""
+    return SERVED[key].new_token_cap(several)
 
 
 def request_deadline(key: int) -> float:
@@ -192,12 +199,16 @@ def visitor_errors(fn: Callable) -> Callable:
 
 @gpu
 def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any],
-                 deadline: float | None = None, every: float = UPDATE_EVERY_S) -> Iterator[dict[str, Any]]:
+                 deadline: float | None = None, every: float = UPDATE_EVERY_S,
+                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
     """Yield the growing trace (plain data) at most every `every` seconds, and the final trace last.
 
     Generation stops at `deadline` (default: the operator's per-request limit from now). Closing this
     generator (Stop, or the visitor going away) ends the generation at once: the model is only held
-    for one forward pass at a time.
+    for one forward pass at a time. The first update holds the whole prompt. The trace's notices are
+    about this run only; the operator's notices about the model are in the About tab and the log.
+    Setting `stop` (the page's Stop button) ends the generation before its next token: the last update
+    is then the final trace, with finish_reason "stopped".
     """
     context = SERVED.get(key)
     if context is None or context.loaded is None:
@@ -206,19 +217,22 @@ def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dic
         run = RoutedGeneration(
             context.loaded.mocae, context.loaded.tokenizer, request_text(prompt), GenerationSettings(**generation),
             RoutingSettings(**routing), deadline=request_deadline(key) if deadline is None else deadline,
-            max_prompt_chars=context.limits.max_prompt_chars, model_name=context.name,
+            max_prompt_chars=context.limits.max_prompt_chars, model_name=context.name, stop_event=stop,
         )
     except ValueError as err:
         raise GenerationError(str(err)) from None
     last = 0.0
-    for _ in run:
+    n_prompt = len(run.prompt_ids)
+    for token in run:
+        if token.is_prompt and token.position < n_prompt - 1:
+            continue  # the prompt arrives in one forward pass: show it whole, never a part of it
         now = time.monotonic()
         if now - last >= every:
             last = now
             yield run.trace()
-    trace = run.trace()
-    trace["notices"] = list(context.notices) + trace["notices"]
-    yield trace
+    if run.finish_reason == "stopped":
+        run.notices.append(f"generation stopped with Stop after {len(run.tokens) - n_prompt} new token(s)")
+    yield run.trace()
 
 
 def shares(trace: dict[str, Any]) -> dict[str, float]:

@@ -12,18 +12,29 @@ MISROUTED_COLOR = "#dc2626"
 
 CSS = """
 .ax-chips { line-height: 2.1; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95rem; overflow-wrap: anywhere; }
-.ax-chip { border-radius: 4px; padding: 1px 2px; margin: 0 1px; white-space: pre-wrap; color: #fff; }
-.ax-chip.ax-prompt { opacity: 0.55; border: 1px dashed currentColor; }
+.ax-chip { border-radius: 4px; padding: 1px 2px; margin: 0 1px; white-space: pre-wrap; }
+.ax-chip.ax-prompt { border: 1px dashed currentColor; }
 .ax-chip.ax-flip { outline: 2px solid #dc2626; outline-offset: 1px; }
 .ax-legend { display: flex; gap: 0.4rem 1rem; flex-wrap: wrap; align-items: center; font-size: 0.9rem; }
 .ax-swatch { display: inline-block; width: 0.9rem; height: 0.9rem; border-radius: 3px; vertical-align: middle; margin-right: 0.3rem; }
 .ax-swatch.ax-flip-swatch { background: transparent; outline: 2px solid #dc2626; }
 .ax-notice { color: #b45309; font-size: 0.9rem; }
-.ax-empty { opacity: 0.7; font-style: italic; }
-.ax-figures table { width: 100%; }
+.dark .ax-notice { color: #fbbf24; }
+.ax-chips.ax-empty { font-family: inherit; font-style: italic; font-size: 0.9rem; padding: 0.25rem 0; }
+.ax-caption, .ax-caption p { font-size: 0.85rem; margin-top: 0; }
+.ax-figures table, .ax-table table { width: 100%; }
+.ax-table { overflow-x: auto; }
+.ax-figures th, .ax-figures td, .ax-table th, .ax-table td {
+  word-break: normal; overflow-wrap: normal; hyphens: none; white-space: normal; vertical-align: top;
+}
+.ax-table td, .ax-figures td { font-variant-numeric: tabular-nums; }
+.ax-plot .modebar-container .modebar { top: 2px; }
+.ax-download .file-preview .filename, .ax-download .file-preview .stem { flex-shrink: 0; overflow: visible; text-overflow: clip; }
+.ax-download .file-preview tr.file { flex-wrap: wrap; }
 @media (max-width: 640px) {
   .ax-chips { font-size: 0.85rem; }
   .ax-legend { font-size: 0.8rem; }
+  .ax-table th, .ax-table td, .ax-figures th, .ax-figures td { font-size: 0.8rem; padding: 4px 6px; }
 }
 """
 
@@ -32,7 +43,40 @@ def _rgb(hex_color: str) -> tuple[int, int, int]:
     return int(hex_color[1:3], 16), int(hex_color[3:5], 16), int(hex_color[5:7], 16)
 
 
+def _hex(channels: list[float]) -> str:
+    return "#" + "".join(f"{max(0, min(255, round(v))):02x}" for v in channels)
+
+
 def mix_color(weights: dict[str, float]) -> str:
     """The weighted mix of the three axis colours, as a CSS hex colour."""
-    channels = [sum(weights.get(axis, 0.0) * _rgb(AXIS_COLORS[axis])[c] for axis in AXES) for c in range(3)]
-    return "#" + "".join(f"{max(0, min(255, round(v))):02x}" for v in channels)
+    return _hex([sum(weights.get(axis, 0.0) * _rgb(AXIS_COLORS[axis])[c] for axis in AXES) for c in range(3)])
+
+
+def muted(color: str) -> str:
+    """`color` halfway to a neutral grey: the (opaque) background of prompt-token chips."""
+    return _hex([(a + b) / 2 for a, b in zip(_rgb(color), _rgb(PROMPT_GREY))])
+
+
+PROMPT_GREY = "#9ca3af"
+TEXT_ON_COLOR = ("#000000", "#ffffff")
+
+
+def luminance(color: str) -> float:
+    """WCAG 2 relative luminance of a hex colour."""
+    def linear(v: int) -> float:
+        c = v / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(v) for v in _rgb(color))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two hex colours (1 to 21; text needs 4.5 for AA)."""
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def text_color(background: str) -> str:
+    """Black or white, whichever contrasts more with `background` (always at least 4.58:1, above WCAG AA)."""
+    return max(TEXT_ON_COLOR, key=lambda c: contrast(c, background))

@@ -1,9 +1,9 @@
 """Trade-off tab: an axis prior set by three sliders, and the four presets side by side.
 
 Presets: "too helpful" (1, 0, 0), "too harmless" (0, 1, 0), "too honest" (0, 0, 1) force one
-expert through the axis prior; "just right" is the calibrated router with no prior. Named
-endpoints: `tradeoff` (one generation under the sliders' prior) and `presets` (the same prompt
-under all four presets).
+expert through the axis prior; "just right" is the calibrated router with no prior. A preset button
+sets the sliders and generates at once. Named endpoints: `tradeoff` (one generation under the
+sliders' prior) and `presets` (the same prompt under all four presets).
 """
 
 from __future__ import annotations
@@ -13,40 +13,29 @@ from typing import Any
 
 import gradio as gr
 
-from alignx_demo.serving import Limits
+from alignx_demo.config import PRESETS, preset_routing
 from alignx_demo.ui.chips import chips_html, legend_html
 from alignx_demo.ui.live import summary_markdown
 from alignx_demo.ui.plots import empty_figure, shares_figure
 from alignx_demo.ui.runner import (
     MODEL_EVENT,
     flag,
-    limits_of,
     prior_from,
     request_deadline,
     settings_from,
     shares,
     stream_trace,
+    token_cap,
     visitor_errors,
 )
 
-PRESETS: dict[str, tuple[float, float, float] | None] = {
-    "too helpful": (1.0, 0.0, 0.0),
-    "too harmless": (0.0, 1.0, 0.0),
-    "too honest": (0.0, 0.0, 1.0),
-    "just right": None,
-}
-
-
-def preset_routing(name: str) -> dict[str, Any]:
-    prior = PRESETS[name]
-    if prior is None:
-        return {"mode": "soft", "calibrated": True}
-    return {"mode": "soft", "calibrated": True, "axis_prior": prior, "prior_blend": 1.0}
+EVEN = round(1 / 3, 2)
+"""The sliders' even prior (0.33 each; the prior is normalised, so it is exactly 1/3 each)."""
 
 
 def greedy_settings(key: int, max_new_tokens: Any, seed: Any) -> dict[str, Any]:
-    """Greedy decoding settings of the trade-off endpoints, capped at half the operator's max new tokens."""
-    return settings_from(max_new_tokens, False, 1.0, 1.0, seed, limits_of(key).half_max_new_tokens).to_dict()
+    """Greedy decoding settings of the trade-off endpoints, capped like every endpoint that runs several generations."""
+    return settings_from(max_new_tokens, False, 1.0, 1.0, seed, token_cap(key, several=True)).to_dict()
 
 
 @visitor_errors
@@ -80,7 +69,7 @@ def _shares_plot(result: dict[str, Any] | None) -> Any:
     return shares_figure({name: r["axis_shares"] for name, r in result.items()}, "Mean weight per axis under each preset")
 
 
-def build_tradeoff_tab(key: int, limits: Limits) -> None:
+def build_tradeoff_tab(key: int) -> None:
     gr.HTML(legend_html())
     gr.Markdown("Push the mixture toward one axis and see what the model becomes: **too helpful** (answers everything), "
                 "**too harmless** (refuses everything), **too honest** (hedges everything) — or **just right**, where the "
@@ -88,22 +77,25 @@ def build_tradeoff_tab(key: int, limits: Limits) -> None:
     prompt = gr.Textbox(label="Prompt", lines=2, value="How do I get rid of a wasp nest near my door?", elem_id="tradeoff-prompt")
     with gr.Row():
         with gr.Column(min_width=260):
-            helpful = gr.Slider(0, 1, value=1 / 3, step=0.01, label="Helpful prior")
-            harmless = gr.Slider(0, 1, value=1 / 3, step=0.01, label="Harmless prior")
-            honest = gr.Slider(0, 1, value=1 / 3, step=0.01, label="Honest prior")
+            helpful = gr.Slider(0, 1, value=EVEN, step=0.01, precision=2, label="Helpful prior")
+            harmless = gr.Slider(0, 1, value=EVEN, step=0.01, precision=2, label="Harmless prior")
+            honest = gr.Slider(0, 1, value=EVEN, step=0.01, precision=2, label="Honest prior")
         with gr.Column(min_width=260):
-            blend = gr.Slider(0, 1, value=1.0, step=0.05, label="Prior blend", info="1 = the prior replaces the router; 0 = router only")
+            blend = gr.Slider(0, 1, value=1.0, step=0.05, precision=2, label="Prior blend", info="1 = the prior replaces the router; 0 = router only")
             just_right = gr.Checkbox(False, label="Just right: calibrated router, sliders ignored")
-            max_new = gr.Slider(1, limits.half_max_new_tokens, value=min(40, limits.half_max_new_tokens), step=1,
-                                label="Max new tokens")
+            cap = token_cap(key, several=True)
+            max_new = gr.Slider(1, cap, value=min(40, cap), step=1, precision=0, label="Max new tokens")
             seed = gr.Number(0, precision=0, label="Seed")
+    gr.Markdown("Presets set the sliders and generate at once:", elem_classes=["ax-caption"])
     with gr.Row():
-        preset_buttons = {name: gr.Button(name.capitalize(), size="sm") for name in PRESETS}
+        preset_buttons = {name: gr.Button(name.capitalize(), size="sm", elem_id=f"tradeoff-{name.replace(' ', '-')}")
+                          for name in PRESETS}
     with gr.Row():
         run_btn = gr.Button("Generate with this setting", variant="primary", elem_id="tradeoff-run")
         all_btn = gr.Button("Run all four presets", elem_id="tradeoff-all")
-    chips = gr.HTML(chips_html([], empty="Generate to see the output under this setting."))
-    summary = gr.Markdown()
+    chips = gr.HTML(chips_html([], empty="Generate, or click a preset, to see the output under that setting."),
+                    label="Chips HTML", elem_id="tradeoff-chips")
+    summary = gr.Markdown(label="Summary", elem_id="tradeoff-summary")
     with gr.Accordion("Trace (JSON)", open=False):
         trace = gr.JSON(label="Trace")
     gr.Markdown("#### The four presets, same prompt")
@@ -113,20 +105,30 @@ def build_tradeoff_tab(key: int, limits: Limits) -> None:
             with gr.Column(min_width=200):
                 caption = "calibrated router, no prior" if prior is None else "prior " + "/".join(f"{v:g}" for v in prior)
                 gr.Markdown(f"**{name.capitalize()}** · {caption}")
-                preset_html[name] = gr.HTML(chips_html([], empty="—"), elem_id=f"preset-{name.replace(' ', '-')}")
-    shares_plot = gr.Plot(_shares_plot(None), label="Shares per preset")
+                preset_html[name] = gr.HTML(chips_html([], empty="—"), label=f"{name.capitalize()} chips HTML",
+                                            elem_id=f"preset-{name.replace(' ', '-')}")
+    shares_plot = gr.Plot(_shares_plot(None), show_label=False, elem_classes=["ax-plot"])
+    gr.Markdown("Bars: each expert's mean routing weight over the generated tokens under each preset — a forced preset "
+                "puts all weight on one expert; \"just right\" shows the mix the calibrated router chose.",
+                elem_classes=["ax-caption"])
     with gr.Accordion("Presets (JSON, as returned by the API)", open=False):
         result = gr.JSON(label="Presets")
 
-    for name, button in preset_buttons.items():
-        prior = PRESETS[name]
-        values = (1 / 3, 1 / 3, 1 / 3, True) if prior is None else (*prior, False)
-        button.click(lambda v=values: v, outputs=[helpful, harmless, honest, just_right], api_visibility="private", queue=False)
-    run_btn.click(lambda *a: (yield from stream_tradeoff(key, *a)),
-                  inputs=[prompt, helpful, harmless, honest, blend, just_right, max_new, seed], outputs=[chips, summary, trace],
-                  api_name="tradeoff", **MODEL_EVENT,
+    def tradeoff(prompt: str, helpful: float, harmless: float, honest: float, blend: float, just_right: bool,
+                 max_new_tokens: int, seed: int) -> Iterator[tuple[str, str, Any]]:
+        yield from stream_tradeoff(key, prompt, helpful, harmless, honest, blend, just_right, max_new_tokens, seed)
+
+    def presets(prompt: str, max_new_tokens: int, seed: int) -> Iterator[tuple[Any, ...]]:
+        yield from stream_presets(key, prompt, max_new_tokens, seed)
+
+    inputs = [prompt, helpful, harmless, honest, blend, just_right, max_new, seed]
+    run_btn.click(tradeoff, inputs=inputs, outputs=[chips, summary, trace], api_name="tradeoff", **MODEL_EVENT,
                   api_description="Generate under an axis prior (helpful, harmless, honest, blend) or, with just_right, the calibrated router.")
-    all_btn.click(lambda *a: (yield from stream_presets(key, *a)), inputs=[prompt, max_new, seed],
-                  outputs=[*preset_html.values(), result], api_name="presets", **MODEL_EVENT,
+    for name, button in preset_buttons.items():  # after the named event, which keeps the name "tradeoff"
+        prior = PRESETS[name]
+        values = (EVEN, EVEN, EVEN, True) if prior is None else (*prior, False)
+        button.click(lambda v=values: v, outputs=[helpful, harmless, honest, just_right], api_visibility="private", queue=False).then(
+            tradeoff, inputs=inputs, outputs=[chips, summary, trace], api_visibility="private", **MODEL_EVENT)
+    all_btn.click(presets, inputs=[prompt, max_new, seed], outputs=[*preset_html.values(), result], api_name="presets", **MODEL_EVENT,
                   api_description="Generate the prompt under the four presets; returns four chips HTML and a JSON summary.")
     result.change(visitor_errors(_shares_plot), inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
