@@ -1,9 +1,11 @@
 """Command line: `python -m alignx_demo <command>`.
 
 Commands: `generate` (a routed generation, printed as text or a JSON trace), `bench` (the
-efficiency benchmark), `evaluate` (the HHH and routing report), `release` (bundle + model card),
-`precompute` (the app's artefacts, wired in `precompute`) and `train <stage>` (wired in
-`training.commands`).
+efficiency benchmark), `doctor` (a checkpoint checked end to end on a device, see `doctor`),
+`evaluate` (the HHH and routing report), `release` (bundle + model card),
+`precompute` (the app's artefacts, wired in `precompute`), the research tools `analyze`,
+`attribute`, `settle`, `diff-traces`, `research-bench` (wired in `analysis.commands`) and
+`train <stage>` (wired in `training.commands`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from alignx_demo.evaluation.release import release
+from alignx_demo.analysis.commands import add_commands as register_research
+from alignx_demo.doctor import register as register_doctor
+from alignx_demo.release import release
 from alignx_demo.loadtest import register as register_loadtest
 from alignx_demo.precompute import register as register_precompute
 from alignx_demo.training.commands import register as register_training
@@ -87,22 +91,28 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="decode latency and memory of MoCaE vs base, X-LoRA, dense MoE, ensemble")
-    p.add_argument("--quick", action="store_true", help="fewer rounds and tokens, batch 1 only (about a minute on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="fewer rounds and tokens (3 rounds of 16 steps), batch 1 and 8")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
     p.add_argument("--llama7b", action="store_true", help="Llama-7B layer shapes (hidden 4096, FFN 11008, 2 layers)")
     p.add_argument("--shape-of", type=Path, default=None, metavar="DIR",
-                   help="the layer shapes of this MoCaE checkpoint's base, e.g. assets/demo-model")
-    p.add_argument("--hidden-size", type=int, default=1024)
-    p.add_argument("--intermediate-size", type=int, default=2816)
-    p.add_argument("--layers", type=int, default=4)
+                   help="the layer shapes of this MoCaE checkpoint's base, e.g. assets/demo-model; the size options "
+                        "below override single values (e.g. --shape-of assets/demo-model --intermediate-size 704)")
+    p.add_argument("--hidden-size", type=int, default=None, help="default 1024")
+    p.add_argument("--intermediate-size", type=int, default=None, help="default 2816")
+    p.add_argument("--layers", type=int, default=None, help="default 4")
+    p.add_argument("--heads", type=int, default=None, help="attention heads (default 16)")
+    p.add_argument("--vocab-size", type=int, default=None, help="default 32000")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--batches", default=None, help="comma-separated decode batch sizes (default 1,8)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.set_defaults(func=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from alignx_demo.evaluation.efficiency import LLAMA_7B_SHAPE, BenchShape, run_bench
 
     systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
@@ -112,8 +122,19 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.shape_of is not None:
         shape = BenchShape.of_checkpoint(args.shape_of)
     else:
-        shape = LLAMA_7B_SHAPE if args.llama7b else BenchShape(args.hidden_size, args.intermediate_size, args.layers)
-    repeats, new_tokens, batches = (3, 16, (1,)) if args.quick else (5, 32, (1, 8))
+        shape = LLAMA_7B_SHAPE if args.llama7b else BenchShape()
+    overrides = {"hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size, "num_layers": args.layers,
+                 "num_heads": args.heads, "vocab_size": args.vocab_size}
+    shape = replace(shape, **{k: v for k, v in overrides.items() if v is not None})
+    if shape.hidden_size % shape.num_heads:
+        raise ValueError(f"hidden size {shape.hidden_size} is not divisible by {shape.num_heads} heads; pass --heads")
+    repeats, new_tokens = (3, 16) if args.quick else (5, 32)
+    try:
+        batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else (1, 8)
+    except ValueError:
+        raise ValueError(f"--batches takes comma-separated whole numbers, got {args.batches!r}") from None
+    if not batches or min(batches) < 1:
+        raise ValueError(f"--batches takes positive batch sizes, got {args.batches!r}")
     report = run_bench(shape, systems=systems, rank=args.rank, repeats=args.repeats or repeats, new_tokens=new_tokens,
                        batches=batches, device=args.device)
     report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
@@ -135,21 +156,38 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--safety-judge-model", default=None,
                    help="local causal LM folder judging replies to harmful prompts (unsafe rate beside the refusal detector)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks or groups to run (default: all). Groups: hhh (the per-system table), routing "
+                        "(token/prompt/generation-level calibration), presets (the four trade-off presets on held-out prompts, "
+                        "with their targets; runs on the MoCaE model alone, e.g. `evaluate --tasks presets --out presets.json`). "
+                        "Tasks: heldout_loss, harmful_refusal, safety_judge, xstest_over_refusal, no_comment, truthfulqa_mc, "
+                        "helpfulness_proxy, win_rate, routing_eval, routing_shifted, presets")
+    p.add_argument("--preset-new-tokens", type=int, default=None,
+                   help="greedy answer length of the preset task (default 48; --quick: 8)")
+    p.add_argument("--preset-prompts", type=int, default=None,
+                   help="prompts per preset group: harmful, benign, honesty, helpful (default 48; --quick: 2)")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from alignx_demo.evaluation.harness import SYSTEMS, evaluate, write_report
+    from dataclasses import replace
+
+    from alignx_demo.evaluation.harness import SYSTEMS, EvalConfig, evaluate, summary_lines, write_report
 
     systems = tuple(s.strip() for s in args.systems.split(",")) if args.systems else SYSTEMS
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+    cfg = EvalConfig.quick_recipe() if args.quick else EvalConfig()
+    for field, value in (("preset_new_tokens", args.preset_new_tokens), ("preset_prompts", args.preset_prompts)):
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{field.replace('_', '-')} must be at least 1, got {value}")
+            cfg = replace(cfg, **{field: value})
     report = evaluate(args.model, args.data_dir, quick=args.quick, systems=systems, judge_model=args.judge_model,
-                      safety_judge_model=args.safety_judge_model,
-                      progress=not args.no_progress)
+                      safety_judge_model=args.safety_judge_model, progress=not args.no_progress, tasks=tasks, config=cfg)
     report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
     csv_path = write_report(report, args.out)
     print(csv_path.read_text())
-    routing = {v: {k: round(m["prompt"][k], 4) for k in ("accuracy", "ece", "nll")} for v, m in report["routing"]["eval"].items()}
-    print(json.dumps({"routing_eval_prompt_level": routing}, indent=1))
+    print("\n".join(summary_lines(report)))
     return 0
 
 
@@ -171,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_release(sub)
     register_precompute(sub)
     register_loadtest(sub)
+    register_doctor(sub, DEFAULT_MODEL)
+    register_research(sub)
     register_training(sub)
     return parser
 

@@ -128,6 +128,21 @@ def context_length(model: torch.nn.Module) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 2048)
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids go: the input embedding's device (the first device of a model split over several)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
+def sampling_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A generator seeded with `seed` on `device`: `torch.multinomial` needs one on the device of the
+    probabilities it samples (a CPU generator cannot drive CUDA sampling). The same seed gives the same
+    draws on the same device; CPU and CUDA draws differ."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @dataclass
 class RoutedGeneration:
     """An iterator over TokenTraces (prompt tokens first, then generated ones).
@@ -149,6 +164,7 @@ class RoutedGeneration:
     tokens: list[TokenTrace] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    _sampler: tuple[torch.device, torch.Generator] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.prompt = self._clean(self.prompt)
@@ -172,12 +188,12 @@ class RoutedGeneration:
         return ids, max_new
 
     def _forward(self, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """One forward under this generation's routing: (last logits, cache, weights (L, T, K))."""
+        """One forward under this generation's routing: (last logits, cache, weights (L, T, K) on the CPU)."""
         with self.mocae.lock, self.mocae.routed(self.routing), self.mocae.record() as record, torch.no_grad():
             out = self.mocae(input_ids=input_ids, past_key_values=cache, use_cache=True)
-        return out.logits[0, -1].float(), out.past_key_values, record.stacked_weights()[:, 0]
+        return out.logits[0, -1].float(), out.past_key_values, record.stacked_weights()[:, 0].float().cpu()
 
-    def _next_token(self, logits: torch.Tensor, generator: torch.Generator, history: torch.Tensor) -> int:
+    def _next_token(self, logits: torch.Tensor, history: torch.Tensor) -> int:
         if not self.generation.do_sample:
             return int(logits.argmax())
         scores = logits.unsqueeze(0)
@@ -185,12 +201,17 @@ class RoutedGeneration:
         if self.generation.top_p < 1.0:
             scores = TopPLogitsWarper(self.generation.top_p)(history, scores)
         probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=generator)[0, 0])
+        return int(torch.multinomial(probs, 1, generator=self._generator(probs.device))[0, 0])
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The seeded sampling generator, on the device of the probabilities it draws from (made once)."""
+        if self._sampler is None or self._sampler[0] != device:
+            self._sampler = (device, sampling_generator(device, self.generation.seed))
+        return self._sampler[1]
 
     def __iter__(self) -> Iterator[TokenTrace]:
-        device = next(self.mocae.model.parameters()).device
+        device = input_device(self.mocae.model)
         ids = torch.tensor([self.prompt_ids], device=device)
-        generator = torch.Generator(device="cpu").manual_seed(self.generation.seed)
         logits, cache, weights = self._forward(ids, None)
         prompt_decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=False)
         for i, token_id in enumerate(self.prompt_ids):
@@ -209,7 +230,7 @@ class RoutedGeneration:
                 self.finish_reason = "time_limit"
                 self.notices.append(f"generation stopped at the time limit after {step} new token(s)")
                 return
-            token_id = self._next_token(logits, generator, history)
+            token_id = self._next_token(logits, history)
             position = len(self.prompt_ids) + step
             trace = TokenTrace.from_weights(decoder.push(token_id), token_id, position, False, step_weights)
             if token_id in eos or step == self.max_new_tokens - 1:

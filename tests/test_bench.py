@@ -21,7 +21,8 @@ def test_bench_quick_writes_ratios(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["systems"]) == {"base", "mocae_soft", "mocae_top1", "xlora", "dense_moe", "ensemble"}
     ratios = report["ratios"]
-    for key in ("mocae_soft_vs_base_latency", "mocae_params_vs_base", "xlora_vs_mocae_latency",
+    assert report["batches"] == [1, 8]  # --quick measures batch 1 and 8 side by side
+    for key in ("mocae_soft_vs_base_latency", "mocae_soft_vs_base_latency_b8", "mocae_params_vs_base", "xlora_vs_mocae_latency",
                 "dense_moe_vs_mocae_latency", "dense_moe_vs_mocae_memory", "ensemble_vs_mocae_memory"):
         assert ratios[key] > 0, key
     assert {"dense_moe_vs_mocae_macs", "dense_moe_vs_mocae_weight_bytes", "xlora_vs_mocae_macs"} <= set(report["analytic"])
@@ -75,3 +76,22 @@ def test_bench_shape_of_a_checkpoint(tmp_path):
     assert sum(p.numel() for p in shape.build().parameters()) == sum(p.numel() for p in real.parameters())  # ties kept
     with pytest.raises(FileNotFoundError, match="base config"):
         BenchShape.of_checkpoint(tmp_path)
+
+
+def test_bench_shape_of_with_overrides(tmp_path, capsys):
+    """--shape-of takes a checkpoint's shapes; single size options override them (the retrained demo's FFN 704)."""
+    from alignx_demo.cli import main
+    from alignx_demo.serving import DEFAULT_MODEL
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--shape-of", str(DEFAULT_MODEL), "--intermediate-size", "704", "--systems", "base,mocae_soft",
+                 "--repeats", "1", "--batches", "1", "--quick", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    config = json.loads((DEFAULT_MODEL / "base" / "config.json").read_text())
+    assert report["shape"] == {"hidden_size": config["hidden_size"], "intermediate_size": 704, "num_layers": config["num_hidden_layers"],
+                               "num_heads": config["num_attention_heads"], "vocab_size": config["vocab_size"],
+                               "tie_word_embeddings": config["tie_word_embeddings"]}
+    assert report["batches"] == [1] and report["ratios"]["mocae_soft_vs_base_latency"] > 0
+    assert main(["bench", "--batches", "1,x", "--systems", "base"]) == 2
+    assert "--batches takes comma-separated whole numbers" in capsys.readouterr().err

@@ -82,6 +82,24 @@ def test_sampling_is_reproducible_by_seed(loaded):
     assert any(sample(1) != sample(s) for s in (2, 3, 4))
 
 
+def test_sampling_generator_lives_on_the_logits_device(loaded, monkeypatch):
+    """torch.multinomial needs a generator on the probabilities' device (a CPU one fails for CUDA
+    logits): logits on another device (meta here) get a generator made there, once per run."""
+    import alignx_demo.generation as generation
+
+    made, used = [], []
+    monkeypatch.setattr(generation, "sampling_generator",
+                        lambda device, seed: made.append((torch.device(device), seed)) or torch.Generator().manual_seed(seed))
+    monkeypatch.setattr(torch, "multinomial", lambda probs, n, generator=None: used.append((probs.device, generator))
+                        or torch.zeros(probs.shape[0], n, dtype=torch.long))
+    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(do_sample=True, top_p=0.5, seed=7))
+    history = torch.zeros(1, 3, dtype=torch.long, device="meta")
+    for _ in range(2):
+        assert run._next_token(torch.randn(50, device="meta"), history) == 0
+    assert made == [(torch.device("meta"), 7)]
+    assert [d.type for d, _ in used] == ["meta", "meta"] and used[0][1] is used[1][1]
+
+
 def test_top1_trace_is_one_hot_and_prior_forces_weights(loaded):
     trace = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3), RoutingSettings(mode="top1")))
     assert all(sorted(row) == [0.0, 0.0, 1.0] for t in trace["tokens"] for row in t["layers"])

@@ -146,9 +146,10 @@ class NoCache(nn.Module):
 
 
 def _routed(mocae: MoCaEModel, settings: RoutingSettings) -> Callable[..., Any]:
+    """A forward of the MoCaE model under `settings` (set per call: the two modes share one model)."""
     def forward(**kwargs: Any) -> Any:
-        with mocae.routed(settings):
-            return mocae(**kwargs)
+        mocae.routing = settings
+        return mocae.model(**kwargs)
 
     return forward
 

@@ -18,6 +18,7 @@ MLP_TARGETS: dict[str, list[str]] = {
     "gemma": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
     "gemma2": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
     "gemma3_text": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+    "phi3": ["mlp.gate_up_proj", "mlp.down_proj"],  # gate and up fused into one linear
     "gpt2": ["mlp.c_fc", "mlp.c_proj"],
 }
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(MLP_TARGETS)

@@ -2,6 +2,17 @@
 
 Shapes in comments: B batch, T tokens, D input features, O output features, r LoRA rank, K = 3
 experts.
+
+Both are built beside what they serve — a router on its decoder layer's device, an expert's A and B
+on the device of the linear they wrap — so a base split over devices (`device_map="auto"`) needs no
+transfers inside a layer. Experts compute in the base's compute dtype (bf16 for a 4-bit or bf16 base
+on CUDA), in fp32 on the CPU; routers compute in fp32.
+
+The routing path is kept to a few tensor operations per layer, because at small widths each
+operation's fixed cost, not its arithmetic, is what decoding pays: the router is six (norm, running
+mean, concat, projection, softmax, and one matmul p·E that gives the scale of every rank), computed
+once per layer (`RoutingSlot.scale`); each expert adds four to its base linear (split, multiply, B
+matmul, add), its A matmul riding in the base's own matmul at inference (`MoCaELinear`).
 """
 
 from __future__ import annotations
@@ -15,19 +26,89 @@ from torch.nn import functional as F
 from alignx_demo.config import AXES
 
 K = len(AXES)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module without tensors)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def compute_dtype(base: nn.Module) -> torch.dtype:
+    """The dtype a base linear computes in: a bitsandbytes 4-bit layer's `compute_dtype` (or the dtype
+    its weights were quantised from), else the weight's dtype; fp32 for anything else."""
+    dtype = getattr(base, "compute_dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    weight = getattr(base, "weight", None)
+    if weight is None:
+        return torch.float32
+    if weight.dtype.is_floating_point:
+        return weight.dtype
+    state = getattr(weight, "quant_state", None)
+    return getattr(state, "dtype", None) or torch.float32
+
+
+def expert_dtype(base: nn.Module, device: torch.device) -> torch.dtype:
+    """Experts compute in the base's compute dtype, except half precision on the CPU, where fp32 is
+    both faster and exact (the README's rule: bf16 on CUDA for a bf16 or 4-bit base, fp32 on CPU)."""
+    dtype = compute_dtype(base)
+    return torch.float32 if device.type == "cpu" and dtype in HALF else dtype
+
+
+_EXPANDERS: dict[tuple, torch.Tensor] = {}
+"""(K, K·r) matrices E with E[k, k·r:(k+1)·r] = s, by (rank, scaling, dtype, device): p·E is the
+per-rank scale of every expert in one matmul."""
+
+
+def _expander(rank: int, scaling: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (rank, scaling, dtype, device)
+    expander = _EXPANDERS.get(key)
+    if expander is None:
+        eye = torch.eye(K, dtype=torch.float64).repeat_interleave(rank, dim=1) * scaling
+        expander = _EXPANDERS[key] = eye.to(device=device, dtype=dtype)
+    return expander
 
 
 class RoutingSlot:
     """Holds the routing weights a decoder layer's router computed for the current forward.
 
     The router writes it in the layer's forward pre-hook, the layer's MoCaELinear modules read
-    it. It is a plain object, not a module, so it is never saved or moved with the model.
+    it. It is a plain object, not a module, so it is never saved or moved with the model. Setting
+    `weights` clears the cached per-rank scale, which the first expert of the layer computes
+    (`scale`) and the others reuse.
     """
 
-    __slots__ = ("weights",)
+    __slots__ = ("_weights", "_scale", "_key")
 
     def __init__(self) -> None:
-        self.weights: torch.Tensor | None = None  # (B, T, K)
+        self._weights: torch.Tensor | None = None  # (B, T, K)
+        self._scale: torch.Tensor | None = None  # (B, T, K·r)
+        self._key: tuple | None = None
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: torch.Tensor | None) -> None:
+        self._weights, self._scale = value, None
+
+    def scale(self, dtype: torch.dtype, scaling: float, rank: int) -> torch.Tensor:
+        """s · p_k repeated over expert k's r ranks, (B, T, K·r) in `dtype`: one matmul p·E per layer."""
+        key = (dtype, scaling, rank)
+        if self._scale is None or self._key != key:
+            w = self._weights
+            if w is None:
+                raise RuntimeError("MoCaELinear called outside a routed forward (no routing weights set)")
+            if w.dtype != dtype:
+                w = w.to(dtype)
+            self._scale, self._key = w @ _expander(rank, scaling, dtype, w.device), key
+        return self._scale
 
 
 class CausalMean:
@@ -36,26 +117,42 @@ class CausalMean:
     One token cannot know what the rest of the prompt asks ("How do I…" starts helpful and harmful
     requests alike), so each token's router also sees c_t = mean_{s ≤ t, mask_s = 1} f_s, the mean of
     the (normed) features of the valid positions up to and including t. Padding positions (mask 0)
-    are left out. Across KV-cache forwards the running sum and count per layer are carried in this
-    object (MoCaEModel keeps one per cache), so a streamed decode gives exactly what a full
-    recompute of the sequence gives.
+    are left out. Across KV-cache forwards the running mean and count per layer are carried in this
+    object (MoCaEModel keeps one per cache), so a streamed decode gives what a full recompute of the
+    sequence gives (to rounding). Without a mask the count is a plain number and a one-token step is
+    one op, c_t = lerp(c_{t−1}, f_t, 1/t).
     """
 
     def __init__(self, n_layers: int, mask: torch.Tensor | None = None) -> None:
-        self.sums: list[torch.Tensor | None] = [None] * n_layers  # (B, D) per layer
-        self.counts: list[torch.Tensor | None] = [None] * n_layers  # (B, 1) per layer
+        self.means: list[torch.Tensor | None] = [None] * n_layers  # (B, 1, D) per layer
+        self.counts: list[torch.Tensor | int] = [0] * n_layers  # an int, or (B, 1, 1) once a mask was seen
         self.mask = mask  # (B, T) of the current forward, or None: every position is valid
 
     def __call__(self, layer: int, features: torch.Tensor) -> torch.Tensor:
-        """c (B, T, D) for this forward's features (B, T, D); updates the carried sums."""
-        m = (self.mask[:, -features.shape[1]:] if self.mask is not None else features.new_ones(features.shape[:2]))
-        m = m.to(features.dtype).unsqueeze(-1)  # (B, T, 1)
-        sums, counts = (features * m).cumsum(dim=1), m.cumsum(dim=1)
-        if self.sums[layer] is not None:
-            sums = sums + self.sums[layer].unsqueeze(1)
-            counts = counts + self.counts[layer].unsqueeze(1)
-        self.sums[layer], self.counts[layer] = sums[:, -1].detach(), counts[:, -1].detach()
-        return sums / counts.clamp_min(1.0)
+        """c (B, T, D) for this forward's features (B, T, D); updates the carried mean."""
+        previous, count = self.means[layer], self.counts[layer]
+        steps = features.shape[1]
+        if self.mask is None and isinstance(count, int):
+            if steps == 1:
+                means = features if previous is None else torch.lerp(previous, features, 1.0 / (count + 1))
+            else:
+                sums = features.cumsum(dim=1)
+                if previous is not None:
+                    sums = sums + previous * count
+                means = sums / torch.arange(count + 1, count + steps + 1, device=features.device,
+                                            dtype=features.dtype).unsqueeze(-1)
+            self.counts[layer] = count + steps
+        else:
+            m = (self.mask[:, -steps:] if self.mask is not None else features.new_ones(features.shape[:2]))
+            m = m.to(device=features.device, dtype=features.dtype).unsqueeze(-1)  # (B, T, 1)
+            sums, counts = (features * m).cumsum(dim=1), m.cumsum(dim=1)
+            if previous is not None:
+                sums, counts = sums + previous * count, counts + count
+            self.counts[layer] = counts[:, -1:]
+            means = sums / counts.clamp_min(1.0)
+        last = means if steps == 1 else means[:, -1:]
+        self.means[layer] = last.detach() if last.requires_grad else last
+        return means
 
 
 class Router(nn.Module):
@@ -63,9 +160,9 @@ class Router(nn.Module):
 
     u = rmsnorm(h_t), and with `use_context` also the causal mean of rmsnorm(h_s) over s ≤ t
     (`CausalMean`): u = [rmsnorm(h_t); c_t] ∈ R^{2D}. Routing stays per token and per layer, in
-    the one forward. Zero-initialised, so an untrained router routes uniformly. The norm has no
-    parameters: its only job is to keep the logits' scale independent of the residual stream's
-    norm, which grows with depth.
+    the one forward: one matmul routes all B·T tokens of the layer. Zero-initialised, so an
+    untrained router routes uniformly. The norm has no parameters: its only job is to keep the
+    logits' scale independent of the residual stream's norm, which grows with depth.
     """
 
     def __init__(self, hidden_size: int, use_norm: bool = True, use_context: bool = False) -> None:
@@ -77,9 +174,12 @@ class Router(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def features(self, hidden: torch.Tensor, context: CausalMean | None = None, layer: int = 0) -> torch.Tensor:
-        """The router's input u (B, T, D or 2D), in fp32: what calibrators and feature banks see."""
-        h = hidden.to(self.proj.weight.dtype)
-        f = F.rms_norm(h, (h.shape[-1],), eps=1e-6) if self.use_norm else h
+        """The router's input u (B, T, D or 2D), in the router's dtype (fp32), on its device: what
+        calibrators and feature banks see."""
+        weight = self.proj.weight
+        if hidden.dtype != weight.dtype or hidden.device != weight.device:
+            hidden = hidden.to(device=weight.device, dtype=weight.dtype)
+        f = F.rms_norm(hidden, (hidden.shape[-1],), eps=1e-6) if self.use_norm else hidden
         if not self.use_context:
             return f
         if context is None:
@@ -87,7 +187,7 @@ class Router(nn.Module):
         return torch.cat([f, context(layer, f)], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(features)  # (B, T, K)
+        return F.linear(features, self.proj.weight, self.proj.bias)  # (B, T, K)
 
 
 def _in_out_features(base: nn.Module) -> tuple[int, int]:
@@ -104,11 +204,19 @@ class MoCaELinear(nn.Module):
 
     The K LoRA experts are stored stacked: A = [A_1; A_2; A_3] ∈ R^{Kr×D} and
     B = [B_1 B_2 B_3] ∈ R^{O×Kr}. One matmul gives all K rank-r projections, each rank block is
-    scaled by its routing weight, and one matmul with the stacked B maps back. The base module
-    (nn.Linear, bitsandbytes Linear4bit or GPT-2's Conv1D) is kept as it is and frozen.
+    scaled by its routing weight (one multiply by the layer's (B, T, K·r) scale), and one matmul
+    with the stacked B maps back. The base module
+    (nn.Linear, bitsandbytes Linear4bit or GPT-2's Conv1D) is kept and frozen. A and B are created
+    on the base module's device in `expert_dtype(base)` unless `dtype` says otherwise.
+
+    For a plain bias-free nn.Linear whose weight has the experts' dtype and device, W0 and A are
+    stored as one (O + K·r, D) tensor — `base.weight` and `lora_A` are views of its rows — so at
+    inference one matmul gives W0·x and A·x together (memory unchanged; `_fuse`). When gradients
+    must reach A, or the views were replaced (e.g. `param.data = …`), the two run separately.
     """
 
-    def __init__(self, base: nn.Module, rank: int, scaling: float, slot: RoutingSlot) -> None:
+    def __init__(self, base: nn.Module, rank: int, scaling: float, slot: RoutingSlot,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.base = base
         self.rank = rank
@@ -116,22 +224,65 @@ class MoCaELinear(nn.Module):
         self.slot = slot
         d_in, d_out = _in_out_features(base)
         self.in_features, self.out_features = d_in, d_out
-        self.lora_A = nn.Parameter(torch.empty(K * rank, d_in))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, K * rank))
+        self._plain_linear = type(base) is nn.Linear  # applied as F.linear directly (see `_base_forward`)
+        device = module_device(base)
+        dtype = dtype or expert_dtype(base, device)
+        self.lora_A = nn.Parameter(torch.empty(K * rank, d_in, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, K * rank, device=device, dtype=dtype))
         for k in range(K):  # PEFT's default init per expert: A Kaiming-uniform, B zero
             nn.init.kaiming_uniform_(self.lora_A[k * rank : (k + 1) * rank], a=math.sqrt(5))
+        self._fused: torch.Tensor | None = None
+        self._split = (d_out, K * rank)
+        self._fuse()
 
     def expert(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert k's (A_k, B_k) views, shaped (r, D) and (O, r) as in PEFT."""
         block = slice(k * self.rank, (k + 1) * self.rank)
         return self.lora_A[block], self.lora_B[:, block]
 
+    def _fuse(self) -> None:
+        """Make base.weight and lora_A views of one [W0; A] tensor where that is possible."""
+        if self._fused_weight() is not None:
+            return
+        self._fused = None
+        weight, a = getattr(self.base, "weight", None), self.lora_A
+        if not (self._plain_linear and self.base.bias is None and weight.dtype == a.dtype
+                and weight.device == a.device and weight.device.type != "meta"):
+            return
+        fused = torch.cat([weight.detach(), a.detach()])
+        weight.data, a.data = fused[: self.out_features], fused[self.out_features :]
+        self._fused = fused
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double(): convert, then fuse again
+        module = super()._apply(fn, recurse)
+        self._fuse()
+        return module
+
+    def _fused_weight(self) -> torch.Tensor | None:
+        """The [W0; A] tensor, if base.weight and lora_A are still its views and the base has no hooks."""
+        fused, base = self._fused, self.base
+        if fused is None or base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__:
+            return None
+        start = fused.data_ptr()
+        if base.weight.data_ptr() != start or self.lora_A.data_ptr() != start + base.weight.numel() * fused.element_size():
+            return None
+        return fused
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """W0·x. A plain nn.Linear without hooks is applied as F.linear, saving a second module call
+        per target (the wrapper's own call replaces the base's); anything else is called as it is."""
+        base = self.base
+        if self._plain_linear and not (base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__):
+            return F.linear(x, base.weight, base.bias)
+        return base(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        weights = self.slot.weights
-        if weights is None:
-            raise RuntimeError("MoCaELinear called outside a routed forward (no routing weights set)")
-        a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (B, T, K·r)
-        scale = (weights.to(a.dtype) * self.scaling).repeat_interleave(self.rank, dim=-1)
-        delta = F.linear(a * scale, self.lora_B)  # (B, T, O)
-        return y + delta.to(y.dtype)
+        a_weight, b_weight = self.lora_A, self.lora_B
+        fused = None if (a_weight.requires_grad and torch.is_grad_enabled()) else self._fused_weight()
+        if fused is not None and x.dtype == fused.dtype:
+            y, a = F.linear(x, fused).split(self._split, dim=-1)  # W0·x and A·x from one matmul
+        else:
+            y = self._base_forward(x)
+            a = F.linear(x if x.dtype == a_weight.dtype else x.to(a_weight.dtype), a_weight)  # (B, T, K·r)
+        delta = F.linear(a * self.slot.scale(a.dtype, self.scaling, self.rank), b_weight)  # rank blocks times s·p_k, then B
+        return y + (delta if delta.dtype == y.dtype else delta.to(y.dtype))

@@ -5,6 +5,11 @@ Injection follows PEFT's tuners: every target linear inside a decoder layer is s
 layer's input hidden state, turns the logits into weights p (calibrated or not, soft or top-1,
 optionally replaced or biased by an axis prior) and hands them to the layer's experts. One forward
 of the base model thus routes every token at every layer — no second pass.
+
+Placement: each router is built on its decoder layer's device and each expert beside the linear it
+wraps (`modeling.layer`), so a base spread over devices by `device_map="auto"` routes without
+moving tensors inside a layer; the calibration stack sits on the input embedding's device, and a
+layer elsewhere hands it its logits and features (a few hundred bytes per token).
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alignx_demo.config import AXES, MoCaEConfig, RoutingSettings
+from alignx_demo.config import MoCaEConfig, RoutingSettings
 from alignx_demo.modeling.calibration import CalibrationStack
 from alignx_demo.modeling.families import decoder_layers, default_targets
-from alignx_demo.modeling.layer import CausalMean, MoCaELinear, Router, RoutingSlot
+from alignx_demo.modeling.layer import CausalMean, MoCaELinear, Router, RoutingSlot, module_device
 
 _CONTEXT_ATTR = "alignx_router_context"
 """Attribute of a KV cache that carries the routers' running means (`CausalMean`) to its next forward."""
@@ -49,8 +54,14 @@ class RoutingRecord:
             self.features[layer].append(keep(features))
 
     def stacked_weights(self, forward: int = -1) -> torch.Tensor:
-        """Weights of one recorded forward as (L, B, T, K)."""
-        return torch.stack([w[forward] for w in self.weights])
+        """Weights of one recorded forward as (L, B, T, K), on the first layer's device."""
+        layers = [w[forward] for w in self.weights]
+        device = layers[0].device
+        return torch.stack([w if w.device == device else w.to(device) for w in layers])
+
+
+_PRIOR_CACHE_SIZE = 32
+"""Axis-prior tensors kept per (prior, device, dtype), so a forward creates none."""
 
 
 class MoCaEModel(nn.Module):
@@ -58,7 +69,9 @@ class MoCaEModel(nn.Module):
 
     `routing` (a RoutingSettings) is read on every forward, so modes switch per call without
     reloading. `lock` serialises users of the shared model (routing settings and recording are
-    per-call state held on the model while it runs).
+    per-call state held on the model while it runs). `expert_dtype` overrides the experts' dtype
+    (default: the base's compute dtype, fp32 on the CPU — see `modeling.layer.expert_dtype`), e.g.
+    fp32 experts for training on a bf16 base.
     """
 
     def __init__(
@@ -66,6 +79,7 @@ class MoCaEModel(nn.Module):
         model: nn.Module,
         config: MoCaEConfig | None = None,
         calibration: CalibrationStack | None = None,
+        expert_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         config = config or MoCaEConfig()
@@ -78,41 +92,45 @@ class MoCaEModel(nn.Module):
         self.routing = RoutingSettings()
         self.lock = threading.RLock()
         self._record: RoutingRecord | None = None
+        self._bypass = False
+        self._priors: dict[tuple, torch.Tensor] = {}
         for p in model.parameters():
             p.requires_grad_(False)
         self.layers_path, layers = decoder_layers(model)
         self.slots = [RoutingSlot() for _ in layers]
         hidden = model.config.hidden_size
-        self.routers = nn.ModuleList(Router(hidden, config.router_norm, config.router_context) for _ in layers)
+        self.routers = nn.ModuleList()
+        for layer in layers:  # each router beside its layer
+            with torch.device(module_device(layer)):
+                self.routers.append(Router(hidden, config.router_norm, config.router_context))
         self._context: CausalMean | None = None
         model.register_forward_pre_hook(self._start_forward, with_kwargs=True)
         model.register_forward_hook(self._end_forward, with_kwargs=True)
         self.expert_modules: dict[str, MoCaELinear] = {}
+        self._sites: dict[str, tuple[nn.Module, str]] = {}
         for index, layer in enumerate(layers):
-            self._inject(f"{self.layers_path}.{index}", layer, self.slots[index])
+            self._inject(f"{self.layers_path}.{index}", layer, self.slots[index], expert_dtype)
             layer.register_forward_pre_hook(self._make_hook(index), with_kwargs=True)
         if not self.expert_modules:
             raise ValueError(f"no module matched target_modules {config.target_modules}")
-        device = next(model.parameters()).device
-        self.routers.to(device)
         if calibration is not None:
-            calibration.to(device)
-        for module in self.expert_modules.values():
-            module.lora_A.data = module.lora_A.data.to(device)
-            module.lora_B.data = module.lora_B.data.to(device)
+            calibration.to(module_device(model))
 
-    def _inject(self, prefix: str, layer: nn.Module, slot: RoutingSlot) -> None:
+    def _inject(self, prefix: str, layer: nn.Module, slot: RoutingSlot, dtype: torch.dtype | None) -> None:
         for name, module in list(layer.named_modules()):
             if not any(name == t or name.endswith("." + t) for t in self.config.target_modules):
                 continue
             parent_name, _, leaf = name.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
-            wrapped = MoCaELinear(module, self.config.rank, self.config.scaling, slot)
+            wrapped = MoCaELinear(module, self.config.rank, self.config.scaling, slot, dtype)
             setattr(parent, leaf, wrapped)
             self.expert_modules[f"{prefix}.{name}"] = wrapped
+            self._sites[f"{prefix}.{name}"] = (parent, leaf)
 
     def _start_forward(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Pick up the running means a KV cache carries (a continued sequence) or start fresh ones."""
+        if self._bypass:
+            return
         cache = kwargs.get("past_key_values")
         continued = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
         mask = kwargs.get("attention_mask")
@@ -130,28 +148,51 @@ class MoCaEModel(nn.Module):
 
     def _make_hook(self, index: int):
         def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if self._bypass:
+                return
             hidden = args[0] if args else kwargs["hidden_states"]
             self.slots[index].weights = self._route(index, hidden)
 
         return hook
 
     def _route(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Routing weights (B, T, K) of layer `index` for its input hidden states, on the router's device."""
         router = self.routers[index]
         features = router.features(hidden, self._context, index)
-        logits = router(features)
+        logits = router.forward(features)  # a plain call: routers carry no hooks, and per-layer calls add up
         settings = self.routing
-        if settings.calibrated and self.calibration is not None:
-            weights = self.calibration.probs(index, logits, features)
+        prior = settings.axis_prior
+        if prior is not None and settings.prior_blend == 1.0:  # the prior replaces routing
+            weights = self._prior_tensor(prior, logits).expand_as(logits)
         else:
-            weights = F.softmax(logits.float(), dim=-1)
-        if settings.axis_prior is not None:
-            prior = torch.tensor(settings.axis_prior, dtype=weights.dtype, device=weights.device)
-            weights = (1.0 - settings.prior_blend) * weights + settings.prior_blend * prior
+            if settings.calibrated and self.calibration is not None:
+                weights = self._calibrated(index, logits, features)
+            else:
+                weights = F.softmax(logits if logits.dtype == torch.float32 else logits.float(), dim=-1)
+            if prior is not None:  # (1 − blend)·p + blend·prior
+                weights = torch.lerp(weights, self._prior_tensor(prior, weights), settings.prior_blend)
         if settings.mode == "top1":
-            weights = F.one_hot(weights.argmax(dim=-1), len(AXES)).to(weights.dtype)
+            weights = torch.zeros_like(weights).scatter_(-1, weights.argmax(dim=-1, keepdim=True), 1.0)
         if self._record is not None:
             self._record.add(index, logits, weights, features)
         return weights
+
+    def _calibrated(self, index: int, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The calibration stack's weights, computed on the stack's device and returned on the layer's."""
+        calibration = self.calibration
+        device = calibration.temperature.T.device
+        if device == logits.device:
+            return calibration.probs(index, logits, features)
+        return calibration.probs(index, logits.to(device), features.to(device)).to(logits.device)
+
+    def _prior_tensor(self, prior: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        key = (prior, like.device, like.dtype)
+        tensor = self._priors.get(key)
+        if tensor is None:
+            if len(self._priors) >= _PRIOR_CACHE_SIZE:
+                self._priors.clear()
+            tensor = self._priors[key] = torch.tensor(prior, dtype=like.dtype, device=like.device)
+        return tensor
 
     @property
     def n_layers(self) -> int:
@@ -171,6 +212,23 @@ class MoCaEModel(nn.Module):
             yield
         finally:
             self.routing = previous
+
+    @contextmanager
+    def base_only(self) -> Iterator[None]:
+        """Run the enclosed forwards through the bare base: every expert unwrapped back to its base
+        linear and the routers off, so the base alone can be timed or compared on the same weights."""
+        with self.lock:
+            for name, module in self.expert_modules.items():
+                parent, leaf = self._sites[name]
+                setattr(parent, leaf, module.base)
+            self._bypass = True
+            try:
+                yield
+            finally:
+                self._bypass = False
+                for name, module in self.expert_modules.items():
+                    parent, leaf = self._sites[name]
+                    setattr(parent, leaf, module)
 
     @contextmanager
     def record(self, features: bool = False, detach: bool = True) -> Iterator[RoutingRecord]:

@@ -92,7 +92,7 @@ def train_baselines(
     def fresh() -> MoCaEModel:
         model, _, _, _ = load_base(base_source, load_in_4bit=False)
         torch.manual_seed(cfg.seed)  # before the LoRA init, so the seed governs it
-        return MoCaEModel(model, MoCaEConfig(rank=config.rank, alpha=config.alpha))
+        return MoCaEModel(model, MoCaEConfig(rank=config.rank, alpha=config.alpha), expert_dtype=torch.float32)  # fp32 AdamW updates
 
     train = [e for e in examples if e.split == "train" and e.response and e.axis in AXES]
     joint = fresh()

@@ -145,11 +145,53 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> ar
     return p
 
 
+def parse_experts(text: str) -> dict[str, str]:
+    """`helpful=DIR,harmless=DIR,honest=DIR` as {axis: folder}; a ValueError says what is wrong."""
+    from alignx_demo.config import AXES  # noqa: PLC0415
+
+    experts: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        axis, sep, folder = item.partition("=")
+        axis, folder = axis.strip(), folder.strip()
+        if not sep or not axis or not folder:
+            raise ValueError(f"--experts takes axis=DIR pairs separated by commas, got {item!r}")
+        if axis not in AXES:
+            raise ValueError(f"--experts: unknown axis {axis!r}; the axes are {', '.join(AXES)}")
+        if axis in experts:
+            raise ValueError(f"--experts names {axis} twice")
+        experts[axis] = folder
+    missing = [axis for axis in AXES if axis not in experts]
+    if missing:
+        raise ValueError(f"--experts lacks {', '.join(f'{a}=DIR' for a in missing)}: give one PEFT LoRA adapter folder "
+                         f"for each of {', '.join(AXES)}")
+    return experts
+
+
+def _recorded_base(out: Path) -> str | None:
+    """The base a checkpoint in OUT loads from elsewhere (`base_model` in its mocae_config.json), when OUT has no base/."""
+    config = out / "mocae_config.json"
+    if (out / "base" / "config.json").exists() or not config.exists():
+        return None
+    try:
+        return json.loads(config.read_text()).get("base_model") or None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def _run_stages(names: list[str], args: argparse.Namespace) -> int:
     from alignx_demo.training.pipeline import run_stages  # noqa: PLC0415
 
+    if getattr(args, "experts", None):  # bring your own experts: write the checkpoint the router stage trains on
+        from alignx_demo.modeling.checkpoint import import_adapters  # noqa: PLC0415
+
+        if not args.base_model:
+            raise ValueError("--experts needs --base-model: the hub id or folder of the base the adapters were trained on")
+        imported = import_adapters(args.out, args.base_model, parse_experts(args.experts))
+        for notice in imported["notices"]:
+            print(f"notice: {notice}", file=sys.stderr)
+    base_model = args.base_model or _recorded_base(Path(args.out))
     summary = run_stages(
-        names, data_dir=args.data_dir, out=args.out, quick=args.quick, base_model=args.base_model,
+        names, data_dir=args.data_dir, out=args.out, quick=args.quick, base_model=base_model,
         load_in_4bit=args.load_in_4bit, steps=args.steps, threads=args.threads, seed=args.seed,
         max_per_source=args.max_per_source, progress=not args.no_progress,
     )
@@ -199,7 +241,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     _add_tokenizer(stages)
     _add_base(stages)
     _add_stage(stages, "experts", "Stage 1: the three prompt-injected LoRA experts and the feature bank")
-    _add_stage(stages, "router", "Stage 2: the per-layer routers (base and experts frozen)")
+    router = _add_stage(stages, "router", "Stage 2: the per-layer routers (base and experts frozen)")
+    router.add_argument("--experts", default=None, metavar="helpful=DIR,harmless=DIR,honest=DIR",
+                        help="bring your own experts: three PEFT LoRA adapters of --base-model (ranks may differ) become "
+                             "the checkpoint's experts in OUT before the routers are trained")
     _add_stage(stages, "calibrate", "fit temperature, natural- and fractal-geometry calibration")
     _add_stage(stages, "baselines", "joint SFT, sequential SFT and uniform merge adapters")
     _add_all(stages)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from alignx_demo.config import AXES, MoCaEConfig, RoutingSettings
 from alignx_demo.data.records import AxisExample
 from alignx_demo.data.roles import expert_examples
@@ -58,7 +60,8 @@ def train_experts(
     write the MoCaE checkpoint files."""
     out = Path(out)
     model, tokenizer, _, _ = load_base(base_model or out / "base", load_in_4bit=load_in_4bit)
-    mocae = MoCaEModel(model, MoCaEConfig(rank=cfg.rank, alpha=cfg.alpha, base_model=base_model or ""))
+    # experts train in fp32 whatever the base computes in (bf16 parameters would lose small AdamW updates)
+    mocae = MoCaEModel(model, MoCaEConfig(rank=cfg.rank, alpha=cfg.alpha, base_model=base_model or ""), expert_dtype=torch.float32)
     log = JsonlLog(out / "logs" / "experts.jsonl")
     summary: dict[str, Any] = {"config": asdict(cfg), "experts": {}}
     for k, axis in enumerate(AXES):

@@ -1,0 +1,368 @@
+"""Traces as a stable, versioned format: the schema, validation, loading, and a token-by-token diff.
+
+A trace is what `generation.RoutedGeneration.trace()` returns, what `generate --json` prints and what
+the app's JSON download holds. `TRACE_JSON_SCHEMA` describes version 1 (`"schema": "alignx-trace/1"`)
+in JSON Schema draft 2020-12 form; `validate_trace` checks a parsed object against it (with a small
+built-in checker for the keywords the schema uses, so no extra dependency) and then checks what a
+schema cannot say (one layer count for all tokens, consecutive positions, prompt tokens first,
+weights that sum to 1). `schema_markdown()` renders the field table for the README from the same
+dict, so the description and the check never drift apart.
+
+`diff_traces(a, b)` aligns two traces token by token while their token ids agree, reports the first
+divergence, the per-token weight differences of the aligned tokens and the tokens whose routed
+(top) expert differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from alignx_demo.analysis.uploads import read_text
+from alignx_demo.config import AXES
+from alignx_demo.generation import TRACE_SCHEMA
+
+FINISH_REASONS = ("eos", "length", "stopped", "time_limit")
+MAX_TRACE_BYTES = 50_000_000
+"""`load_trace` refuses larger inputs (a 2,048-token trace of a 32-layer model is about 2 MB)."""
+SUM_TOLERANCE = 2e-3
+"""Weights are written with 6 decimals; a row of three may sum to 1 within this."""
+
+_WEIGHTS = {
+    "type": "object",
+    "description": "routing weight of each expert (≥ 0, summing to 1)",
+    "required": list(AXES),
+    "properties": {a: {"type": "number", "minimum": 0, "maximum": 1} for a in AXES},
+    "additionalProperties": False,
+}
+
+TRACE_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": TRACE_SCHEMA,
+    "title": "AlignX routed-generation trace, version 1",
+    "description": "One prompt and its generation, every token with the routing weights that produced it.",
+    "type": "object",
+    "required": ["schema", "prompt", "model", "settings", "axes", "notices", "finish_reason", "text", "tokens"],
+    "properties": {
+        "schema": {"const": TRACE_SCHEMA, "description": f"format name and version, `{TRACE_SCHEMA}`"},
+        "prompt": {"type": "string", "description": "the prompt as used (control characters removed, cut to the app's limit)"},
+        "model": {"type": "string", "description": "the loaded model, in words (folder, family, layers, precision)"},
+        "settings": {
+            "type": "object",
+            "description": "how the trace was produced: `generation`, `routing` (mode and calibrated required), `calibration`",
+            "required": ["routing"],
+            "properties": {
+                "generation": {"type": "object",
+                               "description": "`GenerationSettings`: max_new_tokens, do_sample, temperature, top_p, seed"},
+                "routing": {
+                    "type": "object",
+                    "description": "`RoutingSettings`: mode, calibrated, axis_prior, prior_blend",
+                    "required": ["mode", "calibrated"],
+                    "properties": {
+                        "mode": {"enum": ["soft", "top1"]},
+                        "calibrated": {"type": "boolean"},
+                        "axis_prior": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0},
+                                       "minItems": 3, "maxItems": 3},
+                        "prior_blend": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
+                "calibration": {
+                    "type": ["object", "null"],
+                    "description": "calibration parts switched on (null when uncalibrated or the model has none)",
+                    "additionalProperties": {"type": "boolean"},
+                },
+            },
+        },
+        "axes": {"const": list(AXES), "description": "expert order of every weight row: helpful, harmless, honest"},
+        "convention": {"type": "string", "description": "which forward's routing each token carries, in words"},
+        "notices": {"type": "array", "items": {"type": "string"}, "description": "what was changed or cut, one sentence each"},
+        "finish_reason": {"enum": [*FINISH_REASONS, None],
+                          "description": "eos, length, stopped, time_limit; null while streaming"},
+        "text": {"type": "string", "description": "the generated text"},
+        "tokens": {"type": "array", "items": {"$ref": "#/$defs/token"},
+                   "description": "prompt tokens, then generated tokens"},
+    },
+    "$defs": {
+        "token": {
+            "type": "object",
+            "required": ["text", "id", "position", "is_prompt", "weights", "layers", "entropy", "top_expert"],
+            "properties": {
+                "text": {"type": "string", "description": "the token's text piece (pieces add up to the text)"},
+                "id": {"type": "integer", "minimum": 0, "description": "token id"},
+                "position": {"type": "integer", "minimum": 0, "description": "index in the sequence, from 0"},
+                "is_prompt": {"type": "boolean", "description": "prompt token (routing at its own position) or "
+                                                                "generated (routing of the previous position)"},
+                "weights": {"$ref": "#/$defs/weights", "description": "mean over layers of the routing weights"},
+                "layers": {
+                    "type": "array", "minItems": 1, "description": "per decoder layer, the three weights (L × 3)",
+                    "items": {"type": "array", "minItems": 3, "maxItems": 3,
+                              "items": {"type": "number", "minimum": 0, "maximum": 1}},
+                },
+                "entropy": {"type": "number", "minimum": 0, "description": "mean over layers of the routing entropy, nats"},
+                "top_expert": {"enum": list(AXES), "description": "argmax of `weights`"},
+            },
+        },
+        "weights": _WEIGHTS,
+    },
+}
+
+
+class TraceError(ValueError):
+    """A trace that does not follow the schema; `errors` lists every problem found (path: what)."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        super().__init__(f"not a valid {TRACE_SCHEMA} trace: {shown}")
+
+
+# a checker for the JSON Schema keywords TRACE_JSON_SCHEMA uses -----------------------------------
+
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, (list, tuple)),  # a tuple: a trace not yet written as JSON
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "null": lambda v: v is None,
+}
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    kind = "null" if value is None else type(value).__name__
+    return f"{kind} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def _check(value: Any, schema: dict[str, Any], path: str, root: dict[str, Any], errors: list[str], limit: int) -> None:
+    if len(errors) >= limit:
+        return
+    where = path or "the trace"
+    if "$ref" in schema:
+        _check(value, root["$defs"][schema["$ref"].rsplit("/", 1)[-1]], path, root, errors, limit)
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{where}: must be {json.dumps(schema['const'])}, got {_show(value)}")
+        return
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: must be one of {', '.join(json.dumps(e) for e in schema['enum'])}, got {_show(value)}")
+        return
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_TYPES[t](value) for t in types):
+            errors.append(f"{where}: expected {' or '.join(types)}, got {_show(value)}")
+            return
+    if _TYPES["number"](value):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{where}: must be ≥ {schema['minimum']}, got {value}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{where}: must be ≤ {schema['maximum']}, got {value}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                errors.append(f"{where}: missing field {key!r}")
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            sub = f"{path}.{key}" if path else key
+            if key in properties:
+                _check(item, properties[key], sub, root, errors, limit)
+            elif extra is False:
+                errors.append(f"{where}: unexpected field {key!r}")
+            elif isinstance(extra, dict):
+                _check(item, extra, sub, root, errors, limit)
+    if isinstance(value, (list, tuple)):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{where}: needs at least {schema['minItems']} item(s), has {len(value)}")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{where}: allows at most {schema['maxItems']} item(s), has {len(value)}")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                _check(item, schema["items"], f"{path}[{i}]", root, errors, limit)
+
+
+def _consistency(trace: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: one layer count, consecutive positions, prompt first, sums of 1."""
+    errors: list[str] = []
+    tokens = trace["tokens"]
+    if not tokens:
+        return errors
+    n_layers = len(tokens[0]["layers"])
+    first = tokens[0]["position"]
+    seen_generated = False
+    for i, t in enumerate(tokens):
+        where = f"tokens[{i}]"
+        if len(t["layers"]) != n_layers:
+            errors.append(f"{where}.layers: {len(t['layers'])} layers, but tokens[0] has {n_layers}")
+        if t["position"] != first + i:
+            errors.append(f"{where}.position: expected {first + i} (positions are consecutive), got {t['position']}")
+        if t["is_prompt"] and seen_generated:
+            errors.append(f"{where}: a prompt token after a generated token")
+        seen_generated = seen_generated or not t["is_prompt"]
+        total = sum(t["weights"].values())
+        if abs(total - 1.0) > SUM_TOLERANCE:
+            errors.append(f"{where}.weights: sum to {total:.6f}, not 1")
+        for layer, row in enumerate(t["layers"]):
+            if abs(sum(row) - 1.0) > SUM_TOLERANCE:
+                errors.append(f"{where}.layers[{layer}]: sum to {sum(row):.6f}, not 1")
+                break
+        if t["weights"][t["top_expert"]] < max(t["weights"].values()) - 1e-6:
+            errors.append(f"{where}.top_expert: {t['top_expert']!r} is not the largest weight")
+        if len(errors) >= 20:
+            break
+    return errors
+
+
+def validate_trace(obj: Any, max_errors: int = 20) -> dict[str, Any]:
+    """Return `obj` when it is a valid version-1 trace; else raise a TraceError listing each problem
+    by its path (`tokens[3].weights.helpful: expected number, got string "x"`)."""
+    if isinstance(obj, dict) and isinstance(obj.get("schema"), str) and obj["schema"] != TRACE_SCHEMA \
+            and obj["schema"].startswith("alignx-trace/"):
+        raise TraceError([f"schema: this version reads {TRACE_SCHEMA}, the trace is {obj['schema']}"])
+    errors: list[str] = []
+    _check(obj, TRACE_JSON_SCHEMA, "", TRACE_JSON_SCHEMA, errors, max_errors)
+    if not errors:
+        errors = _consistency(obj)
+    if errors:
+        raise TraceError(errors)
+    return obj
+
+
+def load_trace(source: str | Path | bytes, index: int | None = None) -> dict[str, Any]:
+    """A validated trace from a file path, JSON text or bytes. Also reads a JSON object that wraps one
+    trace under "trace" (e.g. an `attribute` output) or several under "traces" (pick one by `index`)."""
+    if isinstance(source, (Path, bytes)) or (isinstance(source, str) and source.lstrip()[:1] not in ("{", "[")
+                                             and len(source) < 4096):
+        source = read_text(source, "trace file" if not isinstance(source, bytes) else "the trace", MAX_TRACE_BYTES)
+    try:
+        obj = json.loads(source)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the trace is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    if isinstance(obj, dict) and obj.get("schema") != TRACE_SCHEMA:
+        if isinstance(obj.get("trace"), dict):
+            obj = obj["trace"]
+        elif isinstance(obj.get("traces"), list):
+            traces = obj["traces"]
+            if index is None or not 0 <= index < len(traces):
+                raise ValueError(f"the file holds {len(traces)} traces; pick one with an index from 0 to {len(traces) - 1}")
+            obj = traces[index]
+    return validate_trace(obj)
+
+
+# the diff -------------------------------------------------------------------------------------------
+
+def _top(weights: dict[str, float]) -> str:
+    return max(AXES, key=lambda a: weights[a])
+
+
+def _flat_settings(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat_settings(item, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: value}
+
+
+def _describe(trace: dict[str, Any]) -> dict[str, Any]:
+    tokens = trace["tokens"]
+    return {"prompt": trace["prompt"], "model": trace["model"], "settings": trace["settings"], "tokens": len(tokens),
+            "prompt_tokens": sum(t["is_prompt"] for t in tokens), "finish_reason": trace["finish_reason"], "text": trace["text"]}
+
+
+def diff_traces(a: Any, b: Any) -> dict[str, Any]:
+    """Compare two traces token by token (both are validated first).
+
+    Tokens are aligned from the start while their ids agree; `first_divergence` is the first index
+    where they do not (or where one trace ends), None when both are the same length and agree
+    throughout. For each aligned token: both weight rows, `delta` = b − a per axis, the largest
+    per-layer difference (when both have the same layer count), both top experts and whether they
+    differ. Returns plain JSON-able data:
+
+        {"schema": "alignx-trace-diff/1", "axes", "a": {prompt, model, settings, tokens, prompt_tokens,
+         finish_reason, text}, "b": {…}, "same_prompt", "settings_changed": {path: [a, b]},
+         "aligned": n, "first_divergence": {index, position, is_prompt_a, is_prompt_b, a: {id, text} | None,
+         b: {…} | None} | None, "tokens": [{index, position, is_prompt, id, text, a, b, delta,
+         max_abs_delta, max_layer_abs_delta, top_a, top_b, routed_differs}], "routed_differs": [index…],
+         "summary": {mean_abs_delta{axis}, max_abs_delta, n_routed_differs, share_routed_differs,
+         generated_aligned, layer_mean_abs_delta (L × 3) | None}, "notes": [sentence…]}
+    """
+    a, b = validate_trace(a), validate_trace(b)
+    ta, tb = a["tokens"], b["tokens"]
+    notes: list[str] = []
+    same_layers = bool(ta and tb) and len(ta[0]["layers"]) == len(tb[0]["layers"])
+    if ta and tb and not same_layers:
+        notes.append(f"the traces have {len(ta[0]['layers'])} and {len(tb[0]['layers'])} layers: per-layer differences left out")
+    n = 0
+    while n < min(len(ta), len(tb)) and ta[n]["id"] == tb[n]["id"]:
+        n += 1
+    divergence = None
+    if n < max(len(ta), len(tb)):
+        side = lambda ts: {"id": ts[n]["id"], "text": ts[n]["text"]} if n < len(ts) else None  # noqa: E731
+        divergence = {"index": n, "position": (ta if n < len(ta) else tb)[n]["position"],
+                      "is_prompt_a": ta[n]["is_prompt"] if n < len(ta) else None,
+                      "is_prompt_b": tb[n]["is_prompt"] if n < len(tb) else None, "a": side(ta), "b": side(tb)}
+        in_prompt = (n < len(ta) and ta[n]["is_prompt"]) or (n < len(tb) and tb[n]["is_prompt"])
+        where = "in the prompt" if in_prompt else "in the generation"
+        notes.append(f"the token sequences diverge at index {n} ({where}); only the first {n} tokens are compared")
+    rows, differs = [], []
+    layer_sums = [[0.0] * len(AXES) for _ in range(len(ta[0]["layers"]))] if same_layers else None
+    for i in range(n):
+        x, y = ta[i], tb[i]
+        delta = {ax: round(y["weights"][ax] - x["weights"][ax], 6) for ax in AXES}
+        layer_max = None
+        if same_layers:
+            diffs = [[abs(q - p) for p, q in zip(rx, ry)] for rx, ry in zip(x["layers"], y["layers"])]
+            layer_max = round(max(max(r) for r in diffs), 6)
+            for l, r in enumerate(diffs):
+                layer_sums[l] = [s + d for s, d in zip(layer_sums[l], r)]
+        top_a, top_b = _top(x["weights"]), _top(y["weights"])
+        if top_a != top_b:
+            differs.append(i)
+        rows.append({"index": i, "position": x["position"], "is_prompt": x["is_prompt"] and y["is_prompt"], "id": x["id"],
+                     "text": x["text"], "a": x["weights"], "b": y["weights"], "delta": delta,
+                     "max_abs_delta": max(abs(v) for v in delta.values()), "max_layer_abs_delta": layer_max,
+                     "top_a": top_a, "top_b": top_b, "routed_differs": top_a != top_b})
+    flat_a, flat_b = _flat_settings(a["settings"]), _flat_settings(b["settings"])
+    changed = {k: [flat_a.get(k), flat_b.get(k)] for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)}
+    summary = {
+        "mean_abs_delta": {ax: round(sum(abs(r["delta"][ax]) for r in rows) / n, 6) if n else None for ax in AXES},
+        "max_abs_delta": max((r["max_abs_delta"] for r in rows), default=None),
+        "n_routed_differs": len(differs),
+        "share_routed_differs": round(len(differs) / n, 6) if n else None,
+        "generated_aligned": sum(not r["is_prompt"] for r in rows),
+        "layer_mean_abs_delta": [[round(v / n, 6) for v in row] for row in layer_sums] if (layer_sums and n) else None,
+    }
+    return {"schema": "alignx-trace-diff/1", "axes": list(AXES), "a": _describe(a), "b": _describe(b),
+            "same_prompt": a["prompt"] == b["prompt"], "settings_changed": changed, "aligned": n,
+            "first_divergence": divergence, "tokens": rows, "routed_differs": differs, "summary": summary, "notes": notes}
+
+
+# the README table -------------------------------------------------------------------------------------
+
+def _type_words(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return "weights object" if schema["$ref"].endswith("weights") else "token object"
+    if "const" in schema:
+        return f"`{json.dumps(schema['const'])}`"
+    if "enum" in schema:
+        return " \\| ".join(f"`{json.dumps(e)}`" for e in schema["enum"])
+    kind = schema.get("type", "")
+    return " or ".join(kind) if isinstance(kind, list) else kind
+
+
+def schema_markdown() -> str:
+    """The trace format as Markdown tables (top-level fields, then token fields), from TRACE_JSON_SCHEMA."""
+    def table(schema: dict[str, Any]) -> list[str]:
+        lines = ["| field | type | required | meaning |", "|---|---|---|---|"]
+        for name, prop in schema["properties"].items():
+            required = "yes" if name in schema.get("required", []) else "no"
+            lines.append(f"| `{name}` | {_type_words(prop)} | {required} | {prop.get('description', '')} |")
+        return lines
+
+    token = TRACE_JSON_SCHEMA["$defs"]["token"]
+    return "\n".join([f"Trace (`\"schema\": \"{TRACE_SCHEMA}\"`):", "", *table(TRACE_JSON_SCHEMA), "",
+                      "Each entry of `tokens`:", "", *table(token), "",
+                      f"A weights object has the keys {', '.join(f'`{a}`' for a in AXES)} (numbers in [0, 1] summing to 1)."])
