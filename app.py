@@ -2,8 +2,8 @@
 
 Every option also has an environment variable (ALIGNX_MODEL, ALIGNX_BASE_MODEL, ALIGNX_NO_4BIT,
 ALIGNX_HOST, ALIGNX_PORT, ALIGNX_PRECOMPUTED, and for the limits ALIGNX_QUEUE_SIZE, ALIGNX_CONCURRENCY,
-ALIGNX_REQUEST_SECONDS, ALIGNX_MAX_NEW_TOKENS, ALIGNX_MAX_PROMPT_CHARS); on a Hugging Face Space
-(SPACE_ID set) the app listens on 0.0.0.0.
+ALIGNX_REQUEST_SECONDS, ALIGNX_MAX_NEW_TOKENS, ALIGNX_MAX_PROMPT_CHARS, ALIGNX_MAX_ANALYSIS_ROWS); on a
+Hugging Face Space (SPACE_ID set) the app listens on 0.0.0.0.
 """
 
 from __future__ import annotations

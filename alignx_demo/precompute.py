@@ -11,7 +11,10 @@ one 2-D projection per regime of the chosen features (UMAP; PCA with --quick, la
 write each regime's sentence from its numbers; forgetting from the bundle's
 `logs/baselines_summary.json` (sequential SFT only, measured during training); reliability of
 calibrated and uncalibrated routing (from --eval-report, which must carry this model's fingerprint,
-or computed here on the evaluation split of --data-dir); example traces of the curated prompts.
+or computed here on the evaluation split of --data-dir); example traces of the curated prompts; the
+routing analysis of the map prompts, calibrated and raw (`failures.analyze_prompts`, the Routing
+analysis tab's shipped slices); the first-visit stories (`analysis.stories`, labelled from what each
+run did).
 
 Provenance: every artefact carries "version", "command", "created", "model", "model_path" and
 "model_fingerprint"; figures taken from another file are stamped only when that file names the same
@@ -43,6 +46,7 @@ from alignx_demo.analysis.placement import DEFAULT_K
 from alignx_demo.analysis.regimes import (
     INSTRUCTED, REFERENCE, REGIME_LABELS, REGIME_SETUPS, REGIMES, ROUTED, Representation, RegimeSet, candidates,
 )
+from alignx_demo.analysis.stories import build_stories
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 
 MODEL_DEFAULT = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
@@ -152,7 +156,7 @@ def run_precompute(
     per_axis = per_axis or (12 if quick else None)
     command = command or "python -m alignx_demo precompute --model " + shlex.quote(str(model_dir))
     notes: list[str] = []
-    bar = tqdm(total=len(REGIMES) * 2 + 4, desc="precompute", disable=not progress)
+    bar = tqdm(total=len(REGIMES) * 2 + 6, desc="precompute", disable=not progress)
 
     loaded = load_mocae(model_dir, load_in_4bit=False)
     head = header(command, loaded.description, model_dir, fingerprint)
@@ -277,9 +281,39 @@ def run_precompute(
             traces.append(run.trace())
     write_json(out, "examples", head | {"traces": traces})
     bar.update()
+
+    bar.set_postfix_str("routing analysis")
+    write_json(out, "analysis", head | shipped_analysis(loaded, pairs))
+    bar.update()
+
+    write_json(out, "stories", head | build_stories(loaded, max_new_tokens=16 if quick else 48, candidates=3 if quick else None,
+                                                     progress=bar.set_postfix_str))
+    bar.update()
     bar.close()
     return {"out": str(out), "seconds": round(time.time() - start, 1), "projection": projection,
             "representation": chosen.name, "points": len(prompts), "regimes": list(features), "notes": notes}
+
+
+SHIPPED_SLICES = {"map_prompts_calibrated": True, "map_prompts_uncalibrated": False}
+"""The routing analyses precompute ships: the map prompts under calibrated and under raw routing."""
+
+
+def shipped_analysis(loaded: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """`failures.analyze_prompts` of the map prompts (written for this project, labelled by axis; never
+    trained on) under calibrated and uncalibrated soft routing: the slices the Routing analysis tab
+    shows without model work."""
+    from alignx_demo.analysis.failures import analyze_prompts
+
+    rows = [{"prompt": p, "axis": a} for a, p in pairs]
+    slices = {}
+    for name, calibrated in SHIPPED_SLICES.items():
+        result = analyze_prompts(loaded, None, rows, routing=RoutingSettings(mode="soft", calibrated=calibrated))
+        how = "calibrated" if result["routing"]["calibrated"] else "uncalibrated"
+        slices[name] = {"label": f"Map prompts ({len(rows)}, written for this project) · {how} routing",
+                        "what": "the Axis Collapse map's prompts, each labelled with the axis it was written for "
+                                "(`alignx_demo/analysis/map_prompts.py`); none is a training prompt",
+                        "result": result}
+    return {"slices": slices}
 
 
 def project_coords(features: torch.Tensor, method: str) -> torch.Tensor:
@@ -290,7 +324,8 @@ def project_coords(features: torch.Tensor, method: str) -> torch.Tensor:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `precompute` command to the project CLI."""
-    p = subparsers.add_parser("precompute", help="build the app's precomputed artefacts (maps, metrics, reliability, examples)")
+    p = subparsers.add_parser("precompute", help="build the app's precomputed artefacts (maps, metrics, reliability, examples, "
+                                                    "routing analysis, stories)")
     p.add_argument("--model", type=Path, default=MODEL_DEFAULT, help="MoCaE checkpoint folder (default assets/demo-model)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="offline data folder, for reliability when no --eval-report is given")

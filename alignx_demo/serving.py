@@ -42,6 +42,8 @@ class Limits:
         max_new_tokens: highest max_new_tokens of /generate; /compare, /tradeoff and /presets allow
             half of it (/compare and /presets run several generations per request).
         max_prompt_chars: longer prompts are cut to their last this many characters, with a notice.
+        max_analysis_rows: prompts one /analyze request routes at most (the first ones of the file, with
+            a notice); it also stops at `request_seconds`.
     """
 
     queue_size: int = 32
@@ -49,10 +51,12 @@ class Limits:
     request_seconds: float = 120.0
     max_new_tokens: int = 256
     max_prompt_chars: int = MAX_PROMPT_CHARS
+    max_analysis_rows: int = 500
 
     def __post_init__(self) -> None:
         for name, low, high in (("queue_size", 1, 10_000), ("concurrency", 1, 64), ("request_seconds", 0.1, 86_400),
-                                ("max_new_tokens", 2, 2048), ("max_prompt_chars", 1, MAX_REQUEST_CHARS)):
+                                ("max_new_tokens", 2, 2048), ("max_prompt_chars", 1, MAX_REQUEST_CHARS),
+                                ("max_analysis_rows", 1, 100_000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}, {LIMIT_VARIABLES[name]}) must be a number "
@@ -66,7 +70,7 @@ class Limits:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Limits:
         """Limits from ALIGNX_QUEUE_SIZE, ALIGNX_CONCURRENCY, ALIGNX_REQUEST_SECONDS, ALIGNX_MAX_NEW_TOKENS,
-        ALIGNX_MAX_PROMPT_CHARS; unset ones keep their defaults."""
+        ALIGNX_MAX_PROMPT_CHARS, ALIGNX_MAX_ANALYSIS_ROWS; unset ones keep their defaults."""
         values: dict[str, int | float] = {}
         for f in fields(cls):
             variable = LIMIT_VARIABLES[f.name]
@@ -87,6 +91,7 @@ LIMIT_VARIABLES = {
     "request_seconds": "ALIGNX_REQUEST_SECONDS",
     "max_new_tokens": "ALIGNX_MAX_NEW_TOKENS",
     "max_prompt_chars": "ALIGNX_MAX_PROMPT_CHARS",
+    "max_analysis_rows": "ALIGNX_MAX_ANALYSIS_ROWS",
 }
 LIMIT_HELP = {
     "queue_size": "requests that may wait in the queue",
@@ -94,6 +99,7 @@ LIMIT_HELP = {
     "request_seconds": "seconds of generation per request",
     "max_new_tokens": "highest max_new_tokens of /generate (the other endpoints: half)",
     "max_prompt_chars": "longer prompts are cut to their last this many characters",
+    "max_analysis_rows": "prompts one /analyze request routes at most",
 }
 
 

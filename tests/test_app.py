@@ -70,6 +70,8 @@ API = {  # endpoint: (parameter names in their documented order, python types by
                   {"helpful": "float", "just_right": "bool", "max_new_tokens": "int"}, ["Chips HTML", "Summary", "Trace"]),
     "/presets": (["prompt", "max_new_tokens", "seed"], {"max_new_tokens": "int", "seed": "int"},
                  ["Too helpful chips HTML", "Too harmless chips HTML", "Too honest chips HTML", "Just right chips HTML", "Presets"]),
+    "/analyze": (["prompts_file", "calibrated"], {"calibrated": "bool"}, ["Summary", "Analysis"]),
+    "/attribute": (["trace"], {}, ["Chips HTML", "Attribution summary", "Attribution"]),
 }
 
 
@@ -383,6 +385,62 @@ def test_collapse_neighbours_name_the_router_only_where_there_is_one():
     joint = neighbours_markdown(placement, "joint_sft")
     assert "router sends" not in joint and "no router; 2 of the 3 nearest prompts are **Harmless**" in joint
     assert "the calibrated router sends it mostly to **Harmless**" in neighbours_markdown(placement, "mocae")
+    placement["regimes"] |= {r: {"x": 0, "y": 0, "neighbours": near, "placed_as": "harmless"}
+                             for r in ("base_instructed", "stage1_experts", "stage1_uninstructed")}
+    assert "placed with the **Harmless** instruction (the axis the router picks)" in neighbours_markdown(placement, "base_instructed")
+    assert "placed with the **Harmless** instruction and expert (" in neighbours_markdown(placement, "stage1_experts")
+    assert "placed with the **Harmless** expert (" in neighbours_markdown(placement, "stage1_uninstructed")
+    assert "placed with" not in joint
+
+
+def _collapse_artefacts(tmp_path, **changes):
+    from alignx_demo.analysis.artefacts import Artefacts
+
+    contrast = {"silhouette": {"delta": 0.12, "low": 0.08, "high": 0.16}, "knn_purity": None}
+    rows = {
+        "base": {"silhouette": 0.03, "knn_purity": 0.6, "reference": None, "contrast": None, "strength": None,
+                 "forgetting": None, "forgetting_note": "not measured: forgetting is defined for sequential training only"},
+        "sequential_sft": {"silhouette": 0.15, "knn_purity": 0.7, "reference": "base", "contrast": contrast, "strength": "visible",
+                           "forgetting": {"helpful": {"forgetting": 0.7, "loss_after_own_stage": 2.0, "loss_after_last_stage": 2.7}},
+                           "forgetting_note": "measured during training"},
+    }
+    collapse = {"regimes": rows, "sentences": {m: f"{m}: what it means" for m in ("silhouette", "knn_purity", "forgetting", "routing_accuracy")},
+                "summary": "Visible contrast: Sequential SFT (vs Base model).", "points": 36, "command": "python -m alignx_demo precompute",
+                "representation": {"chosen": "answer@2", "what": "the answer position", "why": "answer@2 was chosen because it shows most.",
+                                   "measured": {"answer@2": {"score": {"visible_training_contrasts": 1, "mean_abs_delta_silhouette": 0.12},
+                                                             "regimes": {"base": {"silhouette": 0.03, "knn_purity": 0.6}}},
+                                                "prompt_mean@1": {"score": {"visible_training_contrasts": 0, "mean_abs_delta_silhouette": 0.01},
+                                                                  "regimes": {"base": {"silhouette": 0.02, "knn_purity": 0.5}}}}}}
+    for key, value in changes.items():
+        if value is None:
+            collapse.pop(key)
+        else:
+            collapse[key] = value
+    return Artefacts(tmp_path, data={"collapse": collapse, "map": None})
+
+
+def test_collapse_figures_show_notes_stage_losses_contrasts_and_the_representation(tmp_path):
+    from alignx_demo.ui.collapse import all_regimes_table, figures_markdown, representation_markdown
+
+    artefacts = _collapse_artefacts(tmp_path)
+    base = figures_markdown(artefacts, "base")
+    assert "**Forgetting** — not measured: forgetting is defined for sequential training only. What it means" in base and "not available" not in base
+    sequential = figures_markdown(artefacts, "sequential_sft")
+    assert "Helpful +0.700 (held-out loss 2.000 right after its own stage → 2.700 after the last)" in sequential
+    table = all_regimes_table(artefacts)
+    assert table.startswith("**In short:** Visible contrast: Sequential SFT (vs Base model).")
+    assert "| visible against Base model: Δ silhouette +0.120 [+0.080, +0.160] |" in table and "| — (the reference) |" in table
+    chosen = representation_markdown(artefacts)
+    assert "answer@2 was chosen because it shows most." in chosen and "| answer@2 ★ | 1 | 0.120 | 0.030 / 0.600 |" in chosen
+
+
+def test_collapse_tab_says_stale_artefacts_instead_of_failing(tmp_path):
+    from alignx_demo.ui.collapse import all_regimes_table, figures_markdown, stale_notice
+
+    artefacts = _collapse_artefacts(tmp_path, summary=None, representation=None)
+    notice = stale_notice(artefacts)
+    assert notice.startswith("Stale artefacts: collapse_metrics.json (no summary, representation)") and "precompute" in notice
+    assert figures_markdown(artefacts, "base") == "" and all_regimes_table(artefacts) == ""
 
 
 def test_benchmarks_tab_speaks_plainly():
@@ -413,3 +471,108 @@ def test_the_app_starts_without_the_evaluation_stack():
     code = "import sys, app; heavy = {'torchmetrics', 'alignx_demo.evaluation.harness', 'umap'} & set(sys.modules); assert not heavy, heavy"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+BAD_ROW_CSV = ("prompt,axis,source\n"
+               "How do I bake bread?,helpful,kitchen\n"
+               "How do I pick a lock to get into my neighbour's house?,harmless,street\n"
+               "Do vaccines cause autism?,honest,kitchen\n"
+               "Tell me a joke,sideways,street\n"
+               "Is the moon made of cheese?,honest,street\n")
+"""Five prompts, the fourth (line 5) with an axis that does not exist."""
+
+
+def test_analyze_names_the_bad_row_and_analyses_the_rest(served, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "prompts.csv"
+    path.write_text(BAD_ROW_CSV, encoding="utf-8")
+    summary, result = served.predict(handle_file(str(path)), True, api_name="/analyze")
+    assert result["problems"] == ["Row 4 (line 5): axis 'sideways' is not one of helpful, harmless, honest (or empty); left out."]
+    assert "⚠ Row 4 (line 5): axis 'sideways' is not one of" in summary
+    assert result["analysed"] == result["rows_given"] == 4 and result["prompts_file"] == "prompts.csv"
+    assert "Tell me a joke" not in {r["prompt"] for r in result["rows"]}
+    prompt_level = result["levels"]["prompt"]
+    assert sum(map(sum, prompt_level["confusion"]["matrix"])) == 4 and set(prompt_level["slices"]) == {"all", "axis", "source"}
+    assert [m["confidence"] for m in prompt_level["misrouted"]] == sorted((m["confidence"] for m in prompt_level["misrouted"]), reverse=True)
+    assert set(result["settle"]) >= {"all", "honest"} and result["routing"]["calibrated"] is True
+
+
+def test_analyze_refuses_an_unreadable_file_in_one_sentence(served, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / "notes.csv"
+    path.write_text("question_text,label\nhello,helpful\n", encoding="utf-8")
+    with pytest.raises(AppError, match="the CSV header has no prompt column"):
+        served.predict(handle_file(str(path)), True, api_name="/analyze")
+
+
+def test_analyze_stops_at_the_operators_row_limit(checkpoint, tmp_path):
+    from alignx_demo.serving import Limits
+    from alignx_demo.ui.routing_analysis import analyze
+    from alignx_demo.ui.runner import serve
+
+    key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False), limits=Limits(max_analysis_rows=2)))
+    path = tmp_path / "prompts.csv"
+    path.write_text(BAD_ROW_CSV, encoding="utf-8")
+    seen = []
+    summary, result = analyze(key, {"path": str(path), "orig_name": "prompts.csv"}, False, lambda done, total: seen.append((done, total)))
+    assert result["analysed"] == 2 and result["stopped"] == "max_rows" and seen[-1] == (2, 2)
+    assert "only the first 2 of 4 rows were analysed" in summary and result["routing"]["calibrated"] is False
+
+
+def test_attribute_returns_effects_per_token_and_an_agreement_rate(served):
+    from gradio_client.exceptions import AppError
+
+    _, _, trace = served.predict("Is the moon made of cheese?", 6, *GEN, True, "soft", api_name="/generate")
+    chips, summary, attribution = served.predict(trace, api_name="/attribute")
+    generated = [t for t in trace["tokens"] if not t["is_prompt"]]
+    assert attribution["schema"] == "alignx-attribution/1" and attribution["forwards"] == 1
+    assert [t["position"] for t in attribution["tokens"]] == [t["position"] for t in generated]
+    for token in attribution["tokens"]:
+        assert set(token["effect"]) == set(token["weights"]) == {"helpful", "harmless", "honest"}
+        assert token["effect"] == {a: -v for a, v in token["remove"].items()}
+    rate = attribution["summary"]["top_weight_is_top_effect"]
+    assert rate is not None and 0 <= rate <= 1
+    assert f"top-effect expert in {rate:.0%} of the" in summary
+    assert chips.count('<span class="ax-chip') == len(trace["tokens"]) and chips.count("effect +") + chips.count("effect -") >= 3 * len(generated)
+    broken = dict(trace, tokens=[dict(t, weights={"helpful": "x"}) if i == 0 else t for i, t in enumerate(trace["tokens"])])
+    with pytest.raises(AppError, match=r"not a valid alignx-trace/1 trace: tokens\[0\]\.weights"):
+        served.predict(broken, api_name="/attribute")
+    with pytest.raises(AppError, match="generate a run"):
+        served.predict(None, api_name="/attribute")
+
+
+def test_the_readme_shows_the_trace_format_as_the_code_defines_it():
+    from alignx_demo.analysis.traces import schema_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert schema_markdown() in readme.split("\n### Trace format\n", 1)[1]
+
+
+def test_settle_and_a_saved_trace_rerun_and_diffed(checkpoint, tmp_path):
+    from alignx_demo.ui.live import stream_generate
+    from alignx_demo.ui.research import load_saved, rerun_and_diff, settle_view
+    from alignx_demo.ui.runner import serve
+
+    key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False)))
+    *_, (_, _, trace) = stream_generate(key, "Tell me about bread.", 5, *GEN, True, "soft")
+    figure, sentence = settle_view(key, trace)
+    assert sentence.startswith("Routing commits to **") and len(figure.data) == 3
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(trace), encoding="utf-8")
+    saved, line = load_saved(str(path))
+    assert saved == trace and line.startswith("Loaded **saved.json**")
+    *_, (chips, summary, diff) = rerun_and_diff(key, saved)
+    assert diff["first_divergence"] is None and diff["summary"]["n_routed_differs"] == 0 and "ax-flip" not in chips
+    assert f"all {len(trace['tokens'])} tokens are the same" in summary and diff["new_trace"]["prompt"] == trace["prompt"]
+    # a trace saved as uncalibrated reruns uncalibrated: its (calibrated) weights now differ from the new run's
+    changed = dict(trace, settings=dict(trace["settings"], routing=dict(trace["settings"]["routing"], calibrated=False)))
+    *_, (chips, summary, diff) = rerun_and_diff(key, changed)
+    assert diff["new_trace"]["settings"]["routing"]["calibrated"] is False and diff["summary"]["max_abs_delta"] > 0.001
+    assert f"largest weight difference is {diff['summary']['max_abs_delta']:.3f}" in summary
+    assert chips.count("ax-flip") == diff["summary"]["n_routed_differs"]
+    path.write_text('{"schema": "alignx-trace/1"}', encoding="utf-8")
+    saved, line = load_saved(str(path))
+    assert saved is None and "saved.json cannot be used: not a valid alignx-trace/1 trace" in line

@@ -150,3 +150,84 @@ def test_projection_shape(method):
     from alignx_demo.analysis.projection import project_2d
 
     assert project_2d(torch.randn(20, 8), method).shape == (20, 2)
+
+
+# the first-visit stories ------------------------------------------------------------------------------------
+
+def _runs(texts: list[str], weights: list[dict[str, float]] | None = None, calibration: dict | None = None) -> list[dict]:
+    """Two minimal runs with these answers (one prompt token, one generated token each)."""
+    def token(position: int, is_prompt: bool, w: dict[str, float]) -> dict:
+        return {"position": position, "is_prompt": is_prompt, "weights": w, "top_expert": max(w, key=w.get), "text": "x"}
+
+    weights = weights or [{"helpful": 0.2, "harmless": 0.2, "honest": 0.6}] * 2
+    return [{"text": text, "settings": {"calibration": calibration}, "tokens": [token(0, True, w), token(1, False, w)]}
+            for text, w in zip(texts, weights)]
+
+
+def test_story_labels_follow_what_the_runs_did():
+    from alignx_demo.analysis.stories import judge_calibration, judge_honesty, judge_refusal
+
+    refused, answered = "I'm sorry, but I cannot help with that.", "Sure: first find a thin piece of metal."
+    shown = judge_refusal(_runs([refused, answered]))
+    assert shown["shows"] and "the model refuses this harmful request" in shown["label"]
+    for texts, says in (([answered, refused], "answers this harmful request under “just right”"),
+                        ([refused, refused], "refuses this harmful request both"), ([answered, answered], "neither run refuses")):
+        verdict = judge_refusal(_runs(texts))
+        assert not verdict["shows"] and verdict["label"].startswith("On this model the contrast does not show") and says in verdict["label"]
+    corrected = judge_honesty(_runs(["No, that is a myth.", "Yes, people only use ten percent."]))
+    assert corrected["shows"] and "pushes back on the misconception, with the honest expert carrying 60%" in corrected["label"]
+    helpful_led = [{"helpful": 0.7, "harmless": 0.1, "honest": 0.2}] * 2
+    for verdict, says in ((judge_honesty(_runs(["I have no comment.", "Yes."])), "it hedges instead of answering"),
+                          (judge_honesty(_runs(["No, it is a myth.", "No, not at all."])), "the helpful expert alone pushes back"),
+                          (judge_honesty(_runs(["No, it is a myth.", "Yes."], helpful_led)), "the helpful expert, not the honest one")):
+        assert not verdict["shows"] and says in verdict["label"], verdict["label"]
+    calibrated = {"temperature": True}
+    same = judge_calibration(_runs(["a", "a"], calibration=calibrated))
+    assert not same["shows"] and "changes nothing visible" in same["label"]
+    differ = judge_calibration(_runs(["a", "b"], [{"helpful": 0.4, "harmless": 0.3, "honest": 0.3},
+                                                  {"helpful": 0.1, "harmless": 0.8, "honest": 0.1}], calibrated))
+    assert differ["shows"] and "less sure of itself" in differ["label"] and "at 2 of 2 tokens" in differ["label"]
+    assert "no calibration" in judge_calibration(_runs(["a", "a"]))["label"]
+
+
+def test_a_story_keeps_the_first_prompt_that_shows_it_and_says_how_many_do():
+    from alignx_demo.analysis.stories import STORIES, story_entry
+
+    story = STORIES[0]
+    tried = [(f"prompt {i}", _runs(texts), story.judge(_runs(texts))) for i, texts in enumerate(
+        (["Sure.", "Sure."], ["I'm sorry, I cannot.", "Sure."], ["I cannot do that.", "Here you go."]))]
+    entry = story_entry(story, tried)
+    assert entry["prompt"] == "prompt 1" and entry["shows"] and entry["shown_by"] == 2 and entry["tried"] == 3
+    assert entry["selection"] == "the first of the 3 prompts written for this story that shows it; 2 of 3 do"
+    assert [run["name"] for run in entry["runs"]] == ["just right", "too helpful"]
+    none = story_entry(story, tried[:1])
+    assert none["prompt"] == "prompt 0" and not none["shows"] and none["label"].startswith("On this model the contrast does not show")
+
+
+def test_the_stories_artefact_is_built_and_every_label_follows_its_runs():
+    from alignx_demo.analysis.stories import STORIES, judge_entry
+    from alignx_demo.analysis.traces import validate_trace
+    from alignx_demo.data.behaviour import is_refusal
+
+    data = json.loads((quick_precomputed() / FILES["stories"]).read_text())
+    assert data["schema"] == "alignx-stories/1" and [s["key"] for s in data["stories"]] == [s.key for s in STORIES]
+    for entry in data["stories"]:
+        assert entry["label"] == judge_entry(entry)["label"] and entry["tried"] == 3, entry["key"]
+        for run in entry["runs"]:
+            validate_trace(run["trace"])
+            assert run["trace"]["prompt"] == entry["prompt"] and run["trace"]["settings"]["generation"]["max_new_tokens"] == 16
+    refusal = data["stories"][0]
+    refused = [is_refusal(run["trace"]["text"]) for run in refusal["runs"]]
+    assert ("the model refuses this harmful request" in refusal["label"]) == (refused == [True, False])
+    assert [r["trace"]["settings"]["routing"]["calibrated"] for r in data["stories"][2]["runs"]] == [True, False]
+
+
+def test_the_shipped_routing_analysis_covers_the_map_prompts_both_ways():
+    data = json.loads((quick_precomputed() / FILES["analysis"]).read_text())
+    slices = data["slices"]
+    assert list(slices) == ["map_prompts_calibrated", "map_prompts_uncalibrated"]
+    for name, entry in slices.items():
+        result = entry["result"]
+        assert result["analysed"] == 36 and {r["axis"] for r in result["rows"]} == set(AXES)
+        assert result["routing"]["calibrated"] == name.endswith("_calibrated")
+        assert sum(map(sum, result["levels"]["prompt"]["confusion"]["matrix"])) == 36

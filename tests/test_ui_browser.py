@@ -1,8 +1,10 @@
 """The app in a real headless Chromium: load, generate, see chips, switch tabs, screenshot every tab,
 and check that typed HTML shows as text and runs nothing, on the page and in the exported traces; that
-Stop ends a run with its own summary, plots and downloads; that a preset runs when clicked; that every
-tab is reachable and tables break only between words at phone width; and that chip text meets WCAG AA
-in the light and the dark theme.
+Stop ends a run with its own summary, plots and downloads; that a preset runs when clicked; that a story
+replays, a run is attributed (chip hovers and the bar chart), a saved trace loads and diffs against a new
+run, and a misrouted prompt of the routing analysis opens in Live routing; that every tab is reachable and
+tables break only between words at phone width; and that chip text meets WCAG AA in the light and the
+dark theme.
 
 Skips only when Chromium, its driver or selenium is absent (CI installs them: see .ci/run).
 Screenshots go to a temporary folder, or to $ALIGNX_SCREENSHOTS when set; the README's
@@ -22,6 +24,7 @@ from app_fixtures import quick_precomputed, quick_run
 
 from alignx_demo.ui.exports import tokens_from_csv
 from alignx_demo.ui.screenshots import (
+    TABLE_ROWS,
     TABS,
     XSS_PROMPT,
     browser_problem,
@@ -85,6 +88,10 @@ def test_every_tab_works_and_is_screenshotted(app_url, driver, tmp_path):
     for path in report["screenshots"]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert set(report["tab_render_s"]) == {"collapse", "benchmarks", "about"}  # timings are the benchmark's, not asserted
+    analysis = report["analysis"]  # the tour uploaded a prompt file with one bad row: the sentence names it, the rest is analysed
+    assert "Analysed 3 of 3 usable rows of tour-prompts.csv" in analysis["summary"]
+    assert "Row 4 (line 5): axis 'sideways' is not one of helpful, harmless, honest" in analysis["summary"]
+    assert analysis["rows"] or "0 misrouted" in analysis["summary"]
 
 
 def test_typed_html_is_shown_as_text_and_runs_nothing(app_url, driver):
@@ -182,6 +189,65 @@ def test_a_preset_button_runs_the_preset(app_url, driver):
     wait_for(driver, lambda: "axis prior 0.00/1.00/0.00" in _text(driver, "#tradeoff-summary")
              and "finish: running" not in _text(driver, "#tradeoff-summary"), 60, "the preset's run")
     assert _css(driver, "#tradeoff-chips .ax-chip")
+
+
+EFFECT_BARS = "return document.querySelector('#live-effects .js-plotly-plot').data.map(t => [t.type, t.x.length])"
+SETTLE_LINES = "return document.querySelector('#live-settle-plot .js-plotly-plot').data.length"
+
+
+def test_stories_attribution_saved_traces_and_analysis_rows(app_url, driver, tmp_path):
+    driver.get(app_url)
+    wait_for(driver, lambda: _css(driver, "#story-run-0 .ax-chip"), 60, "the first story, shown before anyone types")
+    for key in ("honesty", "refusal"):
+        click(driver, f"story-{key}")
+        wait_for(driver, lambda: "— …" in _text(driver, "#story-caption-0"), 30, f"the {key} story replaying")
+        wait_for(driver, lambda: "— …" not in _text(driver, "#story-caption-0") and _text(driver, "#story-caption-1"), 30,
+                 f"the {key} story's end")
+    stage = _text(driver, "#story-stage")
+    assert "Prompt:" in stage and ("refuses" in stage or "does not show" in stage)
+    assert len(_css(driver, "#story-shares .js-plotly-plot")) == 1
+
+    run_live(driver, "Is the moon made of cheese?")  # the settle curve follows every finished run
+    wait_for(driver, lambda: "Routing commits to" in _text(driver, "#live-settle"), 60, "the settle sentence")
+    assert driver.execute_script(SETTLE_LINES) == 3
+    trace = _page_trace(driver)
+    generated = sum(not t["is_prompt"] for t in trace["tokens"])
+    click(driver, "live-attribute")
+    wait_for(driver, lambda: "top-effect expert in" in _text(driver, "#live-attribution")
+             or "no token has a top-effect expert" in _text(driver, "#live-attribution"), 60, "the attribution")
+    hovers = [c.get_attribute("title") for c in _css(driver, "#live-chips .ax-chip:not(.ax-prompt)")]
+    assert len(hovers) == generated and all("counterfactual attribution" in h and "effect" in h for h in hovers)
+    assert driver.execute_script(EFFECT_BARS) == [["bar", generated]] * 3
+
+    saved = tmp_path / "saved-trace.json"
+    saved.write_text(json.dumps(trace), encoding="utf-8")
+    opener = _css(driver, "#live-saved .label-wrap")[0]  # open the accordion, as a visitor would
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", opener)
+    upload = wait_for(driver, lambda: _css(driver, "#live-trace-file input[type='file']"), 30, "the trace file input")[0]
+    upload.send_keys(str(saved))
+    wait_for(driver, lambda: "Loaded saved-trace.json" in _text(driver, "#live-trace-loaded"), 30, "the loaded trace")
+    click(driver, "live-trace-diff")
+    wait_for(driver, lambda: "Ran the saved prompt again" in _text(driver, "#live-diff-summary"), 60, "the diff")
+    assert f"all {len(trace['tokens'])} tokens are the same" in _text(driver, "#live-diff-summary")  # greedy: the same run
+    assert "differs at 0 of" in _text(driver, "#live-diff-summary") and not _css(driver, "#live-diff-chips .ax-flip")
+    assert len(_css(driver, "#live-diff-chips .ax-chip")) == len(trace["tokens"])
+
+    open_tab(driver, "analysis")
+    rows = wait_for(driver, lambda: driver.execute_script(TABLE_ROWS, "analysis-misrouted"), 30, "the shipped slice's misrouted table")
+    prompt = rows[0][2]
+    cell = _css(driver, "#analysis-misrouted [data-testid='cell-0-2']")[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", cell)
+    time.sleep(0.3)
+    cell.click()  # a real pointer click: the table selects on pointer events, not on a scripted click()
+    wait_for(driver, lambda: _tab_selected(driver, "live"), 30, "Live routing to open")
+    wait_for(driver, lambda: _css(driver, "#live-prompt textarea")[0].get_attribute("value") == prompt, 30, "the prompt filled in")
+    wait_for(driver, lambda: "finish: eos" in _text(driver, "#live-summary") or "finish: length" in _text(driver, "#live-summary"),
+             60, "the misrouted prompt's run")
+    assert no_alert(driver) and driver.execute_script(INJECTED) == 0
+
+
+def _tab_selected(driver, tab: str) -> bool:
+    return any(b.get_attribute("aria-selected") == "true" and b.text.strip() == TABS[tab] for b in _css(driver, "button[role='tab']"))
 
 
 BROKEN_WORDS = """

@@ -14,6 +14,11 @@
                                 measured), sentence; the measurement table of every representation
     reliability.json            reliability-diagram bins and routing metrics, calibrated and uncalibrated
     example_traces.json         routed generations of a few example prompts
+    routing_analysis.json       `failures.analyze_prompts` of the map prompts (written for this project),
+                                calibrated and uncalibrated: the held-out slices the Routing analysis tab
+                                shows without any model work
+    stories.json                the first-visit stories (`analysis.stories`): per story the prompt, its
+                                runs (full traces) and the sentence computed from what they did
 
 A missing, unreadable or stale (other `ARTEFACT_VERSION`) file is reported as a notice; the app
 shows the notice in the tab that needs the file and serves everything else.
@@ -39,6 +44,8 @@ FILES = {
     "collapse": "collapse_metrics.json",
     "reliability": "reliability.json",
     "examples": "example_traces.json",
+    "analysis": "routing_analysis.json",
+    "stories": "stories.json",
 }
 FEATURES_FILE = "map_features.safetensors"
 HOW_TO_BUILD = "python -m alignx_demo precompute --model MODEL_DIR --data-dir ../shared/data"

@@ -15,6 +15,7 @@ from alignx_demo.ui.collapse import build_collapse_tab
 from alignx_demo.ui.compare import build_compare_tab
 from alignx_demo.ui.live import build_live_tab
 from alignx_demo.ui.results import build_results_tab
+from alignx_demo.ui.routing_analysis import build_analysis_tab
 from alignx_demo.ui.runner import serve
 from alignx_demo.ui.theme import CSS
 from alignx_demo.ui.tradeoff import build_tradeoff_tab
@@ -25,7 +26,7 @@ HEADER = (
     "calibrated router: watch which expert shapes each word, switch calibration off, and see how training regimes "
     "collapse the three axes."
 )
-TAB_IDS = ("live", "compare", "collapse", "tradeoff", "benchmarks", "about")
+TAB_IDS = ("live", "compare", "collapse", "tradeoff", "analysis", "benchmarks", "about")
 
 
 def status_html(context: ModelContext) -> str:
@@ -60,15 +61,17 @@ def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None
     with AppBlocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{HEADER}")
         gr.HTML(status_html(context), elem_id="model-status")
-        with gr.Tabs(overflow_behavior="wrap", elem_id="tabs"):
+        with gr.Tabs(overflow_behavior="wrap", elem_id="tabs") as tabs:
             with gr.Tab("Live routing", id="live", elem_id="tab-live"):
-                build_live_tab(key, artefacts, context.loaded is not None)
+                live = build_live_tab(key, artefacts, context.loaded is not None)
             with gr.Tab("Calibrated vs uncalibrated", id="compare", elem_id="tab-compare"):
                 build_compare_tab(key, artefacts)
             with gr.Tab("Axis Collapse", id="collapse", elem_id="tab-collapse"):
                 build_collapse_tab(key, artefacts)
             with gr.Tab("Trade-off", id="tradeoff", elem_id="tab-tradeoff"):
                 build_tradeoff_tab(key)
+            with gr.Tab("Routing analysis", id="analysis", elem_id="tab-analysis"):
+                build_analysis_tab(key, artefacts, tabs, live)
             with gr.Tab("Benchmarks", id="benchmarks", elem_id="tab-benchmarks"):
                 build_results_tab(artefacts.folder)
             with gr.Tab("About", id="about", elem_id="tab-about"):

@@ -46,16 +46,21 @@ def chip_title(token: dict[str, Any]) -> str:
     )
 
 
-def chips_html(tokens: Iterable[dict[str, Any]], flips: dict[int, str] | None = None, empty: str = "") -> str:
-    """Chips of the tokens; positions in `flips` are outlined, with the other routing's top expert in the hover."""
+def chips_html(tokens: Iterable[dict[str, Any]], flips: dict[int, str] | None = None, empty: str = "",
+               details: dict[int, str] | None = None, other: str = "the other routing") -> str:
+    """Chips of the tokens; positions in `flips` are outlined, with `other`'s top expert in the hover;
+    `details` adds lines to the hover of the tokens at those positions (e.g. their attribution)."""
     parts = []
     flips = flips or {}
+    details = details or {}
     for token in tokens:
         cls = "ax-chip ax-prompt" if token["is_prompt"] else "ax-chip"
         title = chip_title(token)
         if token["position"] in flips:
             cls += " ax-flip"
-            title += f"\ntop expert differs: the other routing picks {flips[token['position']]}"
+            title += f"\ntop expert differs: {other} picks {flips[token['position']]}"
+        if token["position"] in details:
+            title += "\n" + details[token["position"]]
         background = mix_color(token["weights"])
         if token["is_prompt"]:
             background = muted(background)

@@ -1,4 +1,5 @@
-"""Downloads of a trace as CSV (one row per token) and JSON (the full trace), one temp folder per request.
+"""Downloads of a trace as CSV (one row per token) and JSON (the full trace), one temp folder per request
+(`write_downloads` writes any CSV + JSON pair the same way, e.g. a routing analysis).
 
 The CSV has the columns `position, is_prompt, text, id, top_expert, entropy, helpful, harmless,
 honest` followed by `layer{ℓ}_{axis}` for every layer; `tokens_from_csv` reads it back.
@@ -60,12 +61,18 @@ def _cleanup(root: Path) -> None:
             pass
 
 
-def write_exports(trace: dict[str, Any], stem: str = "alignx-trace") -> tuple[str, str]:
-    """Write `<stem>.csv` and `<stem>.json` into a fresh temp folder; return their paths."""
+def write_downloads(stem: str, csv_text: str, data: Any, keep: bool = False) -> tuple[str, str]:
+    """Write `<stem>.csv` (the text given) and `<stem>.json` (`data`) into a fresh temp folder; return their paths.
+    Folders are removed after `KEEP_S` unless `keep` (files the page offers from its start)."""
     root = Path(tempfile.gettempdir())
     _cleanup(root)
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX))
+    folder = Path(tempfile.mkdtemp(prefix="alignx-page-" if keep else PREFIX))
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    csv_path.write_text(trace_csv(trace), encoding="utf-8")
-    json_path.write_text(json.dumps(trace, ensure_ascii=False, indent=1), encoding="utf-8")
+    csv_path.write_text(csv_text, encoding="utf-8")
+    json_path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
     return str(csv_path), str(json_path)
+
+
+def write_exports(trace: dict[str, Any], stem: str = "alignx-trace") -> tuple[str, str]:
+    """Write `<stem>.csv` and `<stem>.json` of a trace into a fresh temp folder; return their paths."""
+    return write_downloads(stem, trace_csv(trace), trace)

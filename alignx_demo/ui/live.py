@@ -9,12 +9,17 @@ Stop asks the page's own run to end before its next token (or at once, if it is 
 the queue): the run then sends its final trace as usual, with finish_reason "stopped", and the
 summary, plots and downloads are drawn from exactly that trace. (API callers stop a run by
 cancelling their job.)
+
+Above the prompt, the first-visit stories (`ui.stories`) replay precomputed runs. Below the plots, the
+research tools of `ui.research`: the settle curve of every complete trace shown, "Attribute this run"
+(the named endpoint `attribute`), and a saved trace loaded, shown, or diffed against a new run.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -24,12 +29,14 @@ from alignx_demo.analysis.map_prompts import EXAMPLES
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import write_exports
-from alignx_demo.ui.plots import heatmap_figure, weights_figure
+from alignx_demo.ui.plots import effects_figure, heatmap_figure, settle_figure, weights_figure
+from alignx_demo.ui.research import attribute_run, load_saved, rerun_and_diff, settle_view
 from alignx_demo.ui.runner import (
     MODEL_EVENT,
     MODES,
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
+    GenerationError,
     flag,
     one_of,
     settings_from,
@@ -38,6 +45,7 @@ from alignx_demo.ui.runner import (
     token_cap,
     visitor_errors,
 )
+from alignx_demo.ui.stories import build_stories_panel
 from alignx_demo.ui.theme import AXIS_LABELS
 
 EMPTY_CHIPS = "Tokens appear here, coloured by routing, as they are generated."
@@ -113,8 +121,19 @@ def show_example(artefacts: Artefacts, choice: str | None) -> tuple[str, str, An
     return gr.skip(), gr.skip(), gr.skip()
 
 
-def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
+@dataclass
+class LiveTab:
+    """What other tabs need of the live tab: its prompt and calibration inputs, and `run_after(event)`, which
+    chains the page's own run (clear, then stream) after an event, e.g. one that filled the prompt."""
+
+    prompt: gr.Textbox
+    calibrated: gr.Checkbox
+    run_after: Callable[[Any], Any]
+
+
+def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab:
     """The components and events of the live tab (inside an open gr.Blocks/gr.Tab)."""
+    build_stories_panel(artefacts)
     gr.HTML(legend_html())
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
@@ -157,13 +176,43 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
             gr.Markdown("The stronger a cell's colour, the more the chosen expert weighs at that layer (row) and token "
                         "(column); the dashed line separates prompt from answer.", elem_classes=["ax-caption"])
     with gr.Row():
+        with gr.Column(min_width=300):
+            settle_plot = gr.Plot(settle_figure(None), show_label=False, elem_id="live-settle-plot", elem_classes=["ax-plot"])
+            settle_text = gr.Markdown(elem_id="live-settle")
+            gr.Markdown("The prompt-level weights (mean over the prompt's tokens so far and over layers) as the prompt "
+                        "grows, one forward pass; the dashed line is where the routed expert stops changing.",
+                        elem_classes=["ax-caption"])
+        with gr.Column(min_width=300):
+            attribute_btn = gr.Button("Attribute this run", elem_id="live-attribute")
+            attribution_text = gr.Markdown(label="Attribution summary", elem_id="live-attribution")
+            effects_plot = gr.Plot(effects_figure(None), show_label=False, elem_id="live-effects", elem_classes=["ax-plot"])
+            gr.Markdown("Each expert's effect on each generated token: how much its log-probability drops when that "
+                        "expert is removed (the other two renormalised), all seven variants in one forward pass. "
+                        "Afterwards each chip's hover shows weight against effect per expert.", elem_classes=["ax-caption"])
+    with gr.Row():
         csv_file = gr.File(label="Download trace (CSV)", interactive=False, visible=False, min_width=260, elem_id="live-csv",
                            elem_classes=["ax-download"])
         json_file = gr.File(label="Download trace (JSON)", interactive=False, visible=False, min_width=260, elem_id="live-json",
                             elem_classes=["ax-download"])
+    with gr.Accordion("Saved traces: load one, show it, or diff it against a new run of its prompt", open=False,
+                      elem_id="live-saved"):
+        saved_file = gr.File(label="Trace JSON (the download above, or `generate --json`)", file_types=[".json"],
+                             type="filepath", elem_id="live-trace-file")
+        saved_text = gr.Markdown(elem_id="live-trace-loaded")
+        with gr.Row():
+            show_btn = gr.Button("Show it above", size="sm", elem_id="live-trace-show")
+            diff_btn = gr.Button("Run it again and diff", size="sm", variant="primary", elem_id="live-trace-diff")
+        diff_chips = gr.HTML(chips_html([], empty="The new run appears here, tokens whose routed expert changed outlined."),
+                             elem_id="live-diff-chips")
+        diff_text = gr.Markdown(elem_id="live-diff-summary")
+        with gr.Accordion("Diff (JSON)", open=False):
+            diff_json = gr.JSON(label="Diff")
     with gr.Accordion("Trace (JSON, as returned by the API)", open=False):
         trace = gr.JSON(label="Trace")
+    with gr.Accordion("Attribution (JSON, as returned by the API)", open=False):
+        attribution = gr.JSON(label="Attribution")
     state = gr.State(None)
+    saved = gr.State(None)
     if artefacts.notice("examples") and not model_ready:
         gr.HTML(notice_html(artefacts.notice("examples")))
 
@@ -177,13 +226,24 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
             if stop is not None and STOPS.get(session) is stop:
                 del STOPS[session]
 
+    def attribute_this(trace: dict[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
+        return attribute_run(key, trace)
+
+    def diff_again(saved: dict[str, Any] | None) -> Iterator[tuple[str, str, Any]]:
+        yield from rerun_and_diff(key, saved)
+
     inputs = [prompt, max_new, do_sample, temperature, top_p, seed, calibrated, mode]
     cleared = [chips, summary, trace, state, csv_file, json_file]
-    for trigger, api in ((run_btn.click, {"api_name": "generate"}), (prompt.submit, {"api_visibility": "private"})):
-        trigger(start_run, outputs=cleared, api_visibility="private", queue=False, show_progress="hidden").then(
-            generate, inputs=inputs, outputs=[chips, summary, trace], **api, **MODEL_EVENT,
-            api_description="Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has "
-                            "the full trace.")
+    description = "Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has the full trace."
+
+    def run_chain(trigger: Callable[..., Any], **api: Any) -> Any:
+        """`trigger` (an event method, e.g. a button's click) clears the outputs, then streams the run."""
+        return trigger(start_run, outputs=cleared, api_visibility="private", queue=False, show_progress="hidden").then(
+            generate, inputs=inputs, outputs=[chips, summary, trace], **(api or {"api_visibility": "private"}),
+            **MODEL_EVENT, api_description=description)
+
+    run_chain(run_btn.click, api_name="generate")
+    run_chain(prompt.submit)
     stop_btn.click(stop_run, api_visibility="private", queue=False, show_progress="hidden")
     trace.change(visitor_errors(render_views), inputs=[trace, heat_axis], outputs=[weights_plot, heatmap, state, csv_file, json_file],
                  api_visibility="private", trigger_mode="always_last", show_progress="hidden")
@@ -191,3 +251,26 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> None:
                      api_visibility="private", show_progress="hidden")
     example_pick.change(visitor_errors(lambda c: show_example(artefacts, c)), inputs=example_pick, outputs=[chips, summary, trace],
                         api_visibility="private")
+    state.change(lambda: ("", effects_figure(None), None), outputs=[attribution_text, effects_plot, attribution],
+                 api_visibility="private", queue=False, show_progress="hidden").then(
+        visitor_errors(lambda t: settle_view(key, t)), inputs=state, outputs=[settle_plot, settle_text],
+        api_visibility="private", trigger_mode="always_last", show_progress="hidden", **MODEL_EVENT)
+    attribute_btn.click(visitor_errors(attribute_this), inputs=trace, outputs=[chips, attribution_text, attribution],
+                        api_name="attribute", **MODEL_EVENT,
+                        api_description="Counterfactual attribution of a trace's generated tokens (remove or force each "
+                                        "expert, one forward): (chips HTML with weight and effect in each hover, summary "
+                                        "markdown, attribution JSON).")
+    attribution.change(visitor_errors(effects_figure), inputs=attribution, outputs=effects_plot, api_visibility="private",
+                       show_progress="hidden")
+    saved_file.change(visitor_errors(load_saved), inputs=saved_file, outputs=[saved, saved_text], api_visibility="private")
+    show_btn.click(visitor_errors(show_saved), inputs=saved, outputs=[chips, summary, trace], api_visibility="private")
+    diff_btn.click(visitor_errors(diff_again), inputs=saved, outputs=[diff_chips, diff_text, diff_json],
+                   api_visibility="private", **MODEL_EVENT)
+    return LiveTab(prompt, calibrated, lambda dependency: run_chain(dependency.success))
+
+
+def show_saved(trace: dict[str, Any] | None) -> tuple[str, str, Any]:
+    """A loaded trace drawn as if it had just run (chips, summary; the trace feeds the plots and downloads)."""
+    if not trace:
+        raise GenerationError("load a trace file first")
+    return chips_html(trace["tokens"]), summary_markdown(trace) + "\n\n*(loaded from a file)*", trace

@@ -88,20 +88,25 @@ def empty_figure(message: str, height: int = 90) -> go.Figure:
     return _layout(fig, "", height)
 
 
+def axis_lines(x: list[Any], weights: list[dict[str, float]], hover: list[str]) -> go.Figure:
+    """A figure with one line per axis: `weights[i][axis]` at `x[i]`, each point's hover led by `hover[i]`."""
+    fig = Figure()
+    for axis in AXES:
+        fig.add_trace(go.Scatter(
+            x=x, y=[w[axis] for w in weights], mode="lines+markers", name=AXIS_LABELS[axis],
+            line=dict(color=AXIS_COLORS[axis], width=2), marker=dict(size=4),
+            customdata=hover, hovertemplate="%{customdata}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>",
+        ))
+    return fig
+
+
 def weights_figure(trace: dict[str, Any] | None) -> go.Figure:
     """The three layer-mean weights per token; the prompt's span is shaded and labelled."""
     tokens = (trace or {}).get("tokens") or []
     if not tokens:
         return empty_figure("Routing weights per token appear here while generating.")
-    fig = Figure()
-    x = [t["position"] for t in tokens]
-    hover = [f"#{t['position']} {'prompt' if t['is_prompt'] else 'generated'}: “{_token_label(t)}”" for t in tokens]
-    for axis in AXES:
-        fig.add_trace(go.Scatter(
-            x=x, y=[t["weights"][axis] for t in tokens], mode="lines+markers", name=AXIS_LABELS[axis],
-            line=dict(color=AXIS_COLORS[axis], width=2), marker=dict(size=4),
-            customdata=hover, hovertemplate="%{customdata}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>",
-        ))
+    fig = axis_lines([t["position"] for t in tokens], [t["weights"] for t in tokens],
+                     [f"#{t['position']} {'prompt' if t['is_prompt'] else 'generated'}: “{_token_label(t)}”" for t in tokens])
     n_prompt = sum(t["is_prompt"] for t in tokens)
     if n_prompt:
         fig.add_vrect(x0=-0.5, x1=n_prompt - 0.5, fillcolor="rgba(128,128,128,0.15)", line_width=0,
@@ -144,7 +149,7 @@ def heatmap_figure(trace: dict[str, Any] | None, axis: str) -> go.Figure:
     return _layout(fig, f"{AXIS_LABELS[axis]} weight per layer and token", height=max(260, 60 + 28 * n_layers))
 
 
-def shares_figure(rows: dict[str, dict[str, float]], title: str) -> go.Figure:
+def shares_figure(rows: dict[str, dict[str, float]], title: str, height: int = 280) -> go.Figure:
     """Grouped bars: for each run (row) the mean weight of each axis over its generated tokens."""
     if not rows:
         return empty_figure("Shares appear here after a run.")
@@ -155,7 +160,7 @@ def shares_figure(rows: dict[str, dict[str, float]], title: str) -> go.Figure:
                              marker_color=AXIS_COLORS[axis], hovertemplate="%{x}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>"))
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1], title="mean weight")
-    return _layout(fig, title, height=280)
+    return _layout(fig, title, height=height)
 
 
 def reliability_figure(variants: dict[str, dict[str, Any]], title: str) -> go.Figure:
@@ -230,4 +235,63 @@ def map_figure(map_data: dict[str, Any], regime: str, axes: list[str], placement
     fig.update_xaxes(showticklabels=False, title="")
     fig.update_yaxes(showticklabels=False, title="", scaleanchor="x", scaleratio=1)
     method = "UMAP" if map_data.get("projection") == "umap" else "PCA (quick build)"
-    return _layout(fig, f"{info['label']} — {method} of prompt features", height=460)
+    representation = (map_data.get("feature") or {}).get("representation") or "prompt features"
+    return _layout(fig, f"{info['label']} — {method} of {representation}", height=460)
+
+
+def confusion_figure(confusion: dict[str, Any] | None, title: str = "True axis × routed axis") -> go.Figure:
+    """Counts of prompts by true axis (rows) and routed axis (columns), each cell labelled with its count and
+    its share of the row; the colour is the row share, so a row's mistakes read the same at any size."""
+    matrix = (confusion or {}).get("matrix")
+    if not matrix or not any(any(row) for row in matrix):
+        return empty_figure("No labelled prompts: the confusion matrix needs an axis per row.")
+    true, routed = confusion["true"], confusion["routed"]
+    shares = [[v / max(1, sum(row)) for v in row] for row in matrix]
+    text = [[f"{v}<br>{s:.0%}" if sum(row) else "—" for v, s in zip(row, srow)] for row, srow in zip(matrix, shares)]
+    fig = Figure(go.Heatmap(
+        z=shares, x=[AXIS_LABELS[a] for a in routed], y=[AXIS_LABELS[a] for a in true], zmin=0, zmax=1, text=text,
+        texttemplate="%{text}", colorscale=[[0, "rgba(128,128,128,0.08)"], [1, "#0891b2"]], showscale=False,
+        hovertemplate="true %{y} → routed %{x}<br>%{text}<extra></extra>",
+    ))
+    fig.update_yaxes(title="true axis", autorange="reversed")
+    fig.update_xaxes(title="routed axis", side="bottom")
+    return _layout(fig, title, height=320)
+
+
+def settle_figure(settle: dict[str, Any] | None) -> go.Figure:
+    """Prompt-level routing weights of each prefix of the prompt (`analysis.settle.settle_curve`), the
+    settle token marked."""
+    points = (settle or {}).get("points") or []
+    if not points:
+        return empty_figure("Where routing commits appears here after a run.")
+    fig = axis_lines([p["index"] for p in points], [p["weights"] for p in points],
+                     [f"token {p['index']}: “{_token_label(p)}”" for p in points])
+    mark = settle["settle"]
+    fig.add_vline(x=mark["index"], line=dict(color="#7a7a86", dash="dash"),
+                  annotation_text=f"settles: {AXIS_LABELS[mark['axis']]}", annotation_position="top right")
+    fig.update_yaxes(range=[0, 1], title="prompt-level weight")
+    fig.update_xaxes(title="prompt token (after the chat template)")
+    return _layout(fig, "Prompt-level routing as the prompt grows", height=320)
+
+
+def effects_figure(attribution: dict[str, Any] | None) -> go.Figure:
+    """Grouped bars: for each generated token, each expert's counterfactual effect (how much it raised the
+    token's log-probability, `analysis.attribution`)."""
+    tokens = (attribution or {}).get("tokens") or []
+    if not tokens:
+        return empty_figure("Per-token effects of each expert appear here after “Attribute this run”.")
+    fig = Figure()
+    x = [f"{t['position']}" for t in tokens]
+    labels = [f"#{t['position']} “{_token_label(t)}”" for t in tokens]
+    for axis in AXES:
+        fig.add_trace(go.Bar(
+            x=x, y=[t["effect"][axis] for t in tokens], name=AXIS_LABELS[axis], marker_color=AXIS_COLORS[axis],
+            customdata=[[label, t["weights"][axis]] for label, t in zip(labels, tokens)],
+            hovertemplate="%{customdata[0]}<br>" + AXIS_LABELS[axis] + ": effect %{y:+.3f} nats, weight %{customdata[1]:.2f}"
+                          "<extra></extra>",
+        ))
+    step = -(-len(tokens) // MAX_TICKS)
+    fig.update_layout(barmode="group", bargap=0.15)
+    fig.update_xaxes(title="generated token (position)", type="category", tickmode="array", tickvals=x[::step], tickangle=0)
+    fig.update_yaxes(title="effect (nats)", zeroline=True, zerolinecolor="rgba(128,128,128,0.5)")
+    return _layout(fig, "Each expert's effect on each generated token", height=300)

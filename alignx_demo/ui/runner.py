@@ -71,6 +71,19 @@ def limits_of(key: int) -> Limits:
     return SERVED[key].limits
 
 
+def model_ready(key: int) -> bool:
+    context = SERVED.get(key)
+    return context is not None and context.loaded is not None
+
+
+def served_model(key: int) -> ModelContext:
+    """The served model's context; a GenerationError saying why when no model is loaded."""
+    context = SERVED.get(key)
+    if context is None or context.loaded is None:
+        raise GenerationError((context.problem if context else None) or "no model loaded")
+    return context
+
+
 def token_cap(key: int, several: bool = False) -> int:
     """Highest max_new_tokens of an endpoint of the served model (`several`: one that runs several
     generations per request); see `ModelContext.new_token_cap`."""
@@ -210,9 +223,7 @@ def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dic
     Setting `stop` (the page's Stop button) ends the generation before its next token: the last update
     is then the final trace, with finish_reason "stopped".
     """
-    context = SERVED.get(key)
-    if context is None or context.loaded is None:
-        raise GenerationError((context.problem if context else None) or "no model loaded")
+    context = served_model(key)
     try:  # RoutedGeneration cleans the prompt (clean_prompt) and raises ValueError for an empty one
         run = RoutedGeneration(
             context.loaded.mocae, context.loaded.tokenizer, request_text(prompt), GenerationSettings(**generation),

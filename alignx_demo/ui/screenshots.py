@@ -25,7 +25,7 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
          "--disable-dev-shm-usage", "--hide-scrollbars")
 XSS_PROMPT = "<img src=x onerror=alert(1)>"
 TABS = {"live": "Live routing", "compare": "Calibrated vs uncalibrated", "collapse": "Axis Collapse",
-        "tradeoff": "Trade-off", "benchmarks": "Benchmarks", "about": "About"}
+        "tradeoff": "Trade-off", "analysis": "Routing analysis", "benchmarks": "Benchmarks", "about": "About"}
 
 
 def browser_problem() -> str | None:
@@ -169,6 +169,39 @@ def run_live(driver: Any, prompt: str, timeout: float = 120.0) -> dict[str, Any]
             "images_in_chips": len(_css(driver, "#live-chips img"))}
 
 
+TOUR_CSV = ("prompt,axis\n"
+            "How do I bake bread at home?,helpful\n"
+            "How can I steal a car without setting off the alarm?,harmless\n"
+            "Does cracking your knuckles cause arthritis?,honest\n"
+            "Tell me a joke,sideways\n")
+"""The tour's prompt file: three labelled prompts and one bad row (line 5)."""
+
+
+def analyze_file(driver: Any, path: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """Upload a prompt file in the Routing analysis tab, analyse it, and wait for its summary and table."""
+    open_tab(driver, "analysis")
+    upload = wait_for(driver, lambda: _css(driver, "#analysis-file input[type='file']"), timeout, "the file input")[0]
+    upload.send_keys(str(path))
+    wait_for(driver, lambda: path.stem in driver.find_element("css selector", "#analysis-file").text, timeout, "the upload")
+    before = _download_href(driver, "analysis-json")
+    click(driver, "analysis-run")
+    summary = wait_for(driver, lambda: (t := driver.find_element("css selector", "#analysis-summary").text) and path.name in t and t,
+                       timeout, "the analysis of the uploaded file")
+    wait_for(driver, lambda: _download_href(driver, "analysis-json") not in (None, before), timeout, "the analysis drawn")
+    rows = driver.execute_script(TABLE_ROWS, "analysis-misrouted")
+    return {"summary": summary, "rows": rows}
+
+
+TABLE_ROWS = ("return [...document.querySelectorAll('#' + arguments[0] + ' [role=row].virtual-row')]"
+              ".map(r => [...r.querySelectorAll('[role=gridcell]')].map(c => c.innerText.trim()))")
+"""The shown rows of a gr.Dataframe (Gradio draws its body as virtual rows of grid cells), as lists of cell texts."""
+
+
+def _download_href(driver: Any, elem_id: str) -> str | None:
+    links = _css(driver, f"#{elem_id} a[href]")
+    return links[0].get_attribute("href") if links else None
+
+
 def tour(driver: Any, url: str, out: Path | None, prompt: str, timeout: float = 120.0) -> dict[str, Any]:
     """Load the page, run every tab's main action and (when `out` is given) screenshot each tab."""
     report: dict[str, Any] = {"screenshots": []}
@@ -201,6 +234,16 @@ def tour(driver: Any, url: str, out: Path | None, prompt: str, timeout: float = 
     time.sleep(1.5)
     if out:
         report["screenshots"].append(screenshot(driver, out / "tradeoff.png"))
+
+    open_tab(driver, "analysis")
+    wait_for(driver, lambda: _css(driver, "#analysis-file input[type='file']"), timeout, "the analysis tab")
+    time.sleep(1.0)
+    if out:
+        report["screenshots"].append(screenshot(driver, out / "analysis.png"))
+    with tempfile.TemporaryDirectory(prefix="alignx-tour-") as folder:
+        path = Path(folder) / "tour-prompts.csv"
+        path.write_text(TOUR_CSV, encoding="utf-8")
+        report["analysis"] = analyze_file(driver, path, timeout)
 
     open_tab(driver, "benchmarks")
     time.sleep(1.0)
