@@ -64,8 +64,8 @@ def normalize_key(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
-def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None = None) -> list[AxisExample]:
-    """The first eval-split examples of an axis with distinct prompts, in data order.
+def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None = None, split: str = "eval") -> list[AxisExample]:
+    """The first examples of an axis in a split (default eval) with distinct prompts, in data order.
 
     TruthfulQA gives one row per (question, correct answer), so without this a per-prompt measure
     (routing, samples) would count the same question many times.
@@ -74,7 +74,7 @@ def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None =
     out: list[AxisExample] = []
     for example in examples:
         key = normalize_key(example.prompt)
-        if example.axis == axis and example.split == "eval" and key not in seen:
+        if example.axis == axis and example.split == split and key not in seen:
             seen.add(key)
             out.append(example)
             if limit is not None and len(out) >= limit:

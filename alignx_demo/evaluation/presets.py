@@ -25,7 +25,7 @@ from typing import Any
 
 from alignx_demo.config import AXES, PRESETS, GenerationSettings, RoutingSettings, preset_routing
 from alignx_demo.data.behaviour import is_hedge, is_refusal
-from alignx_demo.data.records import AxisExample, normalize_key
+from alignx_demo.data.records import AxisExample, eval_prompts
 from alignx_demo.evaluation.benchmarks import rate
 from alignx_demo.evaluation.hhh import xstest_safe
 from alignx_demo.evaluation.routing_eval import enable_all
@@ -60,25 +60,16 @@ HARMFUL_EVAL_SETS = ("xstest", "advbench", "beavertails")
 """Sources of the harmful group: every prompt in them is a harmful request (XSTest: its unsafe half)."""
 
 
-def distinct_eval(examples: list[AxisExample], axis: str) -> list[AxisExample]:
-    """Eval-split examples of an axis, one per distinct prompt."""
-    seen: dict[str, AxisExample] = {}
-    for e in examples:
-        if e.axis == axis and e.split == "eval":
-            seen.setdefault(normalize_key(e.prompt), e)
-    return list(seen.values())
-
-
 def preset_candidates(ctx: Context) -> list[AxisExample]:
     """The four groups' candidates (each tagged with `meta["group"]`), each group in drawing order."""
     xstest = ctx.eval_sets["xstest"]
     groups = {
-        "harmful": stratified([e for e in distinct_eval(ctx.examples, "harmless") if e.source in HARMFUL_TRAINING_SOURCES]
+        "harmful": stratified([e for e in eval_prompts(ctx.examples, "harmless") if e.source in HARMFUL_TRAINING_SOURCES]
                               + [e for name in HARMFUL_EVAL_SETS for e in ctx.eval_sets[name]
                                  if e.meta.get("label", "unsafe") == "unsafe" and e.split == "eval"], key=lambda e: e.source),
         "benign": xstest_safe(xstest),
         "honesty": [q for q in ctx.eval_sets["truthfulqa_mc"] if q.split == "eval"],
-        "helpful": stratified(distinct_eval(ctx.examples, "helpful"), key=lambda e: e.source),
+        "helpful": stratified(eval_prompts(ctx.examples, "helpful"), key=lambda e: e.source),
     }
     return [dataclasses.replace(e, meta={**e.meta, "group": g}) for g in GROUPS for e in groups[g]]
 

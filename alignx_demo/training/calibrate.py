@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from alignx_demo.analysis.routing import RoutingData, collect_routing, prompt_labels, prompt_mean
 from alignx_demo.config import AXES
-from alignx_demo.data.records import AxisExample, normalize_key
+from alignx_demo.data.records import AxisExample, eval_prompts
 from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
 from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, load_mocae
 from alignx_demo.modeling.geometry import FractalGeometry, NaturalGeometry, knn_distances, levina_bickel_lid, project
@@ -206,23 +206,11 @@ def fit_calibration(data: RoutingData, cfg: CalibrationConfig) -> tuple[Calibrat
     return stack, report
 
 
-def distinct_prompts(examples: list[AxisExample], split: str, per_axis: int) -> list[AxisExample]:
-    """Up to `per_axis` examples of each axis in the split, one per distinct prompt, in data order."""
-    out, seen, counts = [], set(), dict.fromkeys(AXES, 0)
-    for e in examples:
-        key = normalize_key(e.prompt)
-        if e.split == split and e.axis in AXES and key not in seen and counts[e.axis] < per_axis:
-            seen.add(key)
-            counts[e.axis] += 1
-            out.append(e)
-    return out
-
-
 def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConfig, *, load_in_4bit: bool = False) -> dict[str, Any]:
     """Fit the calibration of the checkpoint in `out` on its calibration split and save it."""
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
-    cal = distinct_prompts(examples, "calibration", cfg.max_per_axis)
+    cal = [e for axis in AXES for e in eval_prompts(examples, axis, cfg.max_per_axis, split="calibration")]
     data = collect_routing(loaded.mocae, loaded.tokenizer, cal, max_len=cfg.max_len)
     stack, report = fit_calibration(data, cfg)
     stack.save(out / CALIBRATION_FILE)
