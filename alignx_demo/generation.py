@@ -252,6 +252,18 @@ class RoutedGeneration:
     def text(self) -> str:
         return "".join(t.text for t in self.tokens if not t.is_prompt)
 
+    def run_weights(self) -> dict[str, float]:
+        """The run's weights as the page's summaries show them: the layer-mean weights averaged over the
+        generated tokens (over the prompt's if none was generated) and, under calibrated routing without
+        an axis prior, passed through the calibration's pooled part (`CalibrationStack.pool`) — the
+        generation-level figure `evaluate` measures."""
+        tokens = [t for t in self.tokens if not t.is_prompt] or self.tokens
+        mean = torch.tensor([[sum(t.weights[a] for t in tokens) / max(len(tokens), 1) for a in AXES]])
+        calibration = self.mocae.calibration
+        if self.routing.calibrated and calibration is not None and self.routing.axis_prior is None and tokens:
+            mean = calibration.pool(mean)
+        return {a: round(float(v), 6) for a, v in zip(AXES, mean[0])}
+
     def trace(self) -> dict[str, Any]:
         calibration = self.mocae.calibration
         return {
@@ -268,6 +280,7 @@ class RoutedGeneration:
             "notices": list(self.notices),
             "finish_reason": self.finish_reason,
             "text": self.text,
+            "run_weights": self.run_weights(),
             "tokens": [asdict(t) for t in self.tokens],
         }
 

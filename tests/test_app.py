@@ -508,6 +508,24 @@ def test_analyze_refuses_an_unreadable_file_in_one_sentence(served, tmp_path):
         served.predict(handle_file(str(path)), True, api_name="/analyze")
 
 
+def test_analyze_never_reads_a_server_file_named_in_a_raw_call(served, tmp_path):
+    """/analyze takes its file unprocessed; a hand-written call naming a file on the server (not uploaded)
+    must be refused by Gradio before our code runs, and nothing of the file may come back."""
+    import httpx
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text("prompt,axis\nTOPSECRET-VALUE,helpful\n", encoding="utf-8")
+    url = served.src.rstrip("/")
+    for payload in ({"path": str(secret), "meta": {"_type": "gradio.FileData"}}, {"path": str(secret)}, str(secret)):
+        with httpx.Client(timeout=60) as http:
+            posted = http.post(f"{url}/gradio_api/call/analyze", json={"data": [payload, True]})
+            assert posted.status_code == 200
+            with http.stream("GET", f"{url}/gradio_api/call/analyze/{posted.json()['event_id']}") as stream:
+                lines = list(stream.iter_lines())
+        assert "event: error" in lines and "event: complete" not in lines, lines
+        assert "TOPSECRET" not in "\n".join(lines)
+
+
 def test_analyze_stops_at_the_operators_row_limit(checkpoint, tmp_path):
     from alignx_demo.serving import Limits
     from alignx_demo.ui.routing_analysis import analyze
@@ -542,6 +560,13 @@ def test_attribute_returns_effects_per_token_and_an_agreement_rate(served):
         served.predict(broken, api_name="/attribute")
     with pytest.raises(AppError, match="generate a run"):
         served.predict(None, api_name="/attribute")
+
+
+def test_the_readme_and_the_about_tab_give_the_same_bundle_recipe():
+    from alignx_demo.ui.about import BUNDLE_RECIPE
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "```bash\n" + "\n".join(BUNDLE_RECIPE) + "\n```" in readme
 
 
 def test_the_readme_shows_the_trace_format_as_the_code_defines_it():

@@ -55,6 +55,17 @@ def test_eval_prompts_are_distinct_and_in_order():
     assert [e.id for e in eval_prompts(rows, "honest", limit=2)] == ["t:0", "t:4"]
 
 
+def test_mixed_eval_prompts_draw_a_limited_set_from_every_source():
+    """Data order gives the first file's prompts; `mixed` a fixed hash order over all of them."""
+    rows = [AxisExample(f"{src}:{i}", "helpful", f"{src} question {i}?", "answer", src, "eval")
+            for src in ("first", "second", "third") for i in range(40)]
+    assert {e.source for e in eval_prompts(rows, "helpful", limit=30)} == {"first"}
+    mixed = eval_prompts(rows, "helpful", limit=30, mixed=True)
+    assert {e.source for e in mixed} == {"first", "second", "third"}
+    assert mixed == eval_prompts(list(reversed(rows)), "helpful", limit=30, mixed=True)  # the order is the hash's
+    assert sorted(e.id for e in eval_prompts(rows, "helpful", mixed=True)) == sorted(e.id for e in rows)
+
+
 def test_load_axis_data_covers_all_axes_with_disjoint_splits(data_dir):
     result = load_axis_data(data_dir)
     ex = result.examples

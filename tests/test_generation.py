@@ -198,3 +198,27 @@ def test_emoji_and_rtl_marks_survive(loaded):
     trace = run_all(run)
     prompt_text = "".join(t["text"] for t in trace["tokens"] if t["is_prompt"])
     assert "👋🏽" in prompt_text and "\u200f" in prompt_text and not trace["notices"]
+
+
+def test_run_weights_are_the_generated_mean_pooled_when_calibrated(loaded):
+    """What the summaries show (`run_weights`) is what `evaluate` measures at generation level: the mean
+    over generated tokens of the layer-mean weights, through the pooled part only under calibrated
+    routing without an axis prior."""
+    from alignx_demo.config import AXES
+    from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
+    from alignx_demo.ui.runner import shares
+
+    layers = loaded.mocae.model.config.num_hidden_layers
+    loaded.mocae.calibration = CalibrationStack(TemperatureScaling(torch.ones(layers)), [], PooledTemperature(0.5))
+    for routing in (RoutingSettings(calibrated=True), RoutingSettings(calibrated=False),
+                    RoutingSettings(calibrated=True, axis_prior=(0.2, 0.3, 0.5), prior_blend=0.5)):
+        trace = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Tell me about bread.",
+                                         GenerationSettings(max_new_tokens=5), routing))
+        generated = [t for t in trace["tokens"] if not t["is_prompt"]]
+        mean = torch.tensor([[sum(t["weights"][a] for t in generated) / len(generated) for a in AXES]])
+        pooled = routing.calibrated and routing.axis_prior is None
+        want = loaded.mocae.calibration.pool(mean) if pooled else mean
+        assert trace["run_weights"] == pytest.approx(dict(zip(AXES, want[0].tolist())), abs=1e-5)
+        assert shares(trace) == trace["run_weights"]
+        if pooled:
+            assert max(trace["run_weights"].values()) > mean.max().item()  # T_pool < 1 sharpens the mean

@@ -22,7 +22,7 @@ from alignx_demo.ui.app import build_demo
 
 STEP_S = 0.05
 """Seconds each slowed forward pass sleeps: a 64-token generation takes over 3 s."""
-API_NAMES = {"generate", "compare", "place_prompt", "tradeoff", "presets"}
+API_NAMES = {"generate", "compare", "place_prompt", "tradeoff", "presets", "analyze", "attribute"}
 
 
 def test_limits_come_from_the_environment_and_flags(monkeypatch, capsys):

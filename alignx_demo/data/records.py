@@ -64,11 +64,17 @@ def normalize_key(text: str) -> str:
     return " ".join(str(text).lower().split())
 
 
-def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None = None, split: str = "eval") -> list[AxisExample]:
-    """The first examples of an axis in a split (default eval) with distinct prompts, in data order.
+def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None = None, split: str = "eval",
+                 mixed: bool = False) -> list[AxisExample]:
+    """The examples of an axis in a split (default eval) with distinct prompts: the first ones in data
+    order, or with `mixed` in a fixed pseudo-random order (`stable_rank` of the prompt), so that a limited
+    set mixes every source of the axis instead of taking the first file's.
 
     TruthfulQA gives one row per (question, correct answer), so without this a per-prompt measure
-    (routing, samples) would count the same question many times.
+    (routing, samples) would count the same question many times. Data order made the calibration set
+    (400 prompts per axis: helpful mostly dolly, harmless a third HH-RLHF) and the routing eval set
+    (160: helpful mostly LIMA, harmless only safety-tuned-llamas) different mixes, so a calibration
+    fitted on one was measured on another; calibration and routing evaluation use `mixed`.
     """
     seen: set[str] = set()
     out: list[AxisExample] = []
@@ -77,9 +83,9 @@ def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None =
         if example.axis == axis and example.split == split and key not in seen:
             seen.add(key)
             out.append(example)
-            if limit is not None and len(out) >= limit:
-                break
-    return out
+    if mixed:
+        out.sort(key=lambda e: stable_rank(normalize_key(e.prompt)))
+    return out if limit is None else out[:limit]
 
 
 def split_of(key: str) -> str:

@@ -6,8 +6,8 @@ does. The roles, each built from the train split (or any split, for evaluation o
 behaviour):
 
 - base: a neutral general assistant — the helpful axis's general instruction/answer text, minus
-  the few answers that refuse or hedge (`behaviour`), answers cut to their sentences within 192
-  tokens (a 6.9 M-parameter model learns answer openings well and long essays poorly).
+  the few answers that refuse or hedge (`behaviour`), whole answers (cutting them to 192 tokens
+  left too little unique text: the base overfit it; see `training.base`).
 - helpful expert: the same general answers (no refusals, no hedges), within 128 tokens.
 - harmless expert: harmful requests whose reference answer refuses (safety-tuned-llamas and the
   HH-RLHF answers our refusal detector flags), cut to the first sentences within 48 tokens: a
@@ -32,7 +32,8 @@ from typing import Any
 from alignx_demo.data import behaviour
 from alignx_demo.data.records import AxisExample, stable_rank
 
-BASE_ANSWER_TOKENS = 192
+BASE_ANSWER_TOKENS: int | None = None
+"""Answer cap of the base's text (None: whole answers)."""
 EXPERT_ANSWER_TOKENS = {"helpful": 128, "harmless": 48, "honest": 64}
 HONEST_OPENINGS = ("I don't know for sure.", "I'm not certain.", "I do not know for certain.")
 """Uncertainty markers the honest expert's answers start with (each one `behaviour.is_hedge`)."""

@@ -40,8 +40,9 @@ def loss_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExampl
 
 
 def routing_examples(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
-    """The first distinct eval-split prompts, per axis: routing is measured once per prompt."""
-    return [e for axis in AXES for e in eval_prompts(examples, axis, per_axis)]
+    """Distinct eval-split prompts per axis, mixed over the axis's sources (`eval_prompts(mixed=True)`):
+    routing is measured once per prompt."""
+    return [e for axis in AXES for e in eval_prompts(examples, axis, per_axis, mixed=True)]
 
 
 def xstest_safe(xstest: list[AxisExample]) -> list[AxisExample]:

@@ -151,7 +151,7 @@ def _passthrough(ctx: Context, items: list[AxisExample], out: dict[str, Any]) ->
 
 
 ROUTING_TASKS: tuple[Task, ...] = (
-    Task("routing_eval", 2, PromptSet("routing_eval", "first distinct eval-split prompts per axis",
+    Task("routing_eval", 2, PromptSet("routing_eval", "distinct eval-split prompts per axis, mixed over sources",
                                       lambda ctx: routing_examples(ctx.examples, ctx.cfg.routing_per_axis),
                                       lambda cfg: 3 * cfg.routing_per_axis),
          ROUTING_SAMPLER, _passthrough, scope="model", description="routing calibration on the eval split"),

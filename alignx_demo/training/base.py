@@ -8,9 +8,10 @@ Recipe (DESIGN.md section 5):
   the naive mix (10 % refusals, 10 % TruthfulQA answers) learned to refuse and hedge first, because
   those answers are the most repetitive text in the corpus. `axis_weights` can bring the other
   axes back (that mix is kept as the joint-SFT baseline's data, where it shows "too harmless").
-- Shorter answers: each answer is cut to its sentences within `max_answer_tokens` tokens. A
-  6.9 M-parameter model learns answer openings well and long essays and code listings poorly, and
-  the demo shows at most a few dozen tokens of an answer.
+- Whole answers by default (`max_answer_tokens` None; a number cuts each answer to its sentences
+  within that many tokens). Measured on the shipped base: answers cut at 192 tokens hold 1.40 M
+  unique tokens, and after ≈4 epochs of them held-out helpful loss stalled at 4.36 and a warm
+  restart overfit (4.43); whole answers hold 2.32 M, and continuing on them reached 4.07.
 - Text format: `templates.encode_example`, with NO axis preamble (the base has no expert identity).
   Examples are packed into fixed-length blocks per axis; each batch row picks its axis with the
   sampling weights, then a random block of that axis.

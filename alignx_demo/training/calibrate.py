@@ -11,14 +11,25 @@ are estimated, and a *select* part on which every setting chosen by search (λ, 
 temperature are chosen. A setting is thus never chosen on the data its part was fitted on.
 1. temperature: log T_ℓ per layer, by L-BFGS on the token NLL of the fit part;
 2. natural geometry: per-layer PCA (d = 16), class means and shared covariance (+ ridge) on the fit
-   part; then (λ1, λ2) by grid search on the select part's token NLL;
+   part, equal class priors; then (λ1, λ2) by grid search on the select part's *selection score*;
 3. fractal geometry: a bank of up to `bank_size` fit-part tokens per layer (PCA space), the bank's
    median LID and k-th-neighbour distance (k = 20); then (β, β_d) by grid search on the select
-   part's token NLL (β = β_d = 0, no tempering, is in the grid: the data decides);
+   part's selection score (β = β_d = 0, no tempering, is in the grid: the data decides);
 4. pooled: T_pool by bounded 1-D search on the select part's prompt-level NLL, where a prompt's
    run-level weights are softmax(log(mean of its calibrated token weights) / T_pool).
 Grids are wide enough that no chosen value sits at an edge that could move (the summary records
 `at_edge` for each search so a reader can check).
+
+The prompts are a mix of every source of each axis (`eval_prompts(mixed=True)`), as the routing
+evaluation's are: in data order the calibration set and the eval set were different mixes
+(helpful mostly dolly vs mostly LIMA), so a temperature fitted on one made the other worse.
+The selection score is the token NLL plus the prompt-level NLL after the best pooled temperature:
+the page shows both the per-token weights (chips) and per-run means (summaries, the compare tab),
+and a part chosen on token NLL alone can sharpen most tokens toward one axis and flip whole prompts
+(measured on the retrained bundle: natural geometry chosen on token NLL alone, with class priors
+from the split's counts — 400 / 400 / 79 distinct helpful / harmless / honesty prompts — took
+prompt-level accuracy on honesty prompts from 0.68 to 0.16; the priors are now equal). Identity settings (λ = (1, 0), β = (0, 0)) are in
+the grids, so a part that cannot help both is switched off by the data.
 """
 
 from __future__ import annotations
@@ -129,15 +140,14 @@ def fit_natural(fit: RoutingData, select: RoutingData, stack: CalibrationStack, 
         mus = torch.stack([u[fit.labels == c].mean(0) if (fit.labels == c).any() else u.mean(0) for c in range(k)])
         centered = u - mus[fit.labels]
         cov = centered.T @ centered / max(len(u) - k, 1) + cfg.ridge * torch.eye(u.shape[1])
-        counts = torch.bincount(fit.labels, minlength=k).float() + 1.0
         means.append(mean), comps.append(comp), class_means.append(mus)
-        precisions.append(torch.linalg.inv(cov)), priors.append((counts / counts.sum()).log())
+        precisions.append(torch.linalg.inv(cov)), priors.append(torch.full((k,), 1.0 / k).log())  # axes equally likely
     part = NaturalGeometry(torch.stack(means), torch.stack(comps), torch.stack(class_means), torch.stack(precisions), torch.stack(priors))
     base = token_logp(stack, select)
     geo = torch.stack([part.log_posterior(l, select.features[l]) for l in range(n_layers)])
 
     def score(values: tuple[float, ...]) -> float:
-        return float(token_nll(F.log_softmax(values[0] * base + values[1] * geo, dim=-1), select))
+        return selection_score(F.log_softmax(values[0] * base + values[1] * geo, dim=-1), select)
 
     (part.lambda1, part.lambda2), note = _grid_search(score, LAMBDA_GRID)
     return part, note
@@ -165,21 +175,32 @@ def fit_fractal(fit: RoutingData, select: RoutingData, stack: CalibrationStack, 
 
     def score(values: tuple[float, ...]) -> float:
         tau = 1.0 + values[0] * lid_excess + values[1] * dist_excess
-        return float(token_nll(F.log_softmax(base / tau[..., None], dim=-1), select))
+        return selection_score(F.log_softmax(base / tau[..., None], dim=-1), select)
 
     (part.beta, part.beta_dist), note = _grid_search(score, BETA_GRID)
     return part, note
 
 
-def fit_pooled(select: RoutingData, stack: CalibrationStack) -> PooledTemperature:
-    """T_pool minimising the select part's prompt-level NLL (golden-section search on log T in [−3, 3])."""
-    mean = run_weights(token_logp(stack, select).exp(), select)
+def pooled_temperature(mean: torch.Tensor, select: RoutingData) -> float:
+    """T_pool minimising the prompt-level NLL of run-level means (golden-section search on log T in [−3, 3])."""
     loss = lambda log_t: float(prompt_nll(PooledTemperature(torch.tensor(log_t).exp()).pool(mean), select))  # noqa: E731
     lo, hi, ratio = -3.0, 3.0, (5 ** 0.5 - 1) / 2
     for _ in range(60):
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
         lo, hi = (lo, b) if loss(a) < loss(b) else (a, hi)
-    return PooledTemperature(torch.tensor((lo + hi) / 2).exp())
+    return float(torch.tensor((lo + hi) / 2).exp())
+
+
+def selection_score(logp: torch.Tensor, select: RoutingData) -> float:
+    """Token NLL + prompt-level NLL after the best pooled temperature, on the select part (see the module docstring)."""
+    mean = run_weights(logp.exp(), select)
+    pooled = PooledTemperature(torch.tensor(pooled_temperature(mean, select))).pool(mean)
+    return float(token_nll(logp, select)) + float(prompt_nll(pooled, select))
+
+
+def fit_pooled(select: RoutingData, stack: CalibrationStack) -> PooledTemperature:
+    """T_pool minimising the select part's prompt-level NLL of the stack's token weights."""
+    return PooledTemperature(torch.tensor(pooled_temperature(run_weights(token_logp(stack, select).exp(), select), select)))
 
 
 def fit_calibration(data: RoutingData, cfg: CalibrationConfig) -> tuple[CalibrationStack, dict[str, Any]]:
@@ -203,6 +224,11 @@ def fit_calibration(data: RoutingData, cfg: CalibrationConfig) -> tuple[Calibrat
         "token_parts_unpooled": float(prompt_nll(run_weights(calibrated, select), select)),
         "pooled": float(prompt_nll(run_weights(calibrated, select, stack), select)),
     }
+    labels = prompt_labels(select)
+    report["select_prompt_accuracy"] = {
+        name: float((run_weights(p, select).argmax(-1) == labels).float().mean())
+        for name, p in (("uncalibrated", token_logp(None, select).exp()), ("calibrated", calibrated))
+    }
     return stack, report
 
 
@@ -210,7 +236,7 @@ def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConf
     """Fit the calibration of the checkpoint in `out` on its calibration split and save it."""
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
-    cal = [e for axis in AXES for e in eval_prompts(examples, axis, cfg.max_per_axis, split="calibration")]
+    cal = [e for axis in AXES for e in eval_prompts(examples, axis, cfg.max_per_axis, split="calibration", mixed=True)]
     data = collect_routing(loaded.mocae, loaded.tokenizer, cal, max_len=cfg.max_len)
     stack, report = fit_calibration(data, cfg)
     stack.save(out / CALIBRATION_FILE)

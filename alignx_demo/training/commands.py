@@ -81,7 +81,7 @@ def _add_base(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--axis-weights", default=None,
                    help="sampling weights 'helpful,harmless,honest' of training tokens (default 1,0,0: general answers only)")
     p.add_argument("--max-answer-tokens", type=int, default=None,
-                   help="cut answers to their sentences within N tokens (default 192; 0 = whole answers)")
+                   help="cut answers to their sentences within N tokens (default 0: whole answers)")
     p.add_argument("--keep-refusals", action="store_true", help="keep training answers that refuse or hedge")
     p.set_defaults(func=_run_base)
 

@@ -128,7 +128,7 @@ def train_loop(
         accelerator.backward(total)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        values = {k: round(float(v), 4) for k, v in losses.items()}
+        values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
         history.append(values)
         bar.set_postfix(values)
         if log is not None and (step % 10 == 0 or step == steps - 1):

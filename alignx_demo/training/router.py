@@ -33,7 +33,7 @@ from alignx_demo.training.finetune import encode_set, train_loop
 class RouterConfig:
     """Stage 2 settings: steps, batch size, learning rate, loss weights, max tokens per example."""
 
-    steps: int = 400
+    steps: int = 1600
     batch_size: int = 8
     lr: float = 5e-3
     route_weight: float = 1.0

@@ -90,12 +90,9 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
     parts.append(CALIBRATED)
     parts.append("### Reproduce every figure")
     commands = [
-        ("Train the demo model (tokenizer, base, experts, router, calibration, baselines)",
-         "python -m alignx_demo train tokenizer --data-dir ../shared/data --out assets/demo-model\n"
-         "python -m alignx_demo train base --data-dir ../shared/data --out assets/demo-model\n"
-         "python -m alignx_demo train all --data-dir ../shared/data --out assets/demo-model"),
-        ("Evaluation report (held-out loss, routing calibration, refusals)",
-         "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out runs/eval.json"),
+        ("The bundled model, exactly as it was built (base in three sessions, then the other stages, evaluation, "
+         "release; the run folder is outside the bundle, `release` copies it in and writes the model card)",
+         "\n".join(BUNDLE_RECIPE)),
     ]
     by_command: dict[str, list[str]] = {}
     for key in FILES:
@@ -110,6 +107,22 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
     for what, cmd in commands:
         parts.append(f"- {what}:\n\n  ```bash\n  " + cmd.replace("\n", "\n  ") + "\n  ```")
     return "\n\n".join(parts)
+
+
+BUNDLE_RECIPE = (
+    "python -m alignx_demo train tokenizer --data-dir ../shared/data --out runs/teach   # the previous bundle's tokenizer, reused",
+    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --max-minutes 105 --save-every 200   # stopped: step 407",
+    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --resume --max-minutes 180 --threads 1 --save-every 100   # stopped: step 3069",
+    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --resume --max-minutes 200 --lr 7e-4 --max-answer-tokens 0 --save-every 100   # stopped: step 4104",
+    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --resume --max-minutes 165 --lr 7e-4 --max-answer-tokens 0 --save-every 100   # done: step 5851",
+    "python -m alignx_demo train experts --data-dir ../shared/data --out runs/teach",
+    "python -m alignx_demo train router --data-dir ../shared/data --out runs/teach",
+    "python -m alignx_demo train calibrate --data-dir ../shared/data --out runs/teach",
+    "python -m alignx_demo train baselines --data-dir ../shared/data --out runs/teach --threads 1",
+    "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json   # on a copy of runs/teach",
+    "python -m alignx_demo release --run runs/teach --to assets/demo-model --eval-report precomputed/eval.json",
+)
+"""The commands that built the bundled model (the README's Training section lists the same lines; a test checks)."""
 
 
 def model_card(context: ModelContext) -> str | None:

@@ -1,11 +1,15 @@
 """Measure the app's targets by driving a running app through gradio_client.
 
-    python -m alignx_demo.ui.benchmark [--model assets/demo-model] [--port 7870] [--out runs/app_bench.json]
+    python -m alignx_demo.ui.benchmark --model assets/demo-model --out precomputed/app_bench.json
 
 Starts `python app.py` as a separate process (cold start = process start → API answering), then
 measures: time to the first streamed update holding a generated token, generated tokens per
 second while streaming, and `place_prompt` latency after a warm-up (median of 5). Targets
-(DESIGN §7): first token ≤ 1 s, ≥ 10 tokens/s, placement ≤ 2 s, cold start ≤ 30 s.
+(DESIGN §7): first token ≤ 1 s, ≥ 10 tokens/s, placement ≤ 2 s, cold start ≤ 30 s. Once the app
+has stopped (so the two never share the cores), the research tools' targets are measured on the
+same model in-process (`analysis.research_bench`): 200 prompts analysed ≤ 60 s, attribution of a
+64-token trace ≤ 2 s. The report carries the artefact header (command, time, model, fingerprint)
+and the 1-minute load average, so a figure measured on a busy machine says so.
 """
 
 from __future__ import annotations
@@ -28,15 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     from gradio_client import Client
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: the app's default)")
+    parser.add_argument("--model", default="assets/demo-model", help="checkpoint folder (default: the bundle)")
     parser.add_argument("--port", type=int, default=7870)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--app-args", default="", help="extra arguments for app.py, e.g. '--no-4bit'")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    cmd = [sys.executable, str(REPO / "app.py"), "--port", str(args.port), *args.app_args.split()]
-    if args.model:
-        cmd += ["--model", args.model]
+    cmd = [sys.executable, str(REPO / "app.py"), "--port", str(args.port), "--model", args.model, *args.app_args.split()]
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     app = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     try:
@@ -72,18 +75,26 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             client.predict(prompt, api_name="/place_prompt")
             place.append(time.perf_counter() - t0)
-        report = {
+        app_report = {
             "cold_start_s": round(cold, 2),
             "first_generated_token_s": [round(v, 3) for v in first],
             "tokens_per_s": [round(v, 1) for v in rates],
             "place_prompt_s_median": round(statistics.median(place), 3),
             "place_prompt_s": [round(v, 3) for v in place],
             "targets": {"first_token_s": 1.0, "tokens_per_s": 10, "place_prompt_s": 2.0, "cold_start_s": 30},
-            "command": "python -m alignx_demo.ui.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         }
     finally:
         app.terminate()
         app.wait(timeout=30)
+    from alignx_demo.analysis.artefacts import header, model_fingerprint
+    from alignx_demo.analysis.research_bench import measure_research_targets
+
+    research = measure_research_targets(args.model, load_in_4bit="--no-4bit" not in args.app_args.split())
+    command = "python -m alignx_demo.ui.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = header(command, research["model"], args.model, model_fingerprint(args.model)) | {
+        "app": app_report, "research": research,
+    }
     print(json.dumps(report, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,16 @@ from alignx_demo.analysis.regimes import EXPERT_FORCED, INSTRUCTED, REGIME_LABEL
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.plots import empty_figure, map_figure
-from alignx_demo.ui.runner import MODEL_EVENT, SERVED, GenerationError, check_prompt, gpu, limits_of, visitor_errors
+from alignx_demo.ui.runner import (
+    MODEL_EVENT,
+    SERVED,
+    GenerationError,
+    check_prompt,
+    gpu,
+    gpu_seconds,
+    limits_of,
+    visitor_errors,
+)
 from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR
 
 _REGIME_SETS: dict[int, RegimeSet] = {}
@@ -202,7 +211,7 @@ def regime_set(key: int, artefacts: Artefacts) -> RegimeSet:
         return _REGIME_SETS[key]
 
 
-@gpu
+@gpu(duration=gpu_seconds)
 def place_plain(key: int, folder: str, prompt: str, k: int) -> dict[str, Any]:
     """Plain-data placement (wrapped by spaces.GPU on ZeroGPU)."""
     artefacts = _ARTEFACTS[folder]

@@ -22,10 +22,9 @@ from alignx_demo.ui.runner import (
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
     one_of,
-    request_deadline,
     settings_from,
     shares,
-    stream_trace,
+    stream_runs,
     token_cap,
     visitor_errors,
 )
@@ -91,14 +90,14 @@ def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool
                    seed: float, mode: str) -> Iterator[tuple[str, str, str, Any]]:
     generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, token_cap(key, several=True)).to_dict()
     mode = one_of(mode, "routing mode", MODES)
-    deadline = request_deadline(key)
     traces: dict[str, dict[str, Any]] = {}
-    for name in RUNS:
-        for trace in stream_trace(key, prompt, generation, {"mode": mode, "calibrated": name == "calibrated"}, deadline):
-            traces[name] = trace
-            html_cal = chips_html(traces["calibrated"]["tokens"])
-            html_unc = chips_html(trace["tokens"]) if name == "uncalibrated" else chips_html([], empty="waiting for the calibrated run…")
-            yield html_cal, html_unc, f"Running the {name} routing…", gr.skip()
+    routings = [{"mode": mode, "calibrated": name == "calibrated"} for name in RUNS]
+    for index, trace in stream_runs(key, prompt, generation, routings):
+        name = RUNS[index]
+        traces[name] = trace
+        html_cal = chips_html(traces["calibrated"]["tokens"])
+        html_unc = chips_html(trace["tokens"]) if name == "uncalibrated" else chips_html([], empty="waiting for the calibrated run…")
+        yield html_cal, html_unc, f"Running the {name} routing…", gr.skip()
     marks_cal, marks_unc, flip_stats = flips(traces["calibrated"], traces["uncalibrated"])
     summary = {name: run_summary(traces[name]) for name in RUNS} | {"flips": flip_stats}
     result = {"calibrated": traces["calibrated"], "uncalibrated": traces["uncalibrated"], "summary": summary}
@@ -109,7 +108,7 @@ def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool
 def _shares_plot(result: dict[str, Any] | None) -> Any:
     if not result or "summary" not in result:
         return empty_figure("Axis shares of both runs appear here.")
-    return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Mean weight per axis (generated tokens)")
+    return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Run weight per axis (generated tokens; calibrated: pooled)")
 
 
 SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}

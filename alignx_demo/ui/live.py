@@ -67,7 +67,8 @@ def summary_markdown(trace: dict[str, Any]) -> str:
     finish = "**stopped** (Stop pressed)" if finish == "stopped" else (finish or "running…")
     lines = [
         f"**{len(generated)} generated + {n_prompt} prompt tokens** · finish: {finish} · routing: {how}",
-        f"Mean weight over {'generated' if generated else 'prompt'} tokens: "
+        f"Run weights (mean over {'generated' if generated else 'prompt'} tokens"
+        + (", pooled by calibration" if routing["calibrated"] and not routing.get("axis_prior") else "") + "): "
         + " · ".join(f"{AXIS_LABELS[a]} {share[a]:.0%}" for a in trace["axes"]),
         f"Model: {trace['model']}",
     ]

@@ -29,6 +29,7 @@ from alignx_demo.ui.runner import (
     GenerationError,
     flag,
     gpu,
+    gpu_seconds,
     model_ready,
     number,
     one_of,
@@ -62,7 +63,7 @@ def routing_of(trace: dict[str, Any]) -> RoutingSettings:
 
 # attribution ---------------------------------------------------------------------------------------------
 
-@gpu
+@gpu(duration=gpu_seconds)
 def attribute_plain(key: int, trace: dict[str, Any]) -> dict[str, Any]:
     """`analysis.attribution.attribute` of a trace on the served model (plain data in and out)."""
     context = served_model(key)
@@ -119,7 +120,7 @@ def attribute_run(key: int, trace: Any) -> tuple[str, str, dict[str, Any]]:
 
 # settle ----------------------------------------------------------------------------------------------------
 
-@gpu
+@gpu(duration=gpu_seconds)
 def settle_plain(key: int, prompt: str, routing: dict[str, Any]) -> dict[str, Any]:
     """`analysis.settle.settle_curve` of a prompt on the served model (plain data in and out)."""
     context = served_model(key)

@@ -29,7 +29,16 @@ from alignx_demo.config import RoutingSettings
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.exports import write_downloads
 from alignx_demo.ui.plots import confusion_figure
-from alignx_demo.ui.runner import MODEL_EVENT, GenerationError, flag, gpu, limits_of, served_model, visitor_errors
+from alignx_demo.ui.runner import (
+    MODEL_EVENT,
+    GenerationError,
+    flag,
+    gpu,
+    gpu_seconds,
+    limits_of,
+    served_model,
+    visitor_errors,
+)
 from alignx_demo.ui.theme import AXIS_LABELS
 
 SHOWN_PROBLEMS = 5
@@ -53,7 +62,7 @@ def _ci(ci: list[float] | None) -> str:
 
 # the model work ---------------------------------------------------------------------------------------------
 
-@gpu
+@gpu(duration=gpu_seconds)
 def analyze_plain(key: int, rows: list[dict[str, Any]], calibrated: bool, progress: Progress | None = None) -> dict[str, Any]:
     """`analyze_prompts` on the served model under the operator's row and time limits (plain data in and out)."""
     context = served_model(key)

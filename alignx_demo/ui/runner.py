@@ -7,10 +7,16 @@ a sentence saying what is wrong (nothing is clamped, except an over-long prompt,
 notice). `visitor_errors` turns every failure of an endpoint, expected or not, into a `gr.Error`
 with such a sentence, so a caller never sees a traceback and the server keeps serving.
 
-The functions that touch the model take and yield plain data only (strings, numbers, dicts), so
-`spaces.GPU` can wrap them on a ZeroGPU Space; where the `spaces` package is not installed the
-decorator is a no-op. The served model is looked up in `SERVED` by a key handed out by `serve()`:
-app-level state (which model this process serves), never per-visitor state.
+ZeroGPU, as its documentation asks: the outermost functions that touch the model — `stream_runs`
+(every generation of one request, so a comparison or the four presets hold the GPU once) and the
+analysis endpoints' `*_plain` functions — are decorated with `spaces.GPU(duration=gpu_seconds)`, a
+reservation that fits the request (the operator's per-request time limit plus a start-up margin).
+They take and yield plain data only (strings, numbers, lists, dicts; no tensors, no events), because
+on a ZeroGPU Space they run in a worker process. Stop is therefore checked by the caller in the
+main process between updates, and closing the stream ends the generation. Where the `spaces`
+package is not installed the decorator is a no-op. The served model is looked up in `SERVED` by a
+key handed out by `serve()`: app-level state (which model this process serves), never per-visitor
+state.
 """
 
 from __future__ import annotations
@@ -37,11 +43,14 @@ try:  # ZeroGPU on Hugging Face Spaces
 
     gpu: Callable = spaces.GPU
 except Exception:  # not on a Space: run where the model is
-    def gpu(fn: Callable) -> Callable:
-        return fn
+    def gpu(fn: Callable | None = None, **_: Any) -> Callable:
+        """No-op stand-in for `spaces.GPU`, used bare (`@gpu`) or with settings (`@gpu(duration=...)`)."""
+        return fn if fn is not None else (lambda inner: inner)
 
 log = logging.getLogger(__name__)
 
+GPU_START_S = 15
+"""Seconds added to a ZeroGPU reservation for attaching the GPU and moving the model onto it."""
 UPDATE_EVERY_S = 0.1
 """Streaming updates are throttled to at most one page update per this many seconds."""
 TEMPERATURE_RANGE = (0.1, 2.0)
@@ -180,7 +189,7 @@ def _visitor_error(err: Exception) -> gr.Error:
         return gr.Error(html.escape(str(err), quote=False), print_exception=False)
     if isinstance(err, torch.OutOfMemoryError):
         log.error("out of memory: %s", err)
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # never initialise CUDA here (ZeroGPU: the main process has none)
             torch.cuda.empty_cache()
         return gr.Error(OUT_OF_MEMORY, print_exception=False)
     log.error("request failed", exc_info=err)
@@ -210,44 +219,71 @@ def visitor_errors(fn: Callable) -> Callable:
     return call
 
 
-@gpu
-def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any],
-                 deadline: float | None = None, every: float = UPDATE_EVERY_S,
-                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
-    """Yield the growing trace (plain data) at most every `every` seconds, and the final trace last.
+def gpu_seconds(key: int, *_: Any, **__: Any) -> int:
+    """ZeroGPU reservation of one request, in seconds: its time budget (every model endpoint stops at the
+    operator's per-request limit) plus the start-up margin. Called with the decorated function's arguments."""
+    return math.ceil(limits_of(key).request_seconds) + GPU_START_S
 
-    Generation stops at `deadline` (default: the operator's per-request limit from now). Closing this
-    generator (Stop, or the visitor going away) ends the generation at once: the model is only held
-    for one forward pass at a time. The first update holds the whole prompt. The trace's notices are
-    about this run only; the operator's notices about the model are in the About tab and the log.
-    Setting `stop` (the page's Stop button) ends the generation before its next token: the last update
-    is then the final trace, with finish_reason "stopped".
+
+@gpu(duration=gpu_seconds)
+def stream_runs(key: int, prompt: str, generation: dict[str, Any], routings: list[dict[str, Any]],
+                every: float = UPDATE_EVERY_S) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Generate `prompt` once per routing in `routings`, one after the other, and yield (run index, growing
+    trace) at most every `every` seconds per run, each run's final trace last.
+
+    All runs share one time budget, the operator's per-request limit from now: a run that reaches it
+    ends with finish_reason "time_limit" and the later ones stop at once. Closing this generator (Stop,
+    or the visitor going away) ends the generation at once: the model is only held for one forward pass
+    at a time. The first update of a run holds its whole prompt. A trace's notices are about that run
+    only; the operator's notices about the model are in the About tab and the log.
     """
     context = served_model(key)
-    try:  # RoutedGeneration cleans the prompt (clean_prompt) and raises ValueError for an empty one
-        run = RoutedGeneration(
-            context.loaded.mocae, context.loaded.tokenizer, request_text(prompt), GenerationSettings(**generation),
-            RoutingSettings(**routing), deadline=request_deadline(key) if deadline is None else deadline,
-            max_prompt_chars=context.limits.max_prompt_chars, model_name=context.name, stop_event=stop,
-        )
-    except ValueError as err:
-        raise GenerationError(str(err)) from None
-    last = 0.0
-    n_prompt = len(run.prompt_ids)
-    for token in run:
-        if token.is_prompt and token.position < n_prompt - 1:
-            continue  # the prompt arrives in one forward pass: show it whole, never a part of it
-        now = time.monotonic()
-        if now - last >= every:
-            last = now
-            yield run.trace()
-    if run.finish_reason == "stopped":
-        run.notices.append(f"generation stopped with Stop after {len(run.tokens) - n_prompt} new token(s)")
-    yield run.trace()
+    deadline = request_deadline(key)
+    for index, routing in enumerate(routings):
+        try:  # RoutedGeneration cleans the prompt (clean_prompt) and raises ValueError for an empty one
+            run = RoutedGeneration(
+                context.loaded.mocae, context.loaded.tokenizer, request_text(prompt), GenerationSettings(**generation),
+                RoutingSettings(**routing), deadline=deadline, max_prompt_chars=context.limits.max_prompt_chars,
+                model_name=context.name,
+            )
+        except ValueError as err:
+            raise GenerationError(str(err)) from None
+        last = 0.0
+        n_prompt = len(run.prompt_ids)
+        for token in run:
+            if token.is_prompt and token.position < n_prompt - 1:
+                continue  # the prompt arrives in one forward pass: show it whole, never a part of it
+            now = time.monotonic()
+            if now - last >= every:
+                last = now
+                yield index, run.trace()
+        yield index, run.trace()
+
+
+def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any],
+                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+    """One run of `stream_runs`: its growing trace, the final trace last.
+
+    Setting `stop` (the page's Stop button) ends the generation at the next update: the last trace is
+    then the one the page shows, marked with finish_reason "stopped" and a notice.
+    """
+    runs = stream_runs(key, prompt, generation, [routing])
+    for _, trace in runs:
+        if stop is not None and stop.is_set() and trace["finish_reason"] is None:
+            runs.close()
+            n_new = sum(not t["is_prompt"] for t in trace["tokens"])
+            trace["finish_reason"] = "stopped"
+            trace["notices"].append(f"generation stopped with Stop after {n_new} new token(s)")
+            yield trace
+            return
+        yield trace
 
 
 def shares(trace: dict[str, Any]) -> dict[str, float]:
-    """Mean weight of each axis over the generated tokens (over all tokens if none was generated)."""
+    """The run's weight of each axis: the trace's `run_weights` (pooled when calibrated), or for a trace
+    without them the mean over the generated tokens (over all tokens if none was generated)."""
+    if isinstance(trace.get("run_weights"), dict):
+        return trace["run_weights"]
     tokens = [t for t in trace.get("tokens", []) if not t["is_prompt"]] or trace.get("tokens", [])
     axes = trace.get("axes", [])
     return {a: (sum(t["weights"][a] for t in tokens) / len(tokens) if tokens else 0.0) for a in axes}

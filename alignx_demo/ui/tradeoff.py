@@ -21,9 +21,9 @@ from alignx_demo.ui.runner import (
     MODEL_EVENT,
     flag,
     prior_from,
-    request_deadline,
     settings_from,
     shares,
+    stream_runs,
     stream_trace,
     token_cap,
     visitor_errors,
@@ -50,14 +50,13 @@ def stream_tradeoff(key: int, prompt: str, helpful: float, harmless: float, hone
 @visitor_errors
 def stream_presets(key: int, prompt: str, max_new_tokens: float, seed: float) -> Iterator[tuple[Any, ...]]:
     generation = greedy_settings(key, max_new_tokens, seed)
-    deadline = request_deadline(key)
     done: dict[str, dict[str, Any]] = {}
     html = {name: chips_html([], empty="waiting…") for name in PRESETS}
-    for name in PRESETS:
-        for trace in stream_trace(key, prompt, generation, preset_routing(name), deadline):
-            html[name] = chips_html(trace["tokens"])
-            done[name] = trace
-            yield (*html.values(), gr.skip())
+    names = list(PRESETS)
+    for index, trace in stream_runs(key, prompt, generation, [preset_routing(name) for name in names]):
+        html[names[index]] = chips_html(trace["tokens"])
+        done[names[index]] = trace
+        yield (*html.values(), gr.skip())
     result = {name: {"text": t["text"], "axis_shares": shares(t), "settings": t["settings"]["routing"], "trace": t}
               for name, t in done.items()}
     yield (*html.values(), result)
