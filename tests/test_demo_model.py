@@ -25,7 +25,7 @@ def test_bundle_is_complete_and_small():
 
 def test_demo_model_generates_with_routing_both_ways():
     loaded = load_mocae(DEFAULT_MODEL, load_in_4bit=True)
-    assert loaded.mocae.calibration is not None and loaded.mocae.calibration.names == ["temperature", "natural", "fractal"]
+    assert loaded.mocae.calibration is not None and loaded.mocae.calibration.names == ["temperature", "natural", "fractal", "pooled"]
     traces = {}
     for calibrated in (True, False):
         run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Give three tips for staying healthy.",
@@ -38,6 +38,8 @@ def test_demo_model_generates_with_routing_both_ways():
 
 def test_model_card_has_measured_figures():
     card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
-    for heading in ("## Base", "## Evaluation", "## Targets", "## Samples", "| mocae_full |"):
+    for heading in ("## Base", "## As served", "## Evaluation", "## Targets", "## Samples", "| mocae_full |",
+                    "| step | tokens | minutes | held-out helpful |"):
         assert heading in card, heading
+    assert "linear layers of the base, every one but `lm_head`." in card  # 4-bit NF4 everywhere it can be
     assert Path(DEFAULT_MODEL / "logs" / "calibration_summary.json").exists()

@@ -35,6 +35,7 @@ from alignx_demo.ui.screenshots import (
     run_live,
     tour,
     type_into,
+    viewport,
     wait_for,
 )
 from alignx_demo.ui.theme import contrast
@@ -281,9 +282,10 @@ return hits;
 
 
 def test_phone_width_every_tab_reachable_and_readable(app_url, driver):
-    driver.set_window_size(420, 900)
+    viewport(driver, 420, 900)  # a true 420 px viewport: a headless window cannot be narrower than 500 px
     try:
         driver.get(app_url)
+        assert driver.execute_script("return window.innerWidth;") == 420
         run_live(driver, "Tell me about bread.")
         buttons = [b for b in _css(driver, "button[role='tab']") if b.is_displayed()]
         assert [b.text.strip() for b in buttons] == list(TABS.values())  # every tab shown and labelled, none in a menu
@@ -297,7 +299,7 @@ def test_phone_width_every_tab_reachable_and_readable(app_url, driver):
             assert driver.execute_script(BROKEN_WORDS, f"#tab-{tab} table th, #tab-{tab} table td") == [], tab
             assert driver.execute_script(TOOLBAR_OVER_TITLE, f"#tab-{tab}") == [], tab
     finally:
-        driver.set_window_size(1280, 1000)
+        viewport(driver, 1280, 1000)
 
 
 CHIP_COLOURS = """

@@ -58,6 +58,7 @@ def chromium(width: int = 1280, height: int = 1000):
     options.add_argument(f"--window-size={width},{height}")
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(60)
+    viewport(driver, width, height)
     try:
         yield driver
     finally:
@@ -144,10 +145,18 @@ def no_alert(driver: Any) -> bool:
     return False
 
 
-def screenshot(driver: Any, path: Path, width: int = 1280) -> Path:
-    """Full-page PNG: resize the window to the page's height, capture, restore."""
+def viewport(driver: Any, width: int, height: int) -> None:
+    """A true `width` × `height` CSS-pixel viewport (DevTools device metrics; a headless window cannot be
+    narrower than 500 px), laid out as on a phone below 600 px."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
+    driver.viewport_width = width
+
+
+def screenshot(driver: Any, path: Path) -> Path:
+    """Full-page PNG at the viewport's width (`--width`): grow the viewport to the page's height, capture."""
     height = int(driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight);"))
-    driver.set_window_size(width, min(max(height + 40, 800), 6000))
+    viewport(driver, driver.viewport_width, min(max(height + 40, 800), 6000))
     driver.execute_script("window.scrollTo(0, 0);")
     time.sleep(0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
