@@ -163,7 +163,9 @@ def test_stop_ends_the_run_with_its_own_summary_plots_and_downloads(app_url, dri
             type_into(driver, "live-prompt", prompt)
             click(driver, "live-generate")
             if when == "right after Generate":
-                wait_for(driver, lambda: "Generating" in _text(driver, "#live-summary"), 30, "the run to start")
+                # started: the page's own "Generating…" or, once the first update (the prompt) is in, "running…"
+                wait_for(driver, lambda: any(w in _text(driver, "#live-summary") for w in ("Generating", "running…")), 30,
+                         "the run to start")
             else:
                 wait_for(driver, lambda: _css(driver, "#live-chips .ax-chip:not(.ax-prompt)"), 60, "a generated token")
             click(driver, "live-stop")

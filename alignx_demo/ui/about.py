@@ -90,7 +90,7 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
     parts.append(CALIBRATED)
     parts.append("### Reproduce every figure")
     commands = [
-        ("The bundled model, exactly as it was built (base in three sessions, then the other stages, evaluation, "
+        ("The bundled model, exactly as it was built (base in four resumed runs, then the other stages, evaluation, "
          "release; the run folder is outside the bundle, `release` copies it in and writes the model card)",
          "\n".join(BUNDLE_RECIPE)),
     ]
