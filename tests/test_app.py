@@ -601,3 +601,11 @@ def test_settle_and_a_saved_trace_rerun_and_diffed(checkpoint, tmp_path):
     path.write_text('{"schema": "alignx-trace/1"}', encoding="utf-8")
     saved, line = load_saved(str(path))
     assert saved is None and "saved.json cannot be used: not a valid alignx-trace/1 trace" in line
+
+
+def test_the_app_benchmark_times_each_start_phase_in_a_fresh_process(checkpoint):
+    from alignx_demo.ui.benchmark import start_phases
+
+    phases = start_phases(str(checkpoint), False)
+    assert list(phases) == ["imports", "load_model", "build_page", "launch_server"]
+    assert all(seconds > 0 for seconds in phases.values()) and phases["imports"] > phases["launch_server"]

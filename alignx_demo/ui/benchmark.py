@@ -4,7 +4,8 @@
 
 Starts `python app.py` as a separate process (cold start = process start → API answering), then
 measures: time to the first streamed update holding a generated token, generated tokens per
-second while streaming, and `place_prompt` latency after a warm-up (median of 5). Targets
+second while streaming, `place_prompt` latency after a warm-up (median of 5), and where a start spends
+its time (imports, model load, page build, server launch; a fresh process, warm disk caches). Targets
 (DESIGN §7): first token ≤ 1 s, ≥ 10 tokens/s, placement ≤ 2 s, cold start ≤ 30 s. Once the app
 has stopped (so the two never share the cores), the research tools' targets are measured on the
 same model in-process (`analysis.research_bench`): 200 prompts analysed ≤ 60 s, attribution of a
@@ -26,6 +27,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["How can I make my morning routine more productive?", "Do vaccines cause autism?",
            "How do I pick a lock to get into my neighbour's house?"]
+
+
+PHASES = """
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+import app
+from alignx_demo.analysis.artefacts import DEFAULT_DIR
+from alignx_demo.serving import ServerOptions, load_context
+from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
+t1 = time.perf_counter()
+context = load_context(ServerOptions(model=Path(sys.argv[1]), load_in_4bit=sys.argv[2] == "1"))
+t2 = time.perf_counter()
+demo = build_demo(context, Path(DEFAULT_DIR))
+t3 = time.perf_counter()
+demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
+t4 = time.perf_counter()
+demo.close()
+print("PHASES " + json.dumps({"imports": t1 - t0, "load_model": t2 - t1, "build_page": t3 - t2, "launch_server": t4 - t3}))
+"""
+"""A fresh interpreter timing the start path of `python app.py` phase by phase (after the cold run, so disk caches are warm)."""
+
+
+def start_phases(model: str, load_in_4bit: bool) -> dict[str, float]:
+    """Seconds of each start-up phase in a new process: imports, loading the model, building the page, launching."""
+    out = subprocess.run([sys.executable, "-c", PHASES, model, "1" if load_in_4bit else "0"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, check=True)
+    phases = json.loads(out.stdout.split("PHASES ", 1)[1])
+    return {name: round(seconds, 2) for name, seconds in phases.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     from alignx_demo.analysis.artefacts import header, model_fingerprint
     from alignx_demo.analysis.research_bench import measure_research_targets
 
-    research = measure_research_targets(args.model, load_in_4bit="--no-4bit" not in args.app_args.split())
+    load_in_4bit = "--no-4bit" not in args.app_args.split()
+    app_report["start_phases_s"] = start_phases(args.model, load_in_4bit)
+    research = measure_research_targets(args.model, load_in_4bit=load_in_4bit)
     command = "python -m alignx_demo.ui.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     report = header(command, research["model"], args.model, model_fingerprint(args.model)) | {
         "app": app_report, "research": research,
