@@ -61,8 +61,7 @@ def quantization_line(loaded: Any) -> str:
     import bitsandbytes as bnb  # noqa: PLC0415
     from torch import nn  # noqa: PLC0415
 
-    linears = {name: module for name, module in loaded.mocae.model.named_modules()
-               if isinstance(module, nn.Linear) and "experts" not in name and "router" not in name}
+    linears = {name: module for name, module in loaded.mocae.model.named_modules() if isinstance(module, nn.Linear)}
     full = sorted(name for name, module in linears.items() if not isinstance(module, bnb.nn.Linear4bit))
     kept = [name for name in full if not name.endswith("lm_head")]
     where = "every one but `lm_head`" if not kept else f"all but {len(kept)} ({', '.join(kept[:4])}…) and `lm_head`"

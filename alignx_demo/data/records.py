@@ -76,16 +76,12 @@ def eval_prompts(examples: Iterable[AxisExample], axis: str, limit: int | None =
     (160: helpful mostly LIMA, harmless only safety-tuned-llamas) different mixes, so a calibration
     fitted on one was measured on another; calibration and routing evaluation use `mixed`.
     """
-    seen: set[str] = set()
-    out: list[AxisExample] = []
+    first: dict[str, AxisExample] = {}
     for example in examples:
-        key = normalize_key(example.prompt)
-        if example.axis == axis and example.split == split and key not in seen:
-            seen.add(key)
-            out.append(example)
-    if mixed:
-        out.sort(key=lambda e: stable_rank(normalize_key(e.prompt)))
-    return out if limit is None else out[:limit]
+        if example.axis == axis and example.split == split:
+            first.setdefault(normalize_key(example.prompt), example)
+    keys = sorted(first, key=stable_rank) if mixed else list(first)
+    return [first[key] for key in keys[:limit]]
 
 
 def split_of(key: str) -> str:

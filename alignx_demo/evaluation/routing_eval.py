@@ -66,13 +66,15 @@ def enable_all(mocae: Any) -> None:
         mocae.calibration.set_enabled(**{name: True for name in mocae.calibration.names})
 
 
-def generation_means(mocae: Any, tokenizer: Any, prompts: list[str], routing: RoutingSettings, new_tokens: int) -> torch.Tensor:
-    """(N, K): each greedy answer's weights averaged over its generated tokens (layer means)."""
+def generation_weights(mocae: Any, tokenizer: Any, prompts: list[str], routing: RoutingSettings, new_tokens: int) -> torch.Tensor:
+    """(N, K): each greedy answer's run weights as the page's summaries show them (`RoutedGeneration.run_weights`:
+    the mean over its generated tokens, pooled when calibrated)."""
     rows = []
     for prompt in prompts:
         run = RoutedGeneration(mocae, tokenizer, prompt, GenerationSettings(max_new_tokens=new_tokens), routing)
-        tokens = [t for t in run if not t.is_prompt]
-        rows.append([sum(t.weights[a] for t in tokens) / len(tokens) for a in AXES])
+        for _ in run:
+            pass
+        rows.append([run.run_weights()[a] for a in AXES])
     return torch.tensor(rows, dtype=torch.float32).reshape(len(prompts), len(AXES))
 
 
@@ -111,8 +113,8 @@ def routing_report(
             (row["token"], row["reliability_token"]) = _level(token_p, data.labels)
             (row["prompt"], row["reliability_prompt"]) = _level(run_level(mocae, routing, prompt_p), prompt_y)
             if generated:
-                gen_p = generation_means(mocae, tokenizer, [e.prompt for e in generated], routing, cfg.new_tokens)
-                (row["generation"], row["reliability_generation"]) = _level(run_level(mocae, routing, gen_p), gen_y)
+                gen_p = generation_weights(mocae, tokenizer, [e.prompt for e in generated], routing, cfg.new_tokens)
+                (row["generation"], row["reliability_generation"]) = _level(gen_p, gen_y)
             report[variant] = row
     finally:
         enable_all(mocae)

@@ -28,14 +28,15 @@ the page shows both the per-token weights (chips) and per-run means (summaries, 
 and a part chosen on token NLL alone can sharpen most tokens toward one axis and flip whole prompts
 (measured on the retrained bundle: natural geometry chosen on token NLL alone, with class priors
 from the split's counts — 400 / 400 / 79 distinct helpful / harmless / honesty prompts — took
-prompt-level accuracy on honesty prompts from 0.68 to 0.16; the priors are now equal). Identity settings (λ = (1, 0), β = (0, 0)) are in
-the grids, so a part that cannot help both is switched off by the data.
+prompt-level accuracy on honesty prompts from 0.68 to 0.16; the priors are now equal). Identity
+settings (λ = (1, 0), β = (0, 0)) are in the grids, so a part that cannot help both is switched off.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,8 @@ def fit_fractal(fit: RoutingData, select: RoutingData, stack: CalibrationStack, 
 
 def pooled_temperature(mean: torch.Tensor, select: RoutingData) -> float:
     """T_pool minimising the prompt-level NLL of run-level means (golden-section search on log T in [−3, 3])."""
-    loss = lambda log_t: float(prompt_nll(PooledTemperature(torch.tensor(log_t).exp()).pool(mean), select))  # noqa: E731
+    log_mean = mean.clamp_min(1e-12).log()  # PooledTemperature.pool, with the log taken once for the whole search
+    loss = lambda log_t: float(prompt_nll(F.softmax(log_mean / math.exp(log_t), dim=-1), select))  # noqa: E731
     lo, hi, ratio = -3.0, 3.0, (5 ** 0.5 - 1) / 2
     for _ in range(60):
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
