@@ -156,12 +156,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--safety-judge-model", default=None,
                    help="local causal LM folder judging replies to harmful prompts (unsafe rate beside the refusal detector)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--full-precision", action="store_true",
+                   help="measure the checkpoint in fp32 instead of as the app serves it (4-bit NF4 where bitsandbytes runs)")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks or groups to run (default: all). Groups: hhh (the per-system table), routing "
                         "(token/prompt/generation-level calibration), presets (the four trade-off presets on held-out prompts, "
                         "with their targets; runs on the MoCaE model alone, e.g. `evaluate --tasks presets --out presets.json`). "
                         "Tasks: heldout_loss, harmful_refusal, safety_judge, xstest_over_refusal, no_comment, truthfulqa_mc, "
-                        "helpfulness_proxy, win_rate, routing_eval, routing_shifted, presets")
+                        "helpfulness_proxy, win_rate, routing_eval, routing_shifted, routing_separability, presets")
     p.add_argument("--preset-new-tokens", type=int, default=None,
                    help="greedy answer length of the preset task (default 48; --quick: 8)")
     p.add_argument("--preset-prompts", type=int, default=None,
@@ -183,7 +185,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 raise ValueError(f"--{field.replace('_', '-')} must be at least 1, got {value}")
             cfg = replace(cfg, **{field: value})
     report = evaluate(args.model, args.data_dir, quick=args.quick, systems=systems, judge_model=args.judge_model,
-                      safety_judge_model=args.safety_judge_model, progress=not args.no_progress, tasks=tasks, config=cfg)
+                      safety_judge_model=args.safety_judge_model, progress=not args.no_progress, tasks=tasks, config=cfg,
+                      load_in_4bit=not args.full_precision)
     report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
     csv_path = write_report(report, args.out)
     print(csv_path.read_text())

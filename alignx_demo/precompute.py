@@ -2,8 +2,9 @@
 
     python -m alignx_demo precompute --model DIR [--data-dir DIR | --eval-report FILE] [--quick] [--out precomputed/]
 
-Steps (one progress bar): load the checkpoint in full precision; run the project's own map prompts
-(`analysis.map_prompts`) under every regime (`analysis.regimes`), one forward each, keeping every
+Steps (one progress bar): load the checkpoint as the app serves it (4-bit NF4 where bitsandbytes
+runs; `--full-precision` for fp32), so maps, traces and stories are what the page's model does;
+run the project's own map prompts (`analysis.map_prompts`) under every regime (`analysis.regimes`), one forward each, keeping every
 candidate representation (`regimes.candidates`); measure silhouette and kNN axis purity of every
 regime in every representation and pick the one whose maps show the most training effects
 (`metrics.choose_representation`; `--representation` overrides, the table is kept either way); fit
@@ -137,6 +138,7 @@ def run_precompute(
     command: str | None = None,
     progress: bool = True,
     threads: int | None = 1,
+    load_in_4bit: bool = True,
 ) -> dict[str, Any]:
     """Build all artefacts into `out`; return a summary (files written, seconds, notes)."""
     from alignx_demo.generation import RoutedGeneration
@@ -158,7 +160,7 @@ def run_precompute(
     notes: list[str] = []
     bar = tqdm(total=len(REGIMES) * 2 + 6, desc="precompute", disable=not progress)
 
-    loaded = load_mocae(model_dir, load_in_4bit=False)
+    loaded = load_mocae(model_dir, load_in_4bit=load_in_4bit)
     head = header(command, loaded.description, model_dir, fingerprint)
     regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, model_dir)
     notes += [f"{r}: {why}" for r, why in regimes.missing.items()]
@@ -339,6 +341,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-axis", type=int, default=None, help="map prompts per axis (default all 40; quick 12)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours used to place a visitor's prompt")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch default)")
+    p.add_argument("--full-precision", action="store_true", help="build in fp32 instead of as the app serves the model (4-bit NF4)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
@@ -361,6 +364,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--k", str(args.k)]
     if args.quick:
         parts.append("--quick")
+    if args.full_precision:
+        parts.append("--full-precision")
     return " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts))
 
 
@@ -371,6 +376,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.data_dir, args.out, quick=args.quick, eval_report=args.eval_report, projection=args.projection,
         representation=args.representation, per_axis=args.per_axis, k=args.k, command=_command(args),
         progress=not args.no_progress, threads=args.threads or None,
+        load_in_4bit=not args.full_precision,
     )
     print(json.dumps(summary, indent=1))
     return 0

@@ -100,6 +100,18 @@ BASE_LOSS_TARGET = 4.20
 """Held-out helpful loss the base must beat: the previous base's 4.205 (issue 10)."""
 
 
+def separability_lines(sep: dict[str, Any] | None) -> list[str]:
+    """How well any classifier told the axes apart on the same prompts (`evaluation.separability`)."""
+    if not sep:
+        return []
+    text, feats = sep["text_tfidf"], sep["router_features_linear"]
+    weakest = min(feats["per_axis"], key=feats["per_axis"].get)
+    return [f"  For reference, on the same prompts, classifiers fitted on the routers' train-split prompts reach "
+            f"{text['accuracy']:.3f} from the words (TF-IDF + logistic regression) and {feats['accuracy']:.3f} from the "
+            f"prompt-mean router features (logistic regression), weakest on {weakest} "
+            f"({feats['per_axis'][weakest]:.2f}): the routers' inputs bound what routing can reach here."]
+
+
 def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:
     """The model-card targets, each with its measured figure and, where missed, by how much and why."""
     systems, routing = report.get("systems", {}), report.get("routing", {})
@@ -129,6 +141,7 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
                f"moves it by {acc[1] - acc[0]:+.3f}, and token-level accuracy is {token_acc:.3f}")
         lines.append(f"- Routing accuracy ≥ 0.90 at {level} level on the eval split: {acc[1]:.3f} calibrated ({full}, the app's "
                      f"default), {acc[0]:.3f} uncalibrated — " + verdict(acc[1] >= 0.9, f"by {0.9 - acc[1]:.3f}: {why}."))
+    lines += separability_lines(report.get("routing_separability"))
     for level in ("token", "prompt", "generation"):
         row = []
         for label, split in (("eval", ev), ("shifted", sh)):
@@ -137,10 +150,12 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
                 continue
             u, c = split["uncalibrated"][level]["ece"], split[best_variant][level]["ece"]
             best = min(split[v][level]["ece"] for v in CALIBRATION_VARIANTS[1:] if v in split)
+            bounded = label == "eval"  # the shifted set's target is only to stay below uncalibrated
             row.append(f"{label} {u:.3f} → {c:.3f} (best part {best:.3f}), "
-                       + verdict(c <= 0.05 and c < u, "above 0.05" if c < u else "not below uncalibrated"))
+                       + verdict((c <= 0.05 or not bounded) and c < u, "above 0.05" if c < u else "not below uncalibrated"))
         if row:
-            lines.append(f"- Calibrated ECE ≤ 0.05 and below uncalibrated, {level} level (uncalibrated → {full}): " + "; ".join(row) + ".")
+            lines.append(f"- Calibrated ECE ≤ 0.05 and below uncalibrated on the eval split, below uncalibrated on the shifted "
+                         f"set, {level} level (uncalibrated → {full}): " + "; ".join(row) + ".")
     prompt = ev[full]["prompt"]
     if prompt["ece"] > ev["uncalibrated"]["prompt"]["ece"] and prompt.get("mean_confidence", 1.0) < prompt["accuracy"]:
         lines.append(f"  At prompt level the calibrated routing is underconfident (mean confidence {prompt['mean_confidence']:.2f}, "

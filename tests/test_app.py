@@ -368,13 +368,18 @@ def test_bitsandbytes_kernels_warning_is_replaced_by_one_line(caplog):
 def test_reliability_sentence_says_which_routing_is_better_from_the_numbers():
     from alignx_demo.ui.compare import reliability_sentence
 
-    def variants(cal: float, unc: float) -> dict:
-        return {name: {"prompt_metrics": {"ece": ece, "n": 40}} for name, ece in (("uncalibrated", unc), ("calibrated", cal))}
+    def variants(cal: float, unc: float, confidence: float = 0.9) -> dict:
+        return {name: {"prompt_metrics": {"ece": ece, "n": 40, "mean_confidence": confidence, "accuracy": 0.7}}
+                for name, ece in (("uncalibrated", unc), ("calibrated", cal))}
 
     worse = reliability_sentence(variants(0.217, 0.130), "Evaluation split")
     assert "**uncalibrated** routing is better calibrated here: ECE 0.130 against 0.217 calibrated, 0.087 lower" in worse
+    assert "overconfident here (mean confidence 0.90, accuracy 0.70)" in worse and "sharpens too much" in worse  # the why
+    flat = reliability_sentence(variants(0.217, 0.130, confidence=0.5), "Evaluation split")
+    assert "underconfident here (mean confidence 0.50, accuracy 0.70)" in flat and "early tokens" in flat
     better = reliability_sentence(variants(0.05, 0.098), "XSTest")
     assert "**calibrated** routing is better calibrated here: ECE 0.050 against 0.098 uncalibrated, 0.048 lower" in better
+    assert "confident here" not in better  # no excuse where calibration helps
 
 
 def test_collapse_neighbours_name_the_router_only_where_there_is_one():

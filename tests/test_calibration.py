@@ -13,12 +13,15 @@ CFG = CalibrationConfig(pca_dim=4, knn=5, bank_size=256)
 
 def synthetic_routing(seed: int, prompts: int = 120, tokens: int = 12, layers: int = 2) -> RoutingData:
     """Overconfident routers: logits 4x a noisy class signal that grows along the prompt (early
-    tokens know little), features carrying the class. Run-level means are then underconfident."""
+    tokens know little), the noise mostly shared by the layers (they read the same token, so the
+    layer mean the page shows stays overconfident), features carrying the class. Run-level means are
+    then underconfident."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 3, (prompts,), generator=gen).repeat_interleave(tokens)
     position = torch.arange(tokens).repeat(prompts)
     signal = torch.nn.functional.one_hot(labels, 3).float() * (0.2 + position[:, None] / tokens)
-    logits = 4.0 * (signal + 0.6 * torch.randn(layers, len(labels), 3, generator=gen))
+    noise = 0.55 * torch.randn(1, len(labels), 3, generator=gen) + 0.25 * torch.randn(layers, len(labels), 3, generator=gen)
+    logits = 4.0 * (signal + noise)
     features = torch.cat([signal.expand(layers, -1, -1), torch.randn(layers, len(labels), 5, generator=gen)], -1)
     features = features + 0.3 * torch.randn(features.shape, generator=gen)
     return RoutingData(logits, features, logits.softmax(-1), labels, torch.arange(prompts).repeat_interleave(tokens), position)
@@ -69,3 +72,11 @@ def test_old_files_without_a_pooled_part_still_load(tmp_path):
     CalibrationStack(TemperatureScaling(torch.tensor([2.0]))).save(tmp_path / "c.safetensors")
     loaded = CalibrationStack.load(tmp_path / "c.safetensors")
     assert loaded.pooled is None and torch.equal(loaded.pool(torch.tensor([0.5, 0.5])), torch.tensor([0.5, 0.5]))
+
+
+def test_token_nll_scores_the_layer_mean_weights_a_chip_shows():
+    data = synthetic_routing(2, prompts=6, tokens=3, layers=3)
+    logp = token_logp(None, data)
+    shown = logp.exp().mean(0)  # (N, K): what a chip shows, averaged over layers
+    expected = -shown.gather(-1, data.labels[:, None]).log().mean()
+    assert torch.allclose(token_nll(logp, data), expected, atol=1e-6)

@@ -13,12 +13,13 @@ from data_fixtures import make_data_dir
 from alignx_demo.analysis.artefacts import model_fingerprint
 from alignx_demo.config import AXES, PRESETS
 from alignx_demo.data.records import AxisExample
-from alignx_demo.evaluation.harness import TASKS, build_systems, evaluate, select_tasks
+from alignx_demo.evaluation.harness import TASKS, build_systems, evaluate, select_tasks, summary_lines
 from alignx_demo.evaluation.hhh import harmful_prompts, xstest_safe
 from alignx_demo.evaluation.presets import GROUPS, preset_answers, preset_report, routed_answer
 from alignx_demo.evaluation.routing_eval import available_variants
 from alignx_demo.evaluation.tasks import Context, EvalConfig
 from alignx_demo.modeling import load_mocae
+from alignx_demo.release import separability_lines
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SAFE_TYPES = [f"type{k}" for k in range(10)]
@@ -117,7 +118,7 @@ def test_preset_task_on_a_tiny_model_and_a_forced_refusal_expert(checkpoint, tok
 
 def test_select_tasks_by_name_and_group():
     assert [t.name for t in select_tasks(["presets"])] == ["presets"]
-    assert {t.name for t in select_tasks(["routing", "truthfulqa_mc"])} == {"routing_eval", "routing_shifted", "truthfulqa_mc"}
+    assert {t.name for t in select_tasks(["routing", "truthfulqa_mc"])} == {"routing_eval", "routing_shifted", "routing_separability", "truthfulqa_mc"}
     assert len(select_tasks(None)) == len(TASKS)
     with pytest.raises(ValueError, match="unknown task 'bogus'"):
         select_tasks(["bogus"])
@@ -143,3 +144,19 @@ def test_evaluate_runs_selected_tasks_and_records_versions_and_hashes(checkpoint
     assert variants["uncalibrated"]["prompt"]["n"] == report["tasks"]["routing_eval"]["n"]  # one row per prompt
     assert 3 <= variants["uncalibrated"]["generation"]["n"] <= 3 * cfg.generation_per_axis  # one per answer
     assert list(report["presets"]["presets"]) == list(PRESETS)
+
+
+def test_separability_fits_reference_classifiers_on_train_prompts_and_scores_the_routing_eval_prompts(checkpoint, tmp_path):
+    data = make_data_dir(tmp_path / "data", n=40)
+    cfg = dataclasses.replace(EvalConfig.quick_recipe(), routing_per_axis=4, separability_per_axis=30)
+    report = evaluate(checkpoint, data, quick=True, systems=[], tasks=["routing_eval", "routing_separability"], progress=False, config=cfg)
+    sep = report["routing_separability"]
+    assert report["tasks"]["routing_separability"]["prompt_sha256"] == report["tasks"]["routing_eval"]["prompt_sha256"]
+    assert set(sep["train_prompts"]) == set(AXES) and all(n > 0 for n in sep["train_prompts"].values())
+    for name in ("text_tfidf", "router_features_linear"):
+        assert 0.0 <= sep[name]["accuracy"] <= 1.0 and set(sep[name]["per_axis"]) <= set(AXES)
+    # the fixture's axes have their own words ("task i:", "What happens if you touch…"): the text tells them apart
+    assert sep["text_tfidf"]["accuracy"] >= 0.8
+    assert any(line.startswith("reference classifier text_tfidf") for line in summary_lines(report))
+    card = separability_lines(sep)[0]  # the model card quotes both, and names the weakest axis of the features
+    assert f"{sep['text_tfidf']['accuracy']:.3f}" in card and f"{sep['router_features_linear']['accuracy']:.3f}" in card

@@ -200,10 +200,11 @@ def test_emoji_and_rtl_marks_survive(loaded):
     assert "👋🏽" in prompt_text and "\u200f" in prompt_text and not trace["notices"]
 
 
-def test_run_weights_are_the_generated_mean_pooled_when_calibrated(loaded):
+def test_run_weights_are_the_generated_mean_and_pool_only_a_prompt_mean(loaded):
     """What the summaries show (`run_weights`) is what `evaluate` measures at generation level: the mean
-    over generated tokens of the layer-mean weights, through the pooled part only under calibrated
-    routing without an axis prior."""
+    over generated tokens of the layer-mean weights, never pooled (the pooled part is fitted on
+    prompt-token means); a run with no generated token shows its prompt's mean, pooled under
+    calibrated routing without an axis prior."""
     from alignx_demo.config import AXES
     from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
     from alignx_demo.ui.runner import shares
@@ -212,13 +213,16 @@ def test_run_weights_are_the_generated_mean_pooled_when_calibrated(loaded):
     loaded.mocae.calibration = CalibrationStack(TemperatureScaling(torch.ones(layers)), [], PooledTemperature(0.5))
     for routing in (RoutingSettings(calibrated=True), RoutingSettings(calibrated=False),
                     RoutingSettings(calibrated=True, axis_prior=(0.2, 0.3, 0.5), prior_blend=0.5)):
-        trace = run_all(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Tell me about bread.",
-                                         GenerationSettings(max_new_tokens=5), routing))
+        run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Tell me about bread.", GenerationSettings(max_new_tokens=5), routing)
+        trace = run_all(run)
         generated = [t for t in trace["tokens"] if not t["is_prompt"]]
         mean = torch.tensor([[sum(t["weights"][a] for t in generated) / len(generated) for a in AXES]])
-        pooled = routing.calibrated and routing.axis_prior is None
-        want = loaded.mocae.calibration.pool(mean) if pooled else mean
-        assert trace["run_weights"] == pytest.approx(dict(zip(AXES, want[0].tolist())), abs=1e-5)
+        assert trace["run_weights"] == pytest.approx(dict(zip(AXES, mean[0].tolist())), abs=1e-5)
         assert shares(trace) == trace["run_weights"]
+        run.tokens = [t for t in run.tokens if t.is_prompt]  # as if stopped before the first answer token
+        prompt_mean = torch.tensor([[sum(t.weights[a] for t in run.tokens) / len(run.tokens) for a in AXES]])
+        pooled = routing.calibrated and routing.axis_prior is None
+        want = loaded.mocae.calibration.pool(prompt_mean) if pooled else prompt_mean
+        assert run.run_weights() == pytest.approx(dict(zip(AXES, want[0].tolist())), abs=1e-5)
         if pooled:
-            assert max(trace["run_weights"].values()) > mean.max().item()  # T_pool < 1 sharpens the mean
+            assert max(run.run_weights().values()) > prompt_mean.max().item()  # T_pool < 1 sharpens the mean

@@ -50,8 +50,8 @@ TRACE_JSON_SCHEMA: dict[str, Any] = {
         "prompt": {"type": "string", "description": "the prompt as used (control characters removed, cut to the app's limit)"},
         "run_weights": {"$ref": "#/$defs/weights",
                         "description": "optional: the run's weights as the summaries show them — the mean over generated "
-                                       "tokens (prompt tokens if none) of `weights`, pooled by the calibration when "
-                                       "calibrated without an axis prior"},
+                                       "tokens of `weights`; if none was generated, the prompt tokens' mean, pooled by the "
+                                       "calibration when calibrated without an axis prior"},
         "model": {"type": "string", "description": "the loaded model, in words (folder, family, layers, precision)"},
         "settings": {
             "type": "object",

@@ -19,8 +19,13 @@ behaviour):
   is to flag its uncertainty and then give the correction it learned; this is the one place the
   project edits reference text, and the model card says so.
 
-Routers (Stage 2) learn from the three expert roles mixed; the joint-SFT baseline learns from the
-naive mix of raw references, where it shows "too harmless" honestly.
+Routers (Stage 2) learn from the three expert roles mixed (the LM and routing losses), plus every
+other train-split prompt of each axis as a prompt without an answer (`router_examples`: the routing
+loss on the prompt only). The expert roles alone leave out the harmful requests whose reference
+does not refuse — more than half of the harmless axis, most of its HH-RLHF red-team prompts, which
+the routing evaluation does ask about — so the routers never learned to send them to Harmless. The
+joint-SFT baseline learns from the naive mix of raw references, where it shows "too harmless"
+honestly.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import re
 from typing import Any
 
 from alignx_demo.data import behaviour
-from alignx_demo.data.records import AxisExample, stable_rank
+from alignx_demo.data.records import AxisExample, normalize_key, stable_rank
 
 BASE_ANSWER_TOKENS: int | None = None
 """Answer cap of the base's text (None: whole answers)."""
@@ -88,3 +93,16 @@ def expert_examples(tokenizer: Any, examples: list[AxisExample], axis: str, spli
         raise ValueError(f"unknown axis {axis!r}")
     limit = EXPERT_ANSWER_TOKENS[axis]
     return [dataclasses.replace(e, response=shorten_answer(tokenizer, e.response, limit)) for e in rows]
+
+
+def router_examples(tokenizer: Any, examples: list[AxisExample], axis: str, split: str = "train") -> list[AxisExample]:
+    """What the routers learn axis `axis` from: the expert's role, then each other distinct prompt of
+    the axis in `split` with an empty response (encoded as the prompt alone: routing loss only)."""
+    role = expert_examples(tokenizer, examples, axis, split)
+    seen = {normalize_key(e.prompt) for e in role}
+    extra: dict[str, AxisExample] = {}
+    for e in examples:
+        key = normalize_key(e.prompt)
+        if e.axis == axis and e.split == split and key not in seen:
+            extra.setdefault(key, dataclasses.replace(e, response=""))
+    return role + list(extra.values())

@@ -86,10 +86,13 @@ def encode_example(
     """Token ids of prompt + response + end-of-sequence, and the index where the response starts.
 
     Training computes the LM loss only from that index on, so the model learns to answer, not to
-    repeat prompts.
+    repeat prompts. An empty response gives the prompt alone (no end-of-sequence): an example that
+    teaches routing from the prompt and no answer.
     """
     ids = encode_prompt(tokenizer, prompt, preamble)
     start = len(ids)
+    if not response:
+        return ids, start
     ids += _encode_text(tokenizer, response)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)

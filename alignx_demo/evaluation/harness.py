@@ -13,7 +13,9 @@ TruthfulQA MC1/MC2, the helpfulness proxy (or, with a judge, the win rate), a sa
 rate; the composite. On the MoCaE model: routing at token, prompt (all prompt tokens) and
 generation level (`routing_eval`) and the four trade-off presets (`presets`). Held-out items only.
 
-The report carries the checkpoint's fingerprint (`analysis.artefacts.model_fingerprint`), the
+Every system is loaded as the app serves it — 4-bit NF4 where bitsandbytes runs (`load_in_4bit`,
+the default; `--full-precision` for fp32) — so the figures the page quotes were measured on what it
+runs. The report carries the checkpoint's fingerprint (`analysis.artefacts.model_fingerprint`), the
 SHA-256 of every data file, and per task its version, prompt set, sampler, item count and the hash
 of the items used.
 """
@@ -43,6 +45,7 @@ from alignx_demo.evaluation.refusal import detector_agreement
 from alignx_demo.evaluation.routing_eval import (
     CALIBRATION_VARIANTS, ROUTING_TASKS, VARIANT_PARTS, available_variants, enable_all, routing_report, routing_summary, use_variant,
 )
+from alignx_demo.evaluation.separability import SEPARABILITY_TASK
 from alignx_demo.evaluation.tasks import Context, EvalConfig, Task, run_tasks, runnable
 from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae
 from alignx_demo.modeling.mocae import MoCaEModel
@@ -53,9 +56,9 @@ __all__ = [  # names other modules import from here
 ]
 
 SCHEMA = "alignx-eval/2"
-TASKS: dict[str, Task] = {t.name: t for t in (*HHH_TASKS, *ROUTING_TASKS, PRESETS_TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (*HHH_TASKS, *ROUTING_TASKS, SEPARABILITY_TASK, PRESETS_TASK)}
 """Every task `evaluate` can run, by name."""
-TASK_GROUPS = {"hhh": tuple(t.name for t in HHH_TASKS), "routing": tuple(t.name for t in ROUTING_TASKS), "presets": ("presets",)}
+TASK_GROUPS = {"hhh": tuple(t.name for t in HHH_TASKS), "routing": (*(t.name for t in ROUTING_TASKS), SEPARABILITY_TASK.name), "presets": ("presets",)}
 """Shorthands accepted by `tasks=` besides task names."""
 
 
@@ -76,10 +79,10 @@ class _PlainModel(torch.nn.Module):
         return self.model.generate(*args, **kwargs)
 
 
-def _with_adapter(base_source: Any, folder: Path) -> Any:
+def _with_adapter(base_source: Any, folder: Path, load_in_4bit: bool) -> Any:
     from peft import PeftModel
 
-    model, _, _, _ = load_base(base_source, load_in_4bit=False)
+    model, _, _, _ = load_base(base_source, load_in_4bit=load_in_4bit)
     return PeftModel.from_pretrained(model, str(folder)).eval()
 
 
@@ -112,7 +115,8 @@ class System:
 
 
 def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) -> tuple[dict[str, System], dict[str, str]]:
-    """The systems to measure, and the skipped ones with why (calibration parts the checkpoint lacks)."""
+    """The systems to measure, and the skipped ones with why (calibration parts the checkpoint lacks);
+    the base and the baselines are loaded in the precision of `loaded`."""
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown system(s) {unknown}; systems: {', '.join(SYSTEMS)}")
@@ -123,7 +127,7 @@ def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) ->
     skipped: dict[str, str] = {}
     for name in names:
         if name == "base":
-            systems[name] = System(name, _PlainModel(load_base(base_source, load_in_4bit=False)[0]), RoutingSettings())
+            systems[name] = System(name, _PlainModel(load_base(base_source, load_in_4bit=loaded.quantized)[0]), RoutingSettings())
         elif name.startswith("expert_"):
             k = AXES.index(name.removeprefix("expert_"))
             systems[name] = System(name, mocae, RoutingSettings(calibrated=False, axis_prior=tuple(float(j == k) for j in range(3))))
@@ -131,7 +135,7 @@ def build_systems(model_dir: Path, loaded: LoadedModel, names: Sequence[str]) ->
             folder = model_dir / "baselines" / name
             if not (folder / "adapter_config.json").exists():
                 raise FileNotFoundError(f"baseline {name} missing: {folder} (run `train baselines --out {model_dir}`)")
-            systems[name] = System(name, _PlainModel(_with_adapter(base_source, folder)), RoutingSettings())
+            systems[name] = System(name, _PlainModel(_with_adapter(base_source, folder, loaded.quantized)), RoutingSettings())
         elif MOCAE_VARIANTS[name] in variants:
             variant = MOCAE_VARIANTS[name]
             systems[name] = System(name, mocae, RoutingSettings(calibrated=variant != "uncalibrated"), variant)
@@ -192,16 +196,18 @@ def evaluate(
     progress: bool = True,
     tasks: Sequence[str] | None = None,
     config: EvalConfig | None = None,
+    load_in_4bit: bool = True,
 ) -> dict[str, Any]:
     """The report (see the module docstring); `quick` uses a handful of items (tests), `tasks` a
-    selection of `TASKS` (names or groups; None = all), `config` overrides the sizes."""
+    selection of `TASKS` (names or groups; None = all), `config` overrides the sizes, `load_in_4bit`
+    False measures in full precision instead of as served."""
     from alignx_demo.data.readers import SOURCE_FILES, resolve_data_dir
 
     cfg = config or (EvalConfig.quick_recipe() if quick else EvalConfig())
     selected = select_tasks(tasks)
     start = time.time()
     model_dir, data_dir = Path(model_dir), resolve_data_dir(data_dir)
-    loaded = load_mocae(model_dir, load_in_4bit=False)
+    loaded = load_mocae(model_dir, load_in_4bit=load_in_4bit)
     ctx = Context(cfg, loaded.tokenizer, loaded.mocae,
                   judge=Judge(judge_model, data_dir) if judge_model else None,
                   safety_judge=SafetyJudge(safety_judge_model) if safety_judge_model else None)
@@ -242,8 +248,9 @@ def evaluate(
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    if "presets" in run.model:
-        report["presets"] = run.model["presets"]
+    for task in ("presets", SEPARABILITY_TASK.name):
+        if task in run.model:
+            report[task] = run.model[task]
     return report
 
 
@@ -255,6 +262,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         for level, cells in levels.items():
             parts = [f"{label} ({c['variant']}) ECE {c['ece']:.4f} accuracy {c['accuracy']:.4f} n={c['n']}" for label, c in cells.items()]
             lines.append(f"routing {split} {level} level: " + "; ".join(parts))
+    for name, scores in report.get(SEPARABILITY_TASK.name, {}).items():
+        if isinstance(scores, dict) and "accuracy" in scores:
+            lines.append(f"reference classifier {name}: accuracy {scores['accuracy']:.4f} per axis "
+                         + ", ".join(f"{a} {v:.2f}" for a, v in scores["per_axis"].items()))
     if "presets" in report:
         lines += ["presets (greedy, held-out prompts; rate [95% CI]):", *target_lines(report["presets"])]
     if report.get("skipped_systems"):

@@ -10,8 +10,8 @@ variant whose parts the checkpoint lacks is not measured. Levels, each against t
   the identity unless the variant has "pooled");
 - generation level: the greedy answer's weights averaged over its generated tokens and the layers
   — the "mean weight over generated tokens" the app's summaries show — generated under that variant
-  (`EvalConfig.generation_per_axis` prompts per axis, `EvalConfig.new_tokens` tokens), pooled
-  like the prompt level.
+  (`EvalConfig.generation_per_axis` prompts per axis, `EvalConfig.new_tokens` tokens), not pooled
+  (`RoutedGeneration.run_weights`: the pooled part is fitted on prompt-token means).
 Metrics from `routing_metrics` (accuracy = argmax is the prompt's axis; ECE, classwise ECE, Brier,
 NLL) on the eval split and on a shifted set, XSTest (train and eval splits, stratified over its
 types): safe-but-scary prompts labelled helpful (they deserve an answer), unsafe ones harmless.
@@ -68,7 +68,7 @@ def enable_all(mocae: Any) -> None:
 
 def generation_weights(mocae: Any, tokenizer: Any, prompts: list[str], routing: RoutingSettings, new_tokens: int) -> torch.Tensor:
     """(N, K): each greedy answer's run weights as the page's summaries show them (`RoutedGeneration.run_weights`:
-    the mean over its generated tokens, pooled when calibrated)."""
+    the mean over its generated tokens)."""
     rows = []
     for prompt in prompts:
         run = RoutedGeneration(mocae, tokenizer, prompt, GenerationSettings(max_new_tokens=new_tokens), routing)

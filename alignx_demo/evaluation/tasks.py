@@ -46,6 +46,8 @@ class EvalConfig:
         max_len: window of every forward (prompt + answer), capped by the model's context.
         preset_prompts: prompts per preset group (harmful, benign, honesty, helpful).
         preset_new_tokens: greedy answer length of the preset generations.
+        separability_per_axis: train-split prompts per axis the reference classifiers are fitted on
+            (`separability`).
     """
 
     loss_per_axis: int = 80
@@ -60,11 +62,13 @@ class EvalConfig:
     max_len: int = 256
     preset_prompts: int = 48
     preset_new_tokens: int = 48
+    separability_per_axis: int = 1500
 
     @classmethod
     def quick_recipe(cls) -> EvalConfig:
         return cls(loss_per_axis=6, routing_per_axis=8, shifted=12, generation_per_axis=1, refusal_prompts=6, mc_questions=4,
-                   alpaca_prompts=4, new_tokens=8, max_len=128, preset_prompts=2, preset_new_tokens=8)
+                   alpaca_prompts=4, new_tokens=8, max_len=128, preset_prompts=2, preset_new_tokens=8,
+                   separability_per_axis=12)
 
 
 @dataclass

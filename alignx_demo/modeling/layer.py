@@ -10,9 +10,12 @@ on CUDA), in fp32 on the CPU; routers compute in fp32.
 
 The routing path is kept to a few tensor operations per layer, because at small widths each
 operation's fixed cost, not its arithmetic, is what decoding pays: the router is six (norm, running
-mean, concat, projection, softmax, and one matmul p·E that gives the scale of every rank), computed
-once per layer (`RoutingSlot.scale`); each expert adds four to its base linear (split, multiply, B
-matmul, add), its A matmul riding in the base's own matmul at inference (`MoCaELinear`).
+mean, concat, projection, softmax, and one matmul p·E that gives the scale of every rank), computed once per layer (`RoutingSlot.scale`); each expert adds three to its base
+linear (split, multiply, and one addmm that applies B and adds the base's output), its A matmul
+riding in the base's own matmul at inference (`MoCaELinear`). Experts work on (tokens, features)
+matrices, so no matmul goes through the batched 3-D path, and the per-call checks read modules'
+own dicts rather than `nn.Module.__getattr__` (measured at the demo shape on 2 cores:
+`bench --shape-of assets/demo-model`).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class RoutingSlot:
 
     def __init__(self) -> None:
         self._weights: torch.Tensor | None = None  # (B, T, K)
-        self._scale: torch.Tensor | None = None  # (B, T, K·r)
+        self._scale: torch.Tensor | None = None  # (B·T, K·r)
         self._key: tuple | None = None
 
     @property
@@ -99,7 +102,7 @@ class RoutingSlot:
         self._weights, self._scale = value, None
 
     def scale(self, dtype: torch.dtype, scaling: float, rank: int) -> torch.Tensor:
-        """s · p_k repeated over expert k's r ranks, (B, T, K·r) in `dtype`: one matmul p·E per layer."""
+        """s · p_k repeated over expert k's r ranks, (B·T, K·r) in `dtype`: one matmul p·E per layer."""
         key = (dtype, scaling, rank)
         if self._scale is None or self._key != key:
             w = self._weights
@@ -107,7 +110,7 @@ class RoutingSlot:
                 raise RuntimeError("MoCaELinear called outside a routed forward (no routing weights set)")
             if w.dtype != dtype:
                 w = w.to(dtype)
-            self._scale, self._key = w @ _expander(rank, scaling, dtype, w.device), key
+            self._scale, self._key = w.reshape(-1, K) @ _expander(rank, scaling, dtype, w.device), key
         return self._scale
 
 
@@ -176,7 +179,7 @@ class Router(nn.Module):
     def features(self, hidden: torch.Tensor, context: CausalMean | None = None, layer: int = 0) -> torch.Tensor:
         """The router's input u (B, T, D or 2D), in the router's dtype (fp32), on its device: what
         calibrators and feature banks see."""
-        weight = self.proj.weight
+        weight = self.proj._parameters["weight"]
         if hidden.dtype != weight.dtype or hidden.device != weight.device:
             hidden = hidden.to(device=weight.device, dtype=weight.dtype)
         f = F.rms_norm(hidden, (hidden.shape[-1],), eps=1e-6) if self.use_norm else hidden
@@ -187,7 +190,8 @@ class Router(nn.Module):
         return torch.cat([f, context(layer, f)], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.proj.weight, self.proj.bias)  # (B, T, K)
+        params = self.proj._parameters  # the Linear's own dict: attribute lookups add up per layer and token
+        return F.linear(features, params["weight"], params["bias"])  # (B, T, K)
 
 
 def _in_out_features(base: nn.Module) -> tuple[int, int]:
@@ -232,6 +236,7 @@ class MoCaELinear(nn.Module):
         for k in range(K):  # PEFT's default init per expert: A Kaiming-uniform, B zero
             nn.init.kaiming_uniform_(self.lora_A[k * rank : (k + 1) * rank], a=math.sqrt(5))
         self._fused: torch.Tensor | None = None
+        self._fused_ptrs: tuple[int, int] = (0, 0)  # data pointers of base.weight and lora_A when fused
         self._split = (d_out, K * rank)
         self._fuse()
 
@@ -251,7 +256,7 @@ class MoCaELinear(nn.Module):
             return
         fused = torch.cat([weight.detach(), a.detach()])
         weight.data, a.data = fused[: self.out_features], fused[self.out_features :]
-        self._fused = fused
+        self._fused, self._fused_ptrs = fused, (weight.data_ptr(), a.data_ptr())
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double(): convert, then fuse again
         module = super()._apply(fn, recurse)
@@ -259,30 +264,43 @@ class MoCaELinear(nn.Module):
         return module
 
     def _fused_weight(self) -> torch.Tensor | None:
-        """The [W0; A] tensor, if base.weight and lora_A are still its views and the base has no hooks."""
-        fused, base = self._fused, self.base
-        if fused is None or base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__:
+        """The [W0; A] tensor, if base.weight and lora_A are still its views and the base has no hooks.
+
+        Read on every call, so it uses the modules' own dicts (`_parameters`, `_modules`) instead of
+        attribute lookups through `nn.Module.__getattr__`, and the two pointers recorded by `_fuse`."""
+        fused = self._fused
+        if fused is None:
             return None
-        start = fused.data_ptr()
-        if base.weight.data_ptr() != start or self.lora_A.data_ptr() != start + base.weight.numel() * fused.element_size():
+        base = self._modules["base"]
+        if base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__:
+            return None
+        weight_ptr, a_ptr = self._fused_ptrs
+        if base._parameters["weight"].data_ptr() != weight_ptr or self._parameters["lora_A"].data_ptr() != a_ptr:
             return None
         return fused
 
     def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """W0·x. A plain nn.Linear without hooks is applied as F.linear, saving a second module call
         per target (the wrapper's own call replaces the base's); anything else is called as it is."""
-        base = self.base
+        base = self._modules["base"]
         if self._plain_linear and not (base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__):
-            return F.linear(x, base.weight, base.bias)
+            return F.linear(x, base._parameters["weight"], base._parameters["bias"])
         return base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_weight, b_weight = self.lora_A, self.lora_B
+        params = self._parameters
+        a_weight, b_weight = params["lora_A"], params["lora_B"]
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (B·T, D): every matmul below is a plain 2-D one
         fused = None if (a_weight.requires_grad and torch.is_grad_enabled()) else self._fused_weight()
         if fused is not None and x.dtype == fused.dtype:
-            y, a = F.linear(x, fused).split(self._split, dim=-1)  # W0·x and A·x from one matmul
+            y, a = F.linear(x, fused).split_with_sizes(self._split, dim=-1)  # W0·x and A·x from one matmul
         else:
             y = self._base_forward(x)
-            a = F.linear(x if x.dtype == a_weight.dtype else x.to(a_weight.dtype), a_weight)  # (B, T, K·r)
-        delta = F.linear(a * self.slot.scale(a.dtype, self.scaling, self.rank), b_weight)  # rank blocks times s·p_k, then B
-        return y + (delta if delta.dtype == y.dtype else delta.to(y.dtype))
+            a = F.linear(x if x.dtype == a_weight.dtype else x.to(a_weight.dtype), a_weight)  # (B·T, K·r)
+        scaled = a * self.slot.scale(a.dtype, self.scaling, self.rank)  # rank blocks times s·p_k
+        if y.dtype == scaled.dtype:
+            out = torch.addmm(y, scaled, b_weight.t())  # y + scaled·Bᵀ in one op
+        else:
+            out = y + F.linear(scaled, b_weight).to(y.dtype)
+        return out.view(*shape[:-1], out.shape[-1])

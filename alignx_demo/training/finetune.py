@@ -116,9 +116,11 @@ def train_loop(
         indices = balanced_indices(data, rng, batch_size) if balanced else rng.integers(len(data), size=batch_size).tolist()
         batch = {k: v.to(device) for k, v in make_batch(data, indices, pad_id).items()}
         recording = mocae.record(detach=False) if loss_weights else nullcontext()
+        answered = bool((batch["labels"] != -100).any())  # a batch of prompt-only examples has no LM loss
         with mocae.routed(routing), recording as record:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        losses = {"lm": out.loss}
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        labels=batch["labels"] if answered else None)
+        losses = {"lm": out.loss if answered else out.logits.sum() * 0.0}
         if record is not None:
             extra = routing_losses([w[0] for w in record.weights], batch["attention_mask"], batch["axis"],
                                    (batch["prompt_mask"], batch["response_mask"]))

@@ -1,8 +1,8 @@
 """Stage 2 — training the routers with the base and the experts frozen.
 
-Mixed axis data from the train split — the three experts' data roles (`data.roles`), axes sampled
-equally, no preamble: at inference the router must infer the axis from the prompt itself — soft
-uncalibrated routing. Loss:
+Mixed axis data from the train split — the three experts' data roles plus every other prompt of
+each axis without an answer (`data.roles.router_examples`), axes sampled equally, no preamble: at
+inference the router must infer the axis from the prompt itself — soft uncalibrated routing. Loss:
     L = L_LM(response tokens, through the mixture)
         + w_route · ½ Σ_span CE(p averaged over the span's tokens and layers, example axis)
           (H3Fusion-style; spans: the prompt after the shared template prefix, and the response)
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data.records import AxisExample
-from alignx_demo.data.roles import expert_examples
+from alignx_demo.data.roles import router_examples
 from alignx_demo.modeling.checkpoint import ROUTER_FILE, load_mocae
 from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.finetune import encode_set, train_loop
@@ -57,7 +57,7 @@ def train_router(
     mocae.calibration = None  # calibration is fitted afterwards, on the new routers
     for param in mocae.routers.parameters():  # from the zero init (uniform routing), so a rerun reproduces
         torch.nn.init.zeros_(param)
-    train = [e for axis in AXES for e in expert_examples(tokenizer, examples, axis)]
+    train = [e for axis in AXES for e in router_examples(tokenizer, examples, axis)]
     data = encode_set(tokenizer, train, cfg.max_len)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)

@@ -108,7 +108,7 @@ def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool
 def _shares_plot(result: dict[str, Any] | None) -> Any:
     if not result or "summary" not in result:
         return empty_figure("Axis shares of both runs appear here.")
-    return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Run weight per axis (generated tokens; calibrated: pooled)")
+    return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Run weight per axis (mean over generated tokens)")
 
 
 SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}
@@ -126,8 +126,18 @@ def reliability_sentence(variants: dict[str, dict[str, Any]], where: str) -> str
         low, high = ("calibrated", "uncalibrated") if cal < unc else ("uncalibrated", "calibrated")
         verdict = (f"**{low}** routing is better calibrated here: ECE {min(cal, unc):.3f} against {max(cal, unc):.3f} "
                    f"{high}, {abs(cal - unc):.3f} lower")
-    return (f"{where} ({variants['calibrated']['prompt_metrics']['n']} prompts): {verdict} "
-            "(ECE = mean gap between confidence and accuracy over the bins; lower is better).")
+    why = ""
+    metrics = variants["calibrated"]["prompt_metrics"]
+    if cal > unc and "mean_confidence" in metrics and "accuracy" in metrics:
+        over = metrics["mean_confidence"] > metrics["accuracy"]
+        why = (f" Calibrated routing is {'over' if over else 'under'}confident here (mean confidence "
+               f"{metrics['mean_confidence']:.2f}, accuracy {metrics['accuracy']:.2f}): "
+               + ("the calibration was fitted on the calibration split's prompts, and on prompts unlike them it "
+                  "sharpens too much." if over else
+                  "calibration acts on each token, and the rightly unsure weights of a prompt's early tokens "
+                  "flatten the prompt's average."))
+    return (f"{where} ({metrics['n']} prompts): {verdict} "
+            f"(ECE = mean gap between confidence and accuracy over the bins; lower is better).{why}")
 
 
 def build_compare_tab(key: int, artefacts: Artefacts) -> None:

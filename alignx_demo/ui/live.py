@@ -68,7 +68,7 @@ def summary_markdown(trace: dict[str, Any]) -> str:
     lines = [
         f"**{len(generated)} generated + {n_prompt} prompt tokens** · finish: {finish} · routing: {how}",
         f"Run weights (mean over {'generated' if generated else 'prompt'} tokens"
-        + (", pooled by calibration" if routing["calibrated"] and not routing.get("axis_prior") else "") + "): "
+        + (", pooled by calibration" if not generated and routing["calibrated"] and not routing.get("axis_prior") else "") + "): "
         + " · ".join(f"{AXIS_LABELS[a]} {share[a]:.0%}" for a in trace["axes"]),
         f"Model: {trace['model']}",
     ]

@@ -280,7 +280,7 @@ def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dic
 
 
 def shares(trace: dict[str, Any]) -> dict[str, float]:
-    """The run's weight of each axis: the trace's `run_weights` (pooled when calibrated), or for a trace
+    """The run's weight of each axis: the trace's `run_weights` (`RoutedGeneration.run_weights`), or for a trace
     without them the mean over the generated tokens (over all tokens if none was generated)."""
     if isinstance(trace.get("run_weights"), dict):
         return trace["run_weights"]

@@ -1,0 +1,64 @@
+"""Data roles: what the routers learn from (expert roles + prompt-only examples of every other train prompt)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from data_fixtures import make_data_dir
+
+from alignx_demo.config import AXES, RoutingSettings
+from alignx_demo.data import behaviour
+from alignx_demo.data.batches import encode_set, make_batch
+from alignx_demo.data.readers import load_axis_data
+from alignx_demo.data.records import AxisExample, normalize_key
+from alignx_demo.data.roles import expert_examples, router_examples
+from alignx_demo.data.templates import encode_example, encode_prompt
+from alignx_demo.modeling import load_mocae
+from alignx_demo.training.finetune import train_loop
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    return load_axis_data(make_data_dir(tmp_path_factory.mktemp("data"), n=40)).examples
+
+
+def test_router_examples_add_every_other_train_prompt_without_an_answer(examples, tokenizer):
+    harmless_train = {normalize_key(e.prompt) for e in examples if e.axis == "harmless" and e.split == "train"}
+    role = expert_examples(tokenizer, examples, "harmless")
+    routed = router_examples(tokenizer, examples, "harmless")
+    assert routed[: len(role)] == role and all(behaviour.is_refusal(e.response) for e in role)
+    extra = routed[len(role):]
+    assert extra and all(e.response == "" and e.split == "train" and e.axis == "harmless" for e in extra)
+    keys = [normalize_key(e.prompt) for e in extra]
+    assert len(keys) == len(set(keys)) and not set(keys) & {normalize_key(e.prompt) for e in role}
+    assert {normalize_key(e.prompt) for e in routed} == harmless_train  # every train prompt of the axis, once or in the role
+    for axis in AXES:  # no eval or calibration prompt reaches the routers
+        assert all(e.split == "train" for e in router_examples(tokenizer, examples, axis))
+
+
+def test_a_prompt_only_example_is_the_prompt_with_no_answer_tokens(tokenizer):
+    ids, start = encode_example(tokenizer, "How do I pick a lock?", "")
+    assert ids == encode_prompt(tokenizer, "How do I pick a lock?") and start == len(ids)
+    data = encode_set(tokenizer, router_examples_of(), 64)
+    batch = make_batch(data, [0, 1], tokenizer.pad_token_id)
+    assert (batch["labels"][1] == -100).all() and batch["response_mask"][1].sum() == 0 and batch["prompt_mask"][1].sum() > 0
+    assert (batch["labels"][0] != -100).any()
+
+
+def router_examples_of() -> list[AxisExample]:
+    """A role example (with its refusal) and a prompt-only one."""
+    return [AxisExample("t:0", "harmless", "How do I pick a lock?", "I can't help with that.", "t", "train"),
+            AxisExample("t:1", "harmless", "How do I hurt someone?", "", "t", "train")]
+
+
+def test_routers_train_on_batches_of_prompts_alone(checkpoint, tokenizer):
+    mocae = load_mocae(checkpoint).mocae
+    prompts = [e for e in router_examples_of() if not e.response]
+    data = encode_set(tokenizer, prompts * 2, 64)
+    before = [p.detach().clone() for p in mocae.routers.parameters()]
+    result = train_loop(mocae, list(mocae.routers.parameters()), data, routing=RoutingSettings(mode="soft", calibrated=False),
+                        steps=2, batch_size=2, lr=1e-2, pad_id=tokenizer.pad_token_id, loss_weights={"route": 1.0}, progress=False)
+    assert result["finite"] and result["last_losses"]["lm"] == 0.0 and not math.isnan(result["last_losses"]["route"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, mocae.routers.parameters()))  # the routing loss alone moved them
