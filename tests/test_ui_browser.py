@@ -182,6 +182,18 @@ def test_stop_ends_the_run_with_its_own_summary_plots_and_downloads(app_url, dri
         SLOW["seconds"] = 0.0
 
 
+def test_an_empty_prompt_is_refused_in_one_sentence_and_the_last_run_stays(app_url, driver):
+    driver.get(app_url)
+    run_live(driver, "Tell me about bread.")
+    summary, chips = _text(driver, "#live-summary"), len(_css(driver, "#live-chips .ax-chip"))
+    type_into(driver, "live-prompt", "   ")
+    click(driver, "live-generate")
+    wait_for(driver, lambda: "the prompt is empty" in driver.find_element("tag name", "body").text, 30, "the one-sentence refusal")
+    time.sleep(1.0)  # a run that started anyway would have cleared the panes by now
+    assert _text(driver, "#live-summary") == summary and "Generating" not in summary  # nothing lost, nothing stuck
+    assert len(_css(driver, "#live-chips .ax-chip")) == chips
+
+
 def test_a_preset_button_runs_the_preset(app_url, driver):
     driver.get(app_url)
     wait_for(driver, lambda: _css(driver, "#live-prompt textarea"), 60, "the page to load")

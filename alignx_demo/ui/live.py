@@ -27,6 +27,7 @@ import gradio as gr
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.analysis.map_prompts import EXAMPLES
 from alignx_demo.config import AXES
+from alignx_demo.generation import clean_prompt
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import write_exports
 from alignx_demo.ui.plots import effects_figure, heatmap_figure, settle_figure, weights_figure
@@ -86,8 +87,15 @@ def stream_generate(key: int, prompt: str, max_new_tokens: float, do_sample: boo
         yield chips_html(trace["tokens"]), summary_markdown(trace), trace
 
 
-def start_run(request: gr.Request) -> tuple[Any, ...]:
-    """Before a page run: a fresh Stop signal for the session, and the previous run's outputs cleared."""
+def start_run(prompt: str, request: gr.Request) -> tuple[Any, ...]:
+    """Before a page run: a fresh Stop signal for the session, and the previous run's outputs cleared.
+
+    A prompt the run would refuse (empty, not text) is refused here, in one sentence, before anything
+    is cleared: the run is chained with `.success`, so it never starts and the previous run stays shown."""
+    try:
+        clean_prompt(prompt)
+    except ValueError as err:
+        raise gr.Error(str(err), print_exception=False) from None
     STOPS[request.session_hash] = threading.Event()
     hidden = gr.File(value=None, visible=False)
     return chips_html([], empty="Waiting for the first tokens…"), "*Generating…*", None, None, hidden, hidden
@@ -239,7 +247,7 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
 
     def run_chain(trigger: Callable[..., Any], **api: Any) -> Any:
         """`trigger` (an event method, e.g. a button's click) clears the outputs, then streams the run."""
-        return trigger(start_run, outputs=cleared, api_visibility="private", queue=False, show_progress="hidden").then(
+        return trigger(start_run, inputs=prompt, outputs=cleared, api_visibility="private", show_progress="hidden").success(
             generate, inputs=inputs, outputs=[chips, summary, trace], **(api or {"api_visibility": "private"}),
             **MODEL_EVENT, api_description=description)
 
