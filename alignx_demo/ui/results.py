@@ -143,7 +143,7 @@ def bench_figure(report: dict[str, Any]) -> go.Figure:
         ))
     fig.update_yaxes(type="log", title="decode time per token, batch 1 (ms, log)")
     fig.update_xaxes(title="model memory (MiB)")
-    return _layout(fig, "Decode time vs memory (same base, same adapters)", 440, margin=dict(l=60))
+    return _layout(fig, "Decode time vs memory", 440, margin=dict(l=60))  # the section heading names the shape
 
 
 def bench_table(report: dict[str, Any]) -> pd.DataFrame:
