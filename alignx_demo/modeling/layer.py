@@ -9,13 +9,13 @@ transfers inside a layer. Experts compute in the base's compute dtype (bf16 for 
 on CUDA), in fp32 on the CPU; routers compute in fp32.
 
 The routing path is kept to a few tensor operations per layer, because at small widths each
-operation's fixed cost, not its arithmetic, is what decoding pays: the router is six (norm, running
-mean, concat, projection, softmax, and one matmul p·E that gives the scale of every rank), computed once per layer (`RoutingSlot.scale`); each expert adds three to its base
-linear (split, multiply, and one addmm that applies B and adds the base's output), its A matmul
-riding in the base's own matmul at inference (`MoCaELinear`). Experts work on (tokens, features)
-matrices, so no matmul goes through the batched 3-D path, and the per-call checks read modules'
-own dicts rather than `nn.Module.__getattr__` (measured at the demo shape on 2 cores:
-`bench --shape-of assets/demo-model`).
+operation's fixed cost, not its arithmetic, is what decoding pays (`bench --shape-of
+assets/demo-model`): the router is six (norm, running mean, concat, projection, softmax, and one
+matmul p·E that gives the scale of every rank), computed once per layer (`RoutingSlot.scale`); each
+expert adds three to its base linear (split, multiply, and one addmm that applies B and adds the
+base's output), its A matmul riding in the base's own matmul at inference (`MoCaELinear`). Experts
+work on (tokens, features) matrices, so no matmul takes the batched 3-D path, and the per-call
+checks read modules' own dicts rather than going through `nn.Module.__getattr__`.
 """
 
 from __future__ import annotations
