@@ -35,7 +35,7 @@ import re
 from typing import Any
 
 from alignx_demo.data import behaviour
-from alignx_demo.data.records import AxisExample, normalize_key, stable_rank
+from alignx_demo.data.records import AxisExample, eval_prompts, normalize_key, stable_rank
 
 BASE_ANSWER_TOKENS: int | None = None
 """Answer cap of the base's text (None: whole answers)."""
@@ -100,9 +100,5 @@ def router_examples(tokenizer: Any, examples: list[AxisExample], axis: str, spli
     the axis in `split` with an empty response (encoded as the prompt alone: routing loss only)."""
     role = expert_examples(tokenizer, examples, axis, split)
     seen = {normalize_key(e.prompt) for e in role}
-    extra: dict[str, AxisExample] = {}
-    for e in examples:
-        key = normalize_key(e.prompt)
-        if e.axis == axis and e.split == split and key not in seen:
-            extra.setdefault(key, dataclasses.replace(e, response=""))
-    return role + list(extra.values())
+    return role + [dataclasses.replace(e, response="") for e in eval_prompts(examples, axis, split=split)
+                   if normalize_key(e.prompt) not in seen]

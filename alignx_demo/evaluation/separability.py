@@ -41,13 +41,13 @@ def prompt_features(mocae: Any, tokenizer: Any, items: list[AxisExample], max_le
     after the template prefix, under raw soft routing."""
     device = next(mocae.model.parameters()).device
     skip = template_prefix_length(tokenizer)
+    hidden = mocae.model.config.hidden_size
     rows = []
     for item in items:
         ids = encode_prompt(tokenizer, item.prompt)[-max_len:]
         first = min(skip, len(ids) - 1)
         with mocae.routed(RoutingSettings(mode="soft", calibrated=False)), mocae.record(features=True) as record:
             mocae(input_ids=torch.tensor([ids], device=device))
-        hidden = mocae.model.config.hidden_size
         rows.append(torch.cat([f[0][0, first:, :hidden].float().mean(0).cpu() for f in record.features]).numpy())
     return np.stack(rows)
 
