@@ -99,6 +99,9 @@ def _fullest(variants: dict[str, Any]) -> str | None:
 BASE_LOSS_TARGET = 4.20
 """Held-out helpful loss the base must beat: the previous base's 4.205 (issue 10)."""
 
+ROUTING_ACCURACY_TARGET = 0.90
+"""Calibrated routing accuracy the design asks for, at prompt level and over generated tokens."""
+
 
 def separability_lines(sep: dict[str, Any] | None) -> list[str]:
     """How well any classifier told the axes apart on the same prompts (`evaluation.separability`)."""
@@ -106,10 +109,19 @@ def separability_lines(sep: dict[str, Any] | None) -> list[str]:
         return []
     text, feats = sep["text_tfidf"], sep["router_features_linear"]
     weakest = min(feats["per_axis"], key=feats["per_axis"].get)
-    return [f"  For reference, on the same prompts, classifiers fitted on the routers' train-split prompts reach "
+    line = (f"  For reference, on the same prompts, classifiers fitted on the routers' train-split prompts reach "
             f"{text['accuracy']:.3f} from the words (TF-IDF + logistic regression) and {feats['accuracy']:.3f} from the "
             f"prompt-mean router features (logistic regression), weakest on {weakest} "
-            f"({feats['per_axis'][weakest]:.2f}): the routers' inputs bound what routing can reach here."]
+            f"({feats['per_axis'][weakest]:.2f}): the routers' inputs bound what routing can reach here.")
+    best = sep.get("text_tfidf_chars_all_prompts")
+    if best:
+        n = sum(sep.get("all_train_prompts", {}).values())
+        hardest = min(best["per_axis"], key=best["per_axis"].get)
+        line += (f" The strongest text classifier tried — word and character n-grams, fitted on all {n:,} distinct "
+                 f"train prompts — reaches {best['accuracy']:.3f} ({hardest} {best['per_axis'][hardest]:.2f}): "
+                 f"{'below' if best['accuracy'] < ROUTING_ACCURACY_TARGET else 'at or above'} the "
+                 f"{ROUTING_ACCURACY_TARGET:.2f} target on these labels.")
+    return [line]
 
 
 def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> list[str]:
@@ -136,11 +148,12 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
         if level not in ev[full]:
             continue
         acc = ev["uncalibrated"][level]["accuracy"], ev[full][level]["accuracy"]
-        why = (f"calibration lowered it from {acc[0]:.3f}" if acc[0] >= 0.9 else
+        why = (f"calibration lowered it from {acc[0]:.3f}" if acc[0] >= ROUTING_ACCURACY_TARGET else
                f"the routers' own argmax is wrong on {1 - acc[0]:.0%} of runs (uncalibrated {acc[0]:.3f}), calibration "
                f"moves it by {acc[1] - acc[0]:+.3f}, and token-level accuracy is {token_acc:.3f}")
-        lines.append(f"- Routing accuracy ≥ 0.90 at {level} level on the eval split: {acc[1]:.3f} calibrated ({full}, the app's "
-                     f"default), {acc[0]:.3f} uncalibrated — " + verdict(acc[1] >= 0.9, f"by {0.9 - acc[1]:.3f}: {why}."))
+        lines.append(f"- Routing accuracy ≥ {ROUTING_ACCURACY_TARGET:.2f} at {level} level on the eval split: {acc[1]:.3f} "
+                     f"calibrated ({full}, the app's default), {acc[0]:.3f} uncalibrated — "
+                     + verdict(acc[1] >= ROUTING_ACCURACY_TARGET, f"by {ROUTING_ACCURACY_TARGET - acc[1]:.3f}: {why}."))
     lines += separability_lines(report.get("routing_separability"))
     for level in ("token", "prompt", "generation"):
         row = []

@@ -34,6 +34,16 @@ def test_bench_quick_writes_ratios(tmp_path):
     assert ratios["ensemble_vs_mocae_memory"] == pytest.approx(report["analytic"]["ensemble_vs_mocae_weight_bytes"], rel=0.01)
 
 
+def test_latency_ratios_pair_the_systems_round_by_round():
+    """A slow round slows both systems timed in it: the ratio is the median of per-round ratios (2.0
+    here), not the ratio of the two medians (4 ÷ 15), which compares different moments."""
+    from alignx_demo.evaluation.efficiency import _paired_ratio
+
+    samples = {"a": {"decode_ms_b1": [2.0, 4.0, 30.0]}, "b": {"decode_ms_b1": [1.0, 20.0, 15.0]}}
+    assert _paired_ratio(samples, "decode_ms_b1", "a", "b") == (2.0, [0.2, 2.0])
+    assert _paired_ratio(samples, "decode_ms_b8", "a", "b") is None
+
+
 def test_unknown_system_is_a_clear_error():
     result = subprocess.run([sys.executable, "-m", "alignx_demo", "bench", "--systems", "base,warp_drive"],
                             capture_output=True, text=True, timeout=120)

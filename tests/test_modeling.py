@@ -68,6 +68,23 @@ def test_soft_mix_is_weighted_sum_of_deltas():
     assert_close(fused, expected)
 
 
+def test_experts_in_another_dtype_than_the_base_add_the_scaled_mix():
+    """A bf16 base with fp32 experts (training on a half-precision base) takes the path that adds the
+    experts' output in the base's dtype: same mix, scaling included."""
+    mocae = MoCaEModel(tiny_model("llama").to(torch.bfloat16), expert_dtype=torch.float32)
+    randomize_mocae(mocae)
+    module = next(iter(mocae.expert_modules.values()))
+    assert module.lora_A.dtype == torch.float32 and module.base.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 5, module.in_features, dtype=torch.bfloat16)
+    w = torch.softmax(torch.randn(2, 5, 3), dim=-1)
+    module.slot.weights = w
+    with torch.no_grad():
+        delta = module(x).float() - module.base(x).float()
+        expected = sum(w[..., k : k + 1] * module.scaling * (x.float() @ module.expert(k)[0].T @ module.expert(k)[1].T)
+                       for k in range(3))
+    assert_close(delta, expected, rel=2e-2)  # bf16 rounding of the sum
+
+
 def test_single_fused_matmul_per_target(monkeypatch):
     """Each target module runs one matmul giving all three experts' A·x (at inference fused with W0·x
     into one [W0; A] matmul) and one with the stacked B, whatever the routing: never three forwards."""

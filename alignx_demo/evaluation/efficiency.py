@@ -12,7 +12,9 @@ Systems:
 - ensemble: three full models (base with each expert merged), logits averaged, three KV caches.
 
 Measurement: warm-up, then rounds in which every system decodes in turn (interleaved, so machine
-noise hits all alike); medians and min–max spread; timed with CUDA events on a GPU, wall clock on CPU. Latency is per decode step at batch 1 and 8.
+noise hits all alike); medians and min–max spread; timed with CUDA events on a GPU, wall clock on
+CPU. Latency is per decode step at batch 1 and 8; a latency ratio is the median over rounds of the
+two systems' times in the same round (`ratio_spreads` gives its min–max).
 On CPU, memory is the bytes of parameters and buffers (activations are negligible at these
 batch sizes); on CUDA also `torch.cuda.max_memory_allocated` during decoding. The `analytic`
 object gives, for the same pairs, the ratio of multiply-accumulates per decoded token (linear
@@ -268,6 +270,16 @@ def decode_latency(forward: Callable[..., Any], vocab: int, device: torch.device
     return decode / new_tokens, batch * prompt_len / prefill, peak
 
 
+def _paired_ratio(samples: dict[str, dict[str, list[float]]], key: str, a: str, b: str) -> tuple[float, list[float]] | None:
+    """Median and (min, max) over rounds of a's time ÷ b's time in the same round: both were timed
+    back to back, so a slow stretch of a shared machine slows both and cancels, which a ratio of the
+    two medians (taken over different moments) does not."""
+    if key not in samples.get(a, {}) or key not in samples.get(b, {}):
+        return None
+    per_round = [x / y for x, y in zip(samples[a][key], samples[b][key])]
+    return statistics.median(per_round), [min(per_round), max(per_round)]
+
+
 def _ratio(table: dict[str, dict[str, Any]], key: str, a: str, b: str) -> float | None:
     if key not in table.get(a, {}) or key not in table.get(b, {}):
         return None
@@ -312,7 +324,6 @@ def run_bench(
         results["base"]["decode_ms_per_token_median"] = results["base"]["decode_ms_b1_median"]
     counts = mocae.count_parameters()
     theory = {k: v for k, v in analytic(shape, rank, prompt_len, new_tokens).items() if k in results}
-    lat = "decode_ms_b1_median"
     pairs = {
         "mocae_soft_vs_base": ("mocae_soft", "base"),
         "mocae_top1_vs_base": ("mocae_top1", "base"),
@@ -320,14 +331,18 @@ def run_bench(
         "dense_moe_vs_mocae": ("dense_moe", "mocae_soft"),
         "ensemble_vs_mocae": ("ensemble", "mocae_soft"),
     }
+    spreads: dict[str, list[float]] = {}
     ratios: dict[str, float | None] = {
         "mocae_params_vs_base": (counts["experts"] + counts["routers"]) / counts["base"],
         "mocae_memory_vs_base": _ratio(results, "model_bytes", "mocae_soft", "base"),
     }
     analytic_ratios: dict[str, float | None] = {}
     for label, (a, b) in pairs.items():
-        ratios[f"{label}_latency"] = _ratio(results, lat, a, b)
-        ratios[f"{label}_latency_b8"] = _ratio(results, "decode_ms_b8_median", a, b)
+        for suffix, key in ((f"{label}_latency", "decode_ms_b1"), (f"{label}_latency_b8", "decode_ms_b8")):
+            paired = _paired_ratio(samples, key, a, b)
+            ratios[suffix] = paired[0] if paired else None
+            if paired:
+                spreads[suffix] = paired[1]
         ratios[f"{label}_memory"] = _ratio(results, "model_bytes", a, b)
         analytic_ratios[f"{label}_macs"] = _ratio(theory, "macs_per_token", a, b)
         analytic_ratios[f"{label}_weight_bytes"] = _ratio(theory, "weight_bytes", a, b)
@@ -347,5 +362,6 @@ def run_bench(
         "systems": results,
         "analytic_per_system": theory,
         "ratios": {k: v for k, v in ratios.items() if v is not None},
+        "ratio_spreads": spreads,
         "analytic": {k: v for k, v in analytic_ratios.items() if v is not None},
     }

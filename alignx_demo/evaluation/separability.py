@@ -7,13 +7,17 @@ labels — every distinct train-split prompt of each axis (`data.roles.router_ex
 routers the same prompts) — and scores them on the very prompts routing is measured on:
 
 - text: TF-IDF of word uni- and bigrams + logistic regression (scikit-learn), what the words alone tell;
+- text, all prompts: the strongest text classifier we found — TF-IDF of word uni- and bigrams and
+  of character 2–5-grams, logistic regression — fitted on *every* distinct train-split prompt (about
+  14,000; the routers see the same): a ceiling for what any prompt-reading router can reach on
+  these labels without knowing more than the training data says;
 - features: logistic regression on what the routers read — each layer's normalised input hidden
   state (`Router.features`, the token's own part), averaged over the prompt's tokens after the
   template prefix and concatenated over layers — the best a linear read-out of the prompt's
   router features reaches.
 
-Both are fitted on at most `EvalConfig.separability_per_axis` train prompts per axis (a fixed
-pseudo-random choice), with balanced class weights.
+The first two are fitted on at most `EvalConfig.separability_per_axis` train prompts per axis (a
+fixed pseudo-random choice); all three use balanced class weights.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from alignx_demo.evaluation.hhh import routing_examples
 from alignx_demo.evaluation.tasks import Context, PromptSet, Sampler, Task
 
 
-def train_prompts(examples: list[AxisExample], per_axis: int) -> list[AxisExample]:
-    """Distinct train-split prompts of each axis (at most `per_axis`, mixed over sources): the routers' labels."""
+def train_prompts(examples: list[AxisExample], per_axis: int | None) -> list[AxisExample]:
+    """Distinct train-split prompts of each axis (at most `per_axis`, or all, mixed over sources): the routers' labels."""
     return [e for axis in AXES for e in eval_prompts(examples, axis, per_axis, split="train", mixed=True)]
 
 
@@ -57,9 +61,23 @@ def _scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
             "per_axis": {a: float((predicted[truth == k] == k).mean()) for k, a in enumerate(AXES) if (truth == k).any()}}
 
 
-def separability(ctx: Context, mocae: Any, items: list[AxisExample]) -> dict[str, Any]:
-    """Accuracy of the text and the feature classifier on `items`, fitted on train-split prompts."""
+def _text_classifier(texts: list[str], labels: np.ndarray, characters: bool) -> Any:
+    """TF-IDF (word 1–2-grams, and with `characters` also character 2–5-grams within words) +
+    balanced logistic regression, fitted."""
     from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    min_df = 2 if len(texts) > 50 else 1
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=min_df, sublinear_tf=True)
+    vectors = make_union(words, TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=min_df, sublinear_tf=True)) \
+        if characters else words
+    model = make_pipeline(vectors, LogisticRegression(C=16.0 if characters else 4.0, max_iter=3000, class_weight="balanced"))
+    return model.fit(texts, labels)
+
+
+def separability(ctx: Context, mocae: Any, items: list[AxisExample]) -> dict[str, Any]:
+    """Accuracy of the reference classifiers on `items`, fitted on train-split prompts."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -67,14 +85,17 @@ def separability(ctx: Context, mocae: Any, items: list[AxisExample]) -> dict[str
     train = train_prompts(ctx.examples, ctx.cfg.separability_per_axis)
     y_train = np.array([AXES.index(e.axis) for e in train])
     y_test = np.array([AXES.index(e.axis) for e in items])
-    text = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train) > 50 else 1, sublinear_tf=True),
-                         LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced"))
-    text.fit([e.prompt for e in train], y_train)
+    text = _text_classifier([e.prompt for e in train], y_train, characters=False)
+    every = train_prompts(ctx.examples, None)
+    y_every = np.array([AXES.index(e.axis) for e in every])
+    text_all = _text_classifier([e.prompt for e in every], y_every, characters=True)
     features = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced"))
     features.fit(prompt_features(mocae, ctx.tokenizer, train, ctx.max_len), y_train)
     return {
         "train_prompts": {a: int((y_train == k).sum()) for k, a in enumerate(AXES)},
         "text_tfidf": _scores(text.predict([e.prompt for e in items]), y_test),
+        "all_train_prompts": {a: int((y_every == k).sum()) for k, a in enumerate(AXES)},
+        "text_tfidf_chars_all_prompts": _scores(text_all.predict([e.prompt for e in items]), y_test),
         "router_features_linear": _scores(features.predict(prompt_features(mocae, ctx.tokenizer, items, ctx.max_len)), y_test),
     }
 

@@ -10,12 +10,13 @@ on CUDA), in fp32 on the CPU; routers compute in fp32.
 
 The routing path is kept to a few tensor operations per layer, because at small widths each
 operation's fixed cost, not its arithmetic, is what decoding pays (`bench --shape-of
-assets/demo-model`): the router is six (norm, running mean, concat, projection, softmax, and one
-matmul p·E that gives the scale of every rank), computed once per layer (`RoutingSlot.scale`); each
-expert adds three to its base linear (split, multiply, and one addmm that applies B and adds the
-base's output), its A matmul riding in the base's own matmul at inference (`MoCaELinear`). Experts
-work on (tokens, features) matrices, so no matmul takes the batched 3-D path, and the per-call
-checks read modules' own dicts rather than going through `nn.Module.__getattr__`.
+assets/demo-model`): the router is five (norm, running mean, concat, projection, softmax),
+computed once per layer; each expert adds three to its base linear (split, one multiply of its
+rank blocks by p, and one addmm that applies B and the scaling s and adds the base's output), its A
+matmul riding in the base's own matmul at inference (`MoCaELinear`). Experts work on (tokens,
+features) matrices, so no matmul takes the batched 3-D path, and the per-call checks read modules'
+own dicts rather than going through `nn.Module.__getattr__`. (`torch.compile` of the router was
+measured slower on the CPU than these eager kernels: its guards cost more than it fuses.)
 """
 
 from __future__ import annotations
@@ -63,35 +64,20 @@ def expert_dtype(base: nn.Module, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" and dtype in HALF else dtype
 
 
-_EXPANDERS: dict[tuple, torch.Tensor] = {}
-"""(K, K·r) matrices E with E[k, k·r:(k+1)·r] = s, by (rank, scaling, dtype, device): p·E is the
-per-rank scale of every expert in one matmul."""
-
-
-def _expander(rank: int, scaling: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (rank, scaling, dtype, device)
-    expander = _EXPANDERS.get(key)
-    if expander is None:
-        eye = torch.eye(K, dtype=torch.float64).repeat_interleave(rank, dim=1) * scaling
-        expander = _EXPANDERS[key] = eye.to(device=device, dtype=dtype)
-    return expander
-
-
 class RoutingSlot:
     """Holds the routing weights a decoder layer's router computed for the current forward.
 
     The router writes it in the layer's forward pre-hook, the layer's MoCaELinear modules read
     it. It is a plain object, not a module, so it is never saved or moved with the model. Setting
-    `weights` clears the cached per-rank scale, which the first expert of the layer computes
-    (`scale`) and the others reuse.
+    `weights` clears the cached copy in the experts' dtype, which the first expert of the layer
+    makes (`per_expert`) when the dtypes differ and the others reuse.
     """
 
-    __slots__ = ("_weights", "_scale", "_key")
+    __slots__ = ("_weights", "_cast")
 
     def __init__(self) -> None:
         self._weights: torch.Tensor | None = None  # (B, T, K)
-        self._scale: torch.Tensor | None = None  # (B·T, K·r)
-        self._key: tuple | None = None
+        self._cast: torch.Tensor | None = None  # _weights in the experts' dtype, when it differs
 
     @property
     def weights(self) -> torch.Tensor | None:
@@ -99,19 +85,18 @@ class RoutingSlot:
 
     @weights.setter
     def weights(self, value: torch.Tensor | None) -> None:
-        self._weights, self._scale = value, None
+        self._weights, self._cast = value, None
 
-    def scale(self, dtype: torch.dtype, scaling: float, rank: int) -> torch.Tensor:
-        """s · p_k repeated over expert k's r ranks, (B·T, K·r) in `dtype`: one matmul p·E per layer."""
-        key = (dtype, scaling, rank)
-        if self._scale is None or self._key != key:
-            w = self._weights
-            if w is None:
-                raise RuntimeError("MoCaELinear called outside a routed forward (no routing weights set)")
-            if w.dtype != dtype:
-                w = w.to(dtype)
-            self._scale, self._key = w.reshape(-1, K) @ _expander(rank, scaling, dtype, w.device), key
-        return self._scale
+    def per_expert(self, dtype: torch.dtype) -> torch.Tensor:
+        """p as (B·T, K, 1) in `dtype`: it broadcasts over each expert's r rank columns."""
+        w = self._weights
+        if w is None:
+            raise RuntimeError("MoCaELinear called outside a routed forward (no routing weights set)")
+        if w.dtype != dtype:
+            if self._cast is None or self._cast.dtype != dtype:
+                self._cast = w.to(dtype)
+            w = self._cast
+        return w.reshape(-1, K, 1)
 
 
 class CausalMean:
@@ -208,8 +193,8 @@ class MoCaELinear(nn.Module):
 
     The K LoRA experts are stored stacked: A = [A_1; A_2; A_3] ∈ R^{Kr×D} and
     B = [B_1 B_2 B_3] ∈ R^{O×Kr}. One matmul gives all K rank-r projections, each rank block is
-    scaled by its routing weight (one multiply by the layer's (B, T, K·r) scale), and one matmul
-    with the stacked B maps back. The base module
+    scaled by its routing weight (one broadcast multiply by the layer's p), and one addmm with the
+    stacked B maps back, applies s and adds the base's output. The base module
     (nn.Linear, bitsandbytes Linear4bit or GPT-2's Conv1D) is kept and frozen. A and B are created
     on the base module's device in `expert_dtype(base)` unless `dtype` says otherwise.
 
@@ -298,9 +283,10 @@ class MoCaELinear(nn.Module):
         else:
             y = self._base_forward(x)
             a = F.linear(x if x.dtype == a_weight.dtype else x.to(a_weight.dtype), a_weight)  # (B·T, K·r)
-        scaled = a * self.slot.scale(a.dtype, self.scaling, self.rank)  # rank blocks times s·p_k
+        n = a.shape[0]
+        scaled = (a.view(n, K, self.rank) * self.slot.per_expert(a.dtype)).view(n, K * self.rank)  # rank blocks times p_k
         if y.dtype == scaled.dtype:
-            out = torch.addmm(y, scaled, b_weight.t())  # y + scaled·Bᵀ in one op
+            out = torch.addmm(y, scaled, b_weight.t(), alpha=self.scaling)  # y + s·scaled·Bᵀ in one op
         else:
-            out = y + F.linear(scaled, b_weight).to(y.dtype)
+            out = y + torch.mul(F.linear(scaled, b_weight), self.scaling).to(y.dtype)
         return out.view(*shape[:-1], out.shape[-1])

@@ -180,6 +180,9 @@ def bench_sentence(report: dict[str, Any]) -> str:
     text = (f"Each point is one system: lower is faster, left is smaller; whiskers span the fastest and slowest of "
             f"{repeats} rounds. In the table, × is the first system's value divided by the second's (below 1: cheaper); "
             "*measured* columns are timed here, *analytic* ones count multiply-accumulates per decoded token or weight bytes.")
+    if report.get("ratio_spreads"):
+        text += (" A measured time ratio is the median over rounds of the two systems' times taken in the same round, so "
+                 "a slow moment of the machine slows both and cancels.")
     measured, analytic = report["ratios"].get("xlora_vs_mocae_latency"), report["analytic"].get("xlora_vs_mocae_macs")
     if measured is not None and analytic is not None:
         prompt, new = report.get("prompt_len", 0), report.get("new_tokens", 0)
