@@ -365,6 +365,22 @@ def test_bitsandbytes_kernels_warning_is_replaced_by_one_line(caplog):
     assert sum("`kernels` package is not installed" in m for m in messages) <= 1  # once per process
 
 
+def test_placeholders_wrap_to_what_a_phone_shows_and_heatmap_ticks_are_bare_positions():
+    """At 420 px one line of a placeholder holds about 50 characters: longer messages wrap instead of
+    being clipped at both edges; the heatmap's x labels are plain positions (a "·p" suffix on each
+    crowded the axis), the dashed line marking where the prompt ends."""
+    from alignx_demo.ui.plots import PLACEHOLDER_LINE, effects_figure, empty_figure, heatmap_figure
+
+    text = effects_figure(None).layout.annotations[0].text
+    lines = text.split("<br>")
+    assert len(lines) == 2 and all(len(line) <= PLACEHOLDER_LINE for line in lines)
+    assert " ".join(lines) == "Per-token effects of each expert appear here after “Attribute this run”."
+    assert empty_figure("a <b> c").layout.annotations[0].text == "a &lt;b&gt; c"  # still escaped
+    tokens = [{"position": i, "is_prompt": i < 3, "text": "x", "layers": [[0.2, 0.3, 0.5]] * 2} for i in range(6)]
+    ticks = heatmap_figure({"tokens": tokens}, "helpful").layout.xaxis.ticktext
+    assert list(ticks) == ["0", "1", "2", "3", "4", "5"]
+
+
 def test_reliability_sentence_says_which_routing_is_better_from_the_numbers():
     from alignx_demo.ui.compare import reliability_sentence
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import html
+import textwrap
 from typing import Any
 
 import plotly.graph_objects as go
@@ -76,13 +77,18 @@ def _token_label(token: dict[str, Any]) -> str:
     return html.escape(text[:40])
 
 
+PLACEHOLDER_LINE = 44
+"""Characters per line of a placeholder's message: what fits a plot's width on a 420 px phone."""
+
+
 @functools.lru_cache(maxsize=64)
 def empty_figure(message: str, height: int = 90) -> go.Figure:
-    """A compact placeholder: one line of text, no axes, no toolbar. Built once per message (Plotly's validation
-    is slow), so callers must not change it."""
+    """A compact placeholder: a line or two of text, no axes, no toolbar. Built once per message (Plotly's
+    validation is slow), so callers must not change it."""
     fig = Figure(config={"displayModeBar": False, "staticPlot": True})
-    fig.add_annotation(text=html.escape(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font=dict(size=13))
+    lines = textwrap.wrap(message, PLACEHOLDER_LINE) or [""]
+    fig.add_annotation(text="<br>".join(html.escape(line) for line in lines), showarrow=False, x=0.5, y=0.5,
+                       xref="paper", yref="paper", font=dict(size=13))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _layout(fig, "", height)
@@ -130,7 +136,6 @@ def heatmap_figure(trace: dict[str, Any] | None, axis: str) -> go.Figure:
     k = AXES.index(axis)
     n_layers = len(tokens[0]["layers"])
     z = [[t["layers"][layer][k] for t in tokens] for layer in range(n_layers)]
-    labels = [f"{t['position']}{'·p' if t['is_prompt'] else ''}" for t in tokens]
     text = [[f"#{t['position']} “{_token_label(t)}”{' (prompt)' if t['is_prompt'] else ''}" for t in tokens] for _ in range(n_layers)]
     fig = Figure(go.Heatmap(
         z=z, x=list(range(len(tokens))), y=list(range(n_layers)), zmin=0, zmax=1, text=text,
@@ -143,8 +148,10 @@ def heatmap_figure(trace: dict[str, Any] | None, axis: str) -> go.Figure:
         fig.add_vline(x=n_prompt - 0.5, line=dict(color="#7a7a86", dash="dash"),
                       annotation_text="prompt | generated", annotation_position="top")
     step = -(-len(tokens) // MAX_TICKS)  # at most MAX_TICKS labels, so they stay readable on a phone
-    fig.update_xaxes(tickmode="array", tickvals=list(range(0, len(tokens), step)), ticktext=labels[::step], title="token (·p = prompt)",
-                     tickangle=0)
+    # bare positions: the dashed line already splits prompt from answer, and a suffix per label crowded
+    # the axis at 420 px
+    fig.update_xaxes(tickmode="array", tickvals=list(range(0, len(tokens), step)),
+                     ticktext=[str(t["position"]) for t in tokens[::step]], title="token position", tickangle=0)
     fig.update_yaxes(title="layer", dtick=1)
     return _layout(fig, f"{AXIS_LABELS[axis]} weight per layer and token", height=max(260, 60 + 28 * n_layers))
 
