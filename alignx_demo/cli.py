@@ -107,6 +107,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--batches", default=None, help="comma-separated decode batch sizes (default 1,8)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--load-in-4bit", action="store_true",
+                   help="base linears in 4-bit NF4, as the app serves a bundle (systems base, mocae_soft, mocae_top1 only)")
     p.set_defaults(func=_run_bench)
 
 
@@ -136,7 +138,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if not batches or min(batches) < 1:
         raise ValueError(f"--batches takes positive batch sizes, got {args.batches!r}")
     report = run_bench(shape, systems=systems, rank=args.rank, repeats=args.repeats or repeats, new_tokens=new_tokens,
-                       batches=batches, device=args.device)
+                       batches=batches, device=args.device, load_in_4bit=args.load_in_4bit)
     report["command"] = "python -m alignx_demo " + " ".join(sys.argv[1:])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

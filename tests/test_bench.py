@@ -34,6 +34,24 @@ def test_bench_quick_writes_ratios(tmp_path):
     assert ratios["ensemble_vs_mocae_memory"] == pytest.approx(report["analytic"]["ensemble_vs_mocae_weight_bytes"], rel=0.01)
 
 
+def test_bench_in_4bit_measures_the_served_form(tmp_path):
+    """`--load-in-4bit` loads the random base's linears in NF4 (as a bundle is served) for the base and
+    MoCaE alike, and refuses systems it does not build in one sentence."""
+    out = tmp_path / "bench4.json"
+    shape = ["--hidden-size", "64", "--intermediate-size", "128", "--layers", "2", "--heads", "4", "--vocab-size", "256"]
+    cmd = [sys.executable, "-m", "alignx_demo", "bench", "--load-in-4bit", "--systems", "base,mocae_soft", "--repeats", "1",
+           "--batches", "1", "--quick", "--out", str(out), *shape]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["base_weights"].startswith("4-bit NF4") and report["ratios"]["mocae_soft_vs_base_latency"] > 0
+    fp32_bytes = 4 * sum(p.numel() for p in BenchShape(64, 128, 2, 4, 256).build().parameters())
+    assert report["systems"]["base"]["model_bytes"] < 0.8 * fp32_bytes  # the decoder linears are packed
+    assert "mocae_soft_vs_base_weight_bytes" not in report["analytic"]  # fp32 byte counts do not apply
+    refused = subprocess.run([*cmd[:5], "--systems", "base,xlora", *shape], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--load-in-4bit measures only base, mocae_soft, mocae_top1; drop xlora" in refused.stderr
+
+
 def test_latency_ratios_pair_the_systems_round_by_round():
     """A slow round slows both systems timed in it: the ratio is the median of per-round ratios (2.0
     here), not the ratio of the two medians (4 ÷ 15), which compares different moments."""

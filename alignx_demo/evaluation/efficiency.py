@@ -165,10 +165,40 @@ def _merged_copy(base: nn.Module, mocae: MoCaEModel, k: int) -> nn.Module:
     return model
 
 
-def build_systems(shape: BenchShape, names: tuple[str, ...], rank: int, device: torch.device, seed: int = 0) -> tuple[dict[str, Callable[..., Any]], dict[str, int], MoCaEModel]:
-    """The requested systems on one random base and one set of random (non-zero) adapters."""
-    base = shape.build(seed).to(device)
-    mocae = MoCaEModel(copy.deepcopy(base), MoCaEConfig(rank=rank))
+FOUR_BIT_SYSTEMS = ("base", "mocae_soft", "mocae_top1")
+"""The systems `--load-in-4bit` measures: the base and MoCaE as the app serves them (NF4 base linears)."""
+
+
+def _four_bit_copies(model: nn.Module, device: torch.device, copies: int) -> list[nn.Module]:
+    """`copies` loads of `model` with its linears in 4-bit NF4, as `checkpoint.load_base` loads a bundle
+    (same quantisation config, lm_head and CPU-unpackable widths kept in full precision)."""
+    from transformers import AutoModelForCausalLM
+
+    from alignx_demo.modeling.checkpoint import bitsandbytes_problem, cpu_unpackable_linears, quantization_config
+
+    problem = bitsandbytes_problem()
+    if problem:
+        raise RuntimeError(f"--load-in-4bit needs bitsandbytes: {problem}")
+    folder = tempfile.mkdtemp(prefix="alignx-bench-4bit-")
+    model.save_pretrained(folder)
+    skip = cpu_unpackable_linears(model.config) if device.type == "cpu" else []
+    return [AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization_config(device.type, skip),
+                                                 device_map=device.type).eval() for _ in range(copies)]
+
+
+def build_systems(shape: BenchShape, names: tuple[str, ...], rank: int, device: torch.device, seed: int = 0,
+                  load_in_4bit: bool = False) -> tuple[dict[str, Callable[..., Any]], dict[str, int], MoCaEModel]:
+    """The requested systems on one random base and one set of random (non-zero) adapters; with
+    `load_in_4bit`, the base's linears in NF4 (only `FOUR_BIT_SYSTEMS`)."""
+    if load_in_4bit:
+        other = sorted(set(names) - set(FOUR_BIT_SYSTEMS))
+        if other:
+            raise ValueError(f"--load-in-4bit measures only {', '.join(FOUR_BIT_SYSTEMS)}; drop {', '.join(other)}")
+        base, plain = _four_bit_copies(shape.build(seed), device, 2)
+    else:
+        base = shape.build(seed).to(device)
+        plain = copy.deepcopy(base)
+    mocae = MoCaEModel(plain, MoCaEConfig(rank=rank))
     with torch.no_grad():  # non-zero experts and routers, so no work is skipped or trivial
         for module in mocae.expert_modules.values():
             module.lora_B.normal_(std=0.01)
@@ -298,10 +328,11 @@ def run_bench(
     device: str | None = None,
     seed: int = 0,
     progress: bool = True,
+    load_in_4bit: bool = False,
 ) -> dict[str, Any]:
     """Measure the systems on the same base and adapters; return the report with ratios."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    forwards, sizes, mocae = build_systems(shape, systems, rank, dev, seed)
+    forwards, sizes, mocae = build_systems(shape, systems, rank, dev, seed, load_in_4bit)
     for forward in forwards.values():  # warm-up
         decode_latency(forward, shape.vocab_size, dev, 1, prompt_len, 2)
     samples: dict[str, dict[str, list[float]]] = {n: {} for n in forwards}
@@ -345,11 +376,13 @@ def run_bench(
                 spreads[suffix] = paired[1]
         ratios[f"{label}_memory"] = _ratio(results, "model_bytes", a, b)
         analytic_ratios[f"{label}_macs"] = _ratio(theory, "macs_per_token", a, b)
-        analytic_ratios[f"{label}_weight_bytes"] = _ratio(theory, "weight_bytes", a, b)
+        if not load_in_4bit:  # the analytic bytes count fp32 weights
+            analytic_ratios[f"{label}_weight_bytes"] = _ratio(theory, "weight_bytes", a, b)
     return {
         "schema": "alignx-bench/1",
         "shape": asdict(shape),
         "rank": rank,
+        "base_weights": "4-bit NF4 (lm_head full precision)" if load_in_4bit else "full precision",
         "device": str(dev),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -22,7 +22,10 @@ BENCH_RUNS = (
     ("bench_llama7b.json", "Llama-7B layer shapes (the papers' claims)",
      "python -m alignx_demo bench --llama7b --systems base,mocae_soft,mocae_top1,dense_moe --out precomputed/bench_llama7b.json"),
     ("bench_demo.json", "the bundled demo model's shapes",
-     "python -m alignx_demo bench --shape-of assets/demo-model --out precomputed/bench_demo.json"),
+     "python -m alignx_demo bench --shape-of assets/demo-model --repeats 15 --out precomputed/bench_demo.json"),
+    ("bench_demo_4bit.json", "the bundled demo model's shapes in 4-bit NF4, as the app serves it",
+     "python -m alignx_demo bench --shape-of assets/demo-model --load-in-4bit --systems base,mocae_soft,mocae_top1 "
+     "--repeats 15 --out precomputed/bench_demo_4bit.json"),
 )
 """Each bench report the tab shows: file, what shape it measures, the command that rebuilds it."""
 EVAL_SCHEMA, BENCH_SCHEMA = "alignx-eval/2", "alignx-bench/1"
@@ -227,7 +230,8 @@ def build_results_tab(folder: str | Path | None) -> None:
         shape = bench["shape"]
         gr.Markdown(f"Made by `{html.escape(bench.get('command', command))}` on {bench['device']} ({bench['threads']} threads): "
                     f"hidden {shape.get('hidden_size')}, FFN {shape.get('intermediate_size')}, {shape.get('num_layers')} layers, "
-                    f"vocabulary {shape.get('vocab_size')}; rank-{bench.get('rank')} experts; {bench.get('prompt_len')}-token "
+                    f"vocabulary {shape.get('vocab_size')}; base weights {bench.get('base_weights', 'full precision')}; "
+                    f"rank-{bench.get('rank')} experts; {bench.get('prompt_len')}-token "
                     f"prompt, {bench.get('new_tokens')} new tokens.")
         gr.Plot(bench_figure(bench), show_label=False, elem_classes=["ax-plot"])
         gr.Markdown(bench_ratio_markdown(bench), elem_classes=["ax-table"])
