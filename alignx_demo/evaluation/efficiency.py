@@ -179,11 +179,11 @@ def _four_bit_copies(model: nn.Module, device: torch.device, copies: int) -> lis
     problem = bitsandbytes_problem()
     if problem:
         raise RuntimeError(f"--load-in-4bit needs bitsandbytes: {problem}")
-    folder = tempfile.mkdtemp(prefix="alignx-bench-4bit-")
-    model.save_pretrained(folder)
     skip = cpu_unpackable_linears(model.config) if device.type == "cpu" else []
-    return [AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization_config(device.type, skip),
-                                                 device_map=device.type).eval() for _ in range(copies)]
+    with tempfile.TemporaryDirectory(prefix="alignx-bench-4bit-") as folder:
+        model.save_pretrained(folder)
+        return [AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization_config(device.type, skip),
+                                                     device_map=device.type).eval() for _ in range(copies)]
 
 
 def build_systems(shape: BenchShape, names: tuple[str, ...], rank: int, device: torch.device, seed: int = 0,
