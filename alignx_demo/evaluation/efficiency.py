@@ -174,16 +174,15 @@ def _four_bit_copies(model: nn.Module, device: torch.device, copies: int) -> lis
     (same quantisation config, lm_head and CPU-unpackable widths kept in full precision)."""
     from transformers import AutoModelForCausalLM
 
-    from alignx_demo.modeling.checkpoint import bitsandbytes_problem, cpu_unpackable_linears, quantization_config
+    from alignx_demo.modeling.checkpoint import bitsandbytes_problem, four_bit_kwargs
 
     problem = bitsandbytes_problem()
     if problem:
         raise RuntimeError(f"--load-in-4bit needs bitsandbytes: {problem}")
-    skip = cpu_unpackable_linears(model.config) if device.type == "cpu" else []
+    kwargs, _ = four_bit_kwargs(model.config, device.type)
     with tempfile.TemporaryDirectory(prefix="alignx-bench-4bit-") as folder:
         model.save_pretrained(folder)
-        return [AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization_config(device.type, skip),
-                                                     device_map=device.type).eval() for _ in range(copies)]
+        return [AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval() for _ in range(copies)]
 
 
 def build_systems(shape: BenchShape, names: tuple[str, ...], rank: int, device: torch.device, seed: int = 0,

@@ -210,6 +210,13 @@ def cpu_unpackable_linears(config) -> list[str]:
     })
 
 
+def four_bit_kwargs(config, device: str) -> tuple[dict, list[str]]:
+    """`from_pretrained` keyword arguments that load a base in NF4 on `device`, and the linears left in
+    full precision because bitsandbytes' CPU kernels cannot pack their widths."""
+    skip = cpu_unpackable_linears(config) if device == "cpu" else []
+    return {"quantization_config": quantization_config(device, skip), "device_map": device}, skip
+
+
 def bitsandbytes_problem() -> str | None:
     """None when bitsandbytes can run 4-bit here, else a one-line reason."""
     try:
@@ -252,13 +259,13 @@ def load_base(
     if load_in_4bit:
         problem = bitsandbytes_problem()
         if problem is None:
-            skip = cpu_unpackable_linears(config) if device == "cpu" else []
+            four_bit, skip = four_bit_kwargs(config, device)
             if skip:
                 notices.append(
                     f"4-bit NF4 except {', '.join(skip)}: bitsandbytes' CPU kernels need output widths divisible by "
                     f"{CPU_4BIT_BLOCK_OUT} and input widths by {CPU_4BIT_BLOCK_IN}, so those stay in full precision"
                 )
-            kwargs.update(quantization_config=quantization_config(device, skip), device_map=device)
+            kwargs.update(four_bit)
             quantized = True
         else:
             notices.append(f"4-bit off: {problem}; loaded in full precision")
