@@ -80,3 +80,37 @@ def test_token_nll_scores_the_layer_mean_weights_a_chip_shows():
     shown = logp.exp().mean(0)  # (N, K): what a chip shows, averaged over layers
     expected = -shown.gather(-1, data.labels[:, None]).log().mean()
     assert torch.allclose(token_nll(logp, data), expected, atol=1e-6)
+
+
+def test_zero_weighted_geometry_terms_are_left_out_exactly(monkeypatch):
+    """A fitted λ2 = 0 or β = 0 gives what the full formula gives, bit for bit, without computing the
+    posterior, the LID or (both βs zero) the neighbour search it would multiply by zero."""
+    from alignx_demo.modeling import geometry
+
+    stack, _ = fit_calibration(synthetic_routing(0), CFG)
+    natural, fractal = stack.parts
+    data = synthetic_routing(3)
+    logp, features = torch.log_softmax(data.logits[0, :40], -1), data.features[0, :40]
+
+    def full_formula():  # the parts' definitions with every term computed
+        mixed = natural.lambda1 * logp + natural.lambda2 * natural.log_posterior(0, features)
+        u = geometry.project(features, fractal.mean[0], fractal.components[0])
+        dist = geometry.knn_distances(u, fractal.bank[0], fractal.k)
+        tau = (1.0 + fractal.beta * (geometry.levina_bickel_lid(dist) / fractal.lid_median[0] - 1).clamp_min(0)
+               + fractal.beta_dist * (dist[:, -1] / fractal.dist_median[0] - 1).clamp_min(0))
+        return torch.log_softmax(torch.log_softmax(mixed, -1) / tau.unsqueeze(-1), -1)
+
+    def parts():
+        return fractal.apply(0, natural.apply(0, logp, features), features)
+
+    for lambda2, beta, beta_dist in ((0.4, 1.0, 0.5), (0.0, 0.0, 0.25), (0.0, 0.0, 0.0)):
+        natural.lambda2, fractal.beta, fractal.beta_dist = lambda2, beta, beta_dist
+        expected = full_formula()
+        with monkeypatch.context() as patch:
+            if not lambda2:
+                patch.setattr(natural, "log_posterior", lambda *a: 1 / 0)
+            if not beta:
+                patch.setattr(geometry, "levina_bickel_lid", lambda *a: 1 / 0)
+            if not (beta or beta_dist):
+                patch.setattr(geometry, "knn_distances", lambda *a, **k: 1 / 0)
+            assert torch.equal(parts(), expected)

@@ -75,7 +75,10 @@ class NaturalGeometry(CalibrationPart):
         return F.log_softmax(-0.5 * maha + self.log_prior[layer], dim=-1)
 
     def apply(self, layer: int, logp: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.lambda1 * logp + self.lambda2 * self.log_posterior(layer, features).to(logp.dtype), dim=-1)
+        mixed = self.lambda1 * logp
+        if self.lambda2:  # a zero weight leaves the posterior out exactly, so it is not computed
+            mixed = mixed + self.lambda2 * self.log_posterior(layer, features).to(logp.dtype)
+        return F.log_softmax(mixed, dim=-1)
 
     def settings(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "lambda1": self.lambda1, "lambda2": self.lambda2}
@@ -108,24 +111,24 @@ class FractalGeometry(CalibrationPart):
             self.register_buffer(name, value.float().clone())
         self.k, self.beta, self.beta_dist = int(k), float(beta), float(beta_dist)
 
-    def lid_and_distance(self, layer: int, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(LID, k-th neighbour distance) of each feature vector, shaped like features[..., 0]."""
+    def temperature(self, layer: int, features: torch.Tensor) -> torch.Tensor | float:
+        """τ per token (shaped like features[..., 0]). A term whose weight is zero is left out exactly,
+        with the LID or the whole neighbour search it would need, so a fitted β = 0 costs nothing."""
+        tau: torch.Tensor | float = 1.0
+        if not (self.beta or self.beta_dist):
+            return tau
         u = project(features, self.mean[layer], self.components[layer])
-        flat = u.reshape(-1, u.shape[-1])
-        dist = knn_distances(flat, self.bank[layer], self.k)
+        dist = knn_distances(u.reshape(-1, u.shape[-1]), self.bank[layer], self.k)
         shape = u.shape[:-1]
-        return levina_bickel_lid(dist).reshape(shape), dist[:, -1].reshape(shape)
-
-    def temperature(self, layer: int, features: torch.Tensor) -> torch.Tensor:
-        lid, dist = self.lid_and_distance(layer, features)
-        return (
-            1.0
-            + self.beta * (lid / self.lid_median[layer] - 1).clamp_min(0)
-            + self.beta_dist * (dist / self.dist_median[layer] - 1).clamp_min(0)
-        )
+        if self.beta:
+            tau = tau + self.beta * (levina_bickel_lid(dist).reshape(shape) / self.lid_median[layer] - 1).clamp_min(0)
+        if self.beta_dist:
+            tau = tau + self.beta_dist * (dist[:, -1].reshape(shape) / self.dist_median[layer] - 1).clamp_min(0)
+        return tau
 
     def apply(self, layer: int, logp: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logp / self.temperature(layer, features).unsqueeze(-1), dim=-1)
+        tau = self.temperature(layer, features)
+        return F.log_softmax(logp / (tau.unsqueeze(-1) if isinstance(tau, torch.Tensor) else tau), dim=-1)
 
     def settings(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "k": self.k, "beta": self.beta, "beta_dist": self.beta_dist}
