@@ -4,8 +4,9 @@ It loads the checkpoint in 4-bit NF4 on the device (`--no-4bit`: full precision)
 every expert, router and calibration tensor landed, runs a calibrated soft and a top-1 generation
 with sampling (weights finite and summing to one, the same seed drawing the same tokens, the
 streamed routing equal to a full recompute), and a short decode bench of the base alone against
-MoCaE soft and top-1 on the loaded weights — CUDA events and `torch.cuda.max_memory_allocated` on a
-GPU, thread CPU time, `tracemalloc` and the resident set size on the CPU. Everything it saw goes
+MoCaE soft and top-1 (calibrated, as served) and uncalibrated soft on the loaded weights — CUDA
+events and `torch.cuda.max_memory_allocated` on a GPU, the wall clock, `tracemalloc` (after the
+timing) and the resident set size on the CPU. Everything it saw goes
 to one JSON file: versions, the device, and per step pass/fail, the error text and timings. A
 failing step does not stop the later ones that do not depend on it; the exit code is 0 when every
 step passed, 1 otherwise.
