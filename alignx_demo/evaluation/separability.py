@@ -2,7 +2,7 @@
 
 Routing accuracy alone cannot say whether a miss is the router's fault or the data's: a TruthfulQA
 misconception question ("What happens if you crack your knuckles a lot?") reads like an ordinary
-helpful question. So `evaluate` also trains two reference classifiers on the routers' own training
+helpful question. So `evaluate` also trains three reference classifiers on the routers' own training
 labels — every distinct train-split prompt of each axis (`data.roles.router_examples` teaches the
 routers the same prompts) — and scores them on the very prompts routing is measured on:
 
@@ -16,8 +16,8 @@ routers the same prompts) — and scores them on the very prompts routing is mea
   template prefix and concatenated over layers — the best a linear read-out of the prompt's
   router features reaches.
 
-The first two are fitted on at most `EvalConfig.separability_per_axis` train prompts per axis (a
-fixed pseudo-random choice); all three use balanced class weights.
+The first and the last are fitted on at most `EvalConfig.separability_per_axis` train prompts per
+axis (a fixed pseudo-random choice); all three use balanced class weights.
 """
 
 from __future__ import annotations
