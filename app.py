@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from alignx_demo.analysis.artefacts import DEFAULT_DIR
-from alignx_demo.serving import LIMIT_HELP, LIMIT_VARIABLES, Limits, ServerOptions, load_context
+from alignx_demo.serving import LIMIT_HELP, LIMIT_VARIABLES, Limits, ServerOptions, load_context, port_problem
 from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
 
@@ -49,6 +50,9 @@ def parse_args() -> tuple[ServerOptions, Path]:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options, precomputed = parse_args()
+    if problem := port_problem(options.host, options.port):  # before the model loads: one sentence, no traceback
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
     context = load_context(options)
     demo = build_demo(context, precomputed)
     demo.launch(server_name=options.host, server_port=options.port, share=False, **LAUNCH_KWARGS)

@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 
 from alignx_demo.analysis.commands import add_commands as register_research
+from alignx_demo.analysis.commands import load_session
 from alignx_demo.doctor import register as register_doctor
-from alignx_demo.release import release
 from alignx_demo.loadtest import register as register_loadtest
 from alignx_demo.precompute import register as register_precompute
+from alignx_demo.quiet import one_line_warnings
+from alignx_demo.release import release
 from alignx_demo.training.commands import register as register_training
 
 ALL_SYSTEMS = ("base", "mocae_soft", "mocae_top1", "xlora", "dense_moe", "ensemble")
@@ -50,41 +52,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from alignx_demo.config import GenerationSettings, RoutingSettings
-    from alignx_demo.generation import RoutedGeneration
-    from alignx_demo.modeling import load_mocae
+    from alignx_demo.session import run_settings
 
-    routing = RoutingSettings(
-        mode="top1" if args.top1 else "soft",
-        calibrated=args.calibrated,
-        axis_prior=args.axis_prior,
-        prior_blend=args.prior_blend,
-    )
-    generation = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
-    loaded = load_mocae(
-        args.model, load_in_4bit=not args.no_4bit, trust_remote_code=args.trust_remote_code, base_model=args.base_model
-    )
-    for notice in loaded.notices:
-        print(f"notice: {notice}", file=sys.stderr)
-    run = RoutedGeneration(loaded.mocae, loaded.tokenizer, args.prompt, generation, routing, model_name=loaded.description)
+    names = ("max_new_tokens", "calibrated", "top1", "axis_prior", "prior_blend", "sample", "temperature", "top_p", "seed")
+    settings = {name: getattr(args, name) for name in names}
+    run_settings(**settings)  # a bad setting: one sentence before the model loads
+    session = load_session(args)
+    stream = None if args.json else (lambda token: token.is_prompt or print(token.text, end="", flush=True))
+    trace = session.generate(args.prompt, on_token=stream, **settings)
     if args.json:
-        for _ in run:
-            pass
-        trace = run.trace()
-        trace["notices"] = loaded.notices + trace["notices"]
+        trace["notices"] = session.notices + trace["notices"]
         print(json.dumps(trace, ensure_ascii=False))
         return 0
-    for token in run:
-        if not token.is_prompt:
-            print(token.text, end="", flush=True)
     print()
-    for notice in run.notices:
+    for notice in trace["notices"]:
         print(f"notice: {notice}", file=sys.stderr)
     return 0
 
@@ -164,8 +145,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated tasks or groups to run (default: all). Groups: hhh (the per-system table), routing "
                         "(token/prompt/generation-level calibration), presets (the four trade-off presets on held-out prompts, "
                         "with their targets; runs on the MoCaE model alone, e.g. `evaluate --tasks presets --out presets.json`). "
+                        "ood (routing and presets on sets no training or calibration step sees: MT-Bench, BeaverTails, AdvBench, "
+                        "held-out TruthfulQA categories, XSTest). "
                         "Tasks: heldout_loss, harmful_refusal, safety_judge, xstest_over_refusal, no_comment, truthfulqa_mc, "
-                        "helpfulness_proxy, win_rate, routing_eval, routing_shifted, routing_separability, presets")
+                        "helpfulness_proxy, win_rate, routing_eval, routing_shifted, routing_separability, presets, "
+                        "routing_ood, presets_ood")
     p.add_argument("--preset-new-tokens", type=int, default=None,
                    help="greedy answer length of the preset task (default 48; --quick: 8)")
     p.add_argument("--preset-prompts", type=int, default=None,
@@ -205,6 +189,36 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: print(release(args.run, args.to, args.data_dir, args.eval_report)) or 0)
 
 
+def _add_compare_bases(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare-bases", help="held-out bits per character, on-topic answers and routing read-out of base models")
+    p.add_argument("--base", action="append", required=True, metavar="NAME=DIR",
+                   help="a base model folder to measure, named for the report (repeat: e.g. scratch=assets/demo-model/base)")
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--out", type=Path, required=True, help="write the JSON report here")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="length of the greedy answers judged for topic")
+    p.add_argument("--per-axis", type=int, default=600, help="train-split prompts per axis the routing read-out is fitted on")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_compare_bases)
+
+
+def _run_compare_bases(args: argparse.Namespace) -> int:
+    from alignx_demo.evaluation.base_comparison import compare_bases
+
+    bases = {}
+    for item in args.base:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not (Path(folder) / "config.json").is_file():
+            raise ValueError(f"--base {item!r}: expected NAME=DIR with a model folder (config.json) in DIR")
+        bases[name] = Path(folder)
+    report = {"command": "python -m alignx_demo " + " ".join(sys.argv[1:])} | compare_bases(
+        bases, args.data_dir, train_per_axis=args.per_axis, max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+    args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    for name, r in report["bases"].items():
+        readout = {k: v["accuracy"] for k, v in r["routing_readout"].items() if isinstance(v, dict)}
+        print(f"{name}: {r['heldout']['bits_per_char']:.3f} bits/char, on topic {r['on_topic_rate']:.2f}, read-out {readout}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m alignx_demo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_evaluate(sub)
     _add_release(sub)
+    _add_compare_bases(sub)
     register_precompute(sub)
     register_loadtest(sub)
     register_doctor(sub, DEFAULT_MODEL)
@@ -221,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    one_line_warnings()  # library warnings one line each (bitsandbytes' and transformers' noisy ones: `alignx_demo.quiet`)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -32,6 +32,12 @@ class MoCaEConfig:
             features over the sequence so far as well (`modeling.layer.CausalMean`), so a token's
             routing can see what the whole prompt asks. Checkpoints written before the field
             existed read as False.
+        context_scope: what that running mean covers. "sequence": every token so far, generated
+            ones included (a refusal, once begun, pulls the routing of what follows toward the
+            harmless expert). "prompt": the prompt's tokens only — generated tokens read the
+            prompt's summary and do not join it, so a wrong first token cannot lock the run into
+            the wrong expert. A forward over prompt and answer together marks the prompt with
+            `MoCaEModel.prompt_span`; a KV-cache continuation is answer by definition.
         base_model_type: `config.model_type` of the base, recorded to refuse mismatched loads.
         base_model: hub id or path of the base when the checkpoint does not store it in `base/`
             (experts trained on a large real base); empty when `base/` holds it.
@@ -43,6 +49,7 @@ class MoCaEConfig:
     target_modules: list[str] = field(default_factory=list)
     router_norm: bool = True
     router_context: bool = True
+    context_scope: Literal["sequence", "prompt"] = "sequence"
     base_model_type: str = ""
     base_model: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -61,6 +68,8 @@ class MoCaEConfig:
         if unknown:
             raise ValueError(f"mocae_config.json has unknown fields {unknown}")
         cfg = cls(**({"router_context": False} | data))
+        if cfg.context_scope not in ("sequence", "prompt"):
+            raise ValueError(f"mocae_config.json: context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
         if cfg.schema_version != SCHEMA_VERSION:
             raise ValueError(
                 f"mocae_config.json has schema_version {cfg.schema_version}; "

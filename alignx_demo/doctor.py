@@ -204,7 +204,8 @@ class Doctor:
 
         mocae = self.loaded.mocae
         ids = torch.tensor([[t["id"] for t in trace["tokens"]]], device=input_device(mocae.model))
-        with mocae.lock, torch.no_grad(), mocae.routed(routing), mocae.record() as record:
+        span = torch.tensor([[int(t["is_prompt"]) for t in trace["tokens"]]], device=ids.device)
+        with mocae.lock, torch.no_grad(), mocae.routed(routing), mocae.prompt_span(span), mocae.record() as record:
             mocae(input_ids=ids)
         full = record.stacked_weights()[:, 0].float().cpu()  # (L, T, K)
         if routing.mode == "top1":  # near-ties may flip between two kernels; compare the soft weights' argmax agreement instead

@@ -28,6 +28,7 @@ import argparse
 import json
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,162 @@ def collapse_figures(features: dict[str, dict[str, torch.Tensor]], weights: dict
     return {"chosen": chosen, "why": why, "rows": rows, "measured": measured, "summary": summary_sentence(rows)}
 
 
+@dataclass
+class RegimePoints:
+    """The map prompts and what every available regime made of them."""
+
+    pairs: list[tuple[str, str]]  # (axis, prompt) of each point
+    labels: torch.Tensor  # (N,) the index of each prompt's axis
+    features: dict[str, dict[str, torch.Tensor]]  # regime → representation → (N, D)
+    weights: dict[str, torch.Tensor]  # regime → routing weights (N, K)
+
+
+def regime_points(regimes: RegimeSet, pairs: list[tuple[str, str]], n_layers: int, bar: tqdm) -> RegimePoints:
+    """Every candidate representation of the map prompts under every available regime, one forward each."""
+    prompts, axes = [p for _, p in pairs], [a for a, _ in pairs]
+    reps = candidates(n_layers)
+    points = RegimePoints(pairs, torch.tensor([AXES.index(a) for a in axes]), {}, {})
+    for regime in REGIMES:
+        bar.set_postfix_str(f"features {regime}")
+        if regime not in regimes.missing:
+            found = regimes.features(regime, prompts, axes, reps)
+            points.features[regime], points.weights[regime] = found.features, found.weights
+        bar.update()
+    return points
+
+
+def map_regimes(points: RegimePoints, figures: dict[str, Any], chosen: Representation, projection: str,
+                bar: tqdm) -> dict[str, Any]:
+    """Each regime's map entry: 2-D coordinates of the chosen features, its sentence, and for routed
+    regimes the routed axis, misrouting and weights of every point."""
+    entries: dict[str, Any] = {}
+    for regime in REGIMES:
+        bar.set_postfix_str(f"{projection} {regime}")
+        if regime in points.features:
+            coords = project_coords(points.features[regime][chosen.name], projection)
+            entry: dict[str, Any] = {"label": REGIME_LABELS[regime], "setup": REGIME_SETUPS[regime],
+                                     "sentence": figures["rows"][regime]["sentence"],
+                                     "coords": [[round(x, 4), round(y, 4)] for x, y in coords.tolist()]}
+            if regime in ROUTED:
+                top = points.weights[regime].argmax(-1)
+                entry["routed_axis"] = [AXES[int(i)] for i in top]
+                entry["misrouted"] = [bool(t != y) for t, y in zip(top.tolist(), points.labels.tolist())]
+                entry["weights"] = [[round(float(v), 4) for v in row] for row in points.weights[regime]]
+            entries[regime] = entry
+        bar.update()
+    return entries
+
+
+def map_artefact(points: RegimePoints, figures: dict[str, Any], feature: dict[str, Any], projection: str, k: int,
+                 unavailable: dict[str, str], bar: tqdm) -> dict[str, Any]:
+    """`map.json` (without its header): the projection, the features, the prompts and every regime's points."""
+    chosen = Representation.parse(feature["representation"])
+    return {
+        "projection": projection,
+        "projection_note": "UMAP (umap-learn, n_neighbors 15, min_dist 0.1, seed 0), fitted offline per regime"
+        if projection == "umap" else "PCA (first two components) — a quick stand-in for UMAP, built with --quick",
+        "feature": feature,
+        "place_k": k,
+        "prompts": [{"index": i, "axis": a, "text": p} for i, (a, p) in enumerate(points.pairs)],
+        "regimes": map_regimes(points, figures, chosen, projection, bar),
+        "summary": figures["summary"],
+        "unavailable": dict(unavailable),
+    }
+
+
+def feature_description(chosen: Representation, n_layers: int, why: str) -> dict[str, Any]:
+    """What the map's points are: the chosen representation, in words, and why it was chosen."""
+    return {
+        "representation": chosen.name,
+        "what": chosen.describe(n_layers),
+        "layer": chosen.depth,
+        "preamble": f"given only in {' and '.join(INSTRUCTED)}, and never read: features come from the user's "
+                    "prompt tokens or the answer position only",
+        "why": why,
+    }
+
+
+def write_map(out: Path, head: dict[str, Any], map_data: dict[str, Any], features: dict[str, dict[str, torch.Tensor]],
+              chosen: Representation) -> None:
+    """`map.json`, and the chosen features of every regime (fp16 safetensors, for placing a visitor's prompt)."""
+    write_json(out, "map", head | map_data)
+    save_file({r: f[chosen.name].half().contiguous() for r, f in features.items()}, str(out / FEATURES_FILE),
+              metadata={"version": str(ARTEFACT_VERSION), "model_fingerprint": head["model_fingerprint"],
+                        "model_path": head["model_path"], "command": head["command"], "representation": chosen.name})
+
+
+def computed_reliability(loaded: Any, data_dir: Path, quick: bool) -> dict[str, Any]:
+    """Reliability of calibrated and raw routing, measured here on the evaluation split of `data_dir`."""
+    from alignx_demo.data.readers import load_axis_data
+    from alignx_demo.evaluation.hhh import routing_examples
+    from alignx_demo.evaluation.routing_eval import routing_report
+    from alignx_demo.evaluation.tasks import EvalConfig
+
+    cfg = EvalConfig.quick_recipe() if quick else EvalConfig()
+    data = load_axis_data(Path(data_dir), quick=quick).examples
+    examples = routing_examples(data, cfg.routing_per_axis)
+    routing = routing_report(loaded.mocae, loaded.tokenizer, examples, cfg)
+    return {"source": f"computed by precompute on {len(examples)} evaluation-split prompts of {Path(data_dir).name}",
+            "splits": reliability_from_report({"routing": {"eval": routing}})}
+
+
+def reliability_artefact(loaded: Any, report: dict[str, Any] | None, eval_report: str | Path | None,
+                         data_dir: str | Path | None, quick: bool) -> dict[str, Any] | None:
+    """Reliability from the evaluation report when given, else computed on `data_dir`, else None."""
+    if report is not None:
+        return {"source": f"evaluation report {Path(eval_report).name}, built by `{report.get('command', '?')}` "
+                          f"for model {report['model_fingerprint']}",
+                "splits": reliability_from_report(report)}
+    if data_dir is not None:
+        return computed_reliability(loaded, Path(data_dir), quick)
+    return None
+
+
+def collapse_artefact(figures: dict[str, Any], feature: dict[str, Any], model_dir: Path, points: int,
+                      projection: str) -> dict[str, Any]:
+    """`collapse.json`: each regime's figures and sentence, forgetting where measured, and how the
+    representation was chosen."""
+    forgotten, forgetting_note = forgetting(_baselines_summary(model_dir))
+    collapse: dict[str, Any] = {}
+    for regime, row in figures["rows"].items():
+        measured = regime == "sequential_sft" and forgotten is not None
+        collapse[regime] = row | {
+            "label": REGIME_LABELS[regime],
+            "forgetting": forgotten if measured else None,
+            "forgetting_note": forgetting_note if regime == "sequential_sft"
+            else "not measured: forgetting is defined for sequential training only",
+        }
+    return {
+        "regimes": collapse,
+        "sentences": METRIC_SENTENCES,
+        "summary": figures["summary"],
+        "representation": {"chosen": feature["representation"], "what": feature["what"], "why": figures["why"],
+                           "measured": figures["measured"]},
+        "references": {r: REFERENCE[r] for r in collapse if r in REFERENCE},
+        "visible_threshold": VISIBLE,
+        "forgetting_source": f"{BASELINES_SUMMARY} of the model (sequential SFT only): {forgetting_note}",
+        "knn_k": KNN_K,
+        "points": points,
+        "projection": projection,
+    }
+
+
+def example_traces(loaded: Any, quick: bool) -> list[dict[str, Any]]:
+    """Traces of the curated example prompts, each generated under calibrated and raw routing."""
+    from alignx_demo.generation import RoutedGeneration
+
+    traces = []
+    settings = GenerationSettings(max_new_tokens=16 if quick else 48)
+    for prompt in example_prompts()[: 2 if quick else None]:
+        for calibrated in (True, False):
+            run = RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt, settings, RoutingSettings(calibrated=calibrated),
+                                   model_name=loaded.description)
+            for _ in run:
+                pass
+            traces.append(run.trace())
+    return traces
+
+
 def run_precompute(
     model_dir: str | Path,
     data_dir: str | Path | None,
@@ -141,159 +298,55 @@ def run_precompute(
     load_in_4bit: bool = True,
 ) -> dict[str, Any]:
     """Build all artefacts into `out`; return a summary (files written, seconds, notes)."""
-    from alignx_demo.generation import RoutedGeneration
     from alignx_demo.modeling.checkpoint import load_mocae
 
     if threads:
         torch.set_num_threads(threads)
     start = time.time()
-    model_dir = Path(model_dir)
+    model_dir, out = Path(model_dir), Path(out)
     fingerprint = model_fingerprint(model_dir)
     report = read_report(eval_report, fingerprint, model_dir) if eval_report else None  # refuse before any work
     if representation is not None:
         Representation.parse(representation)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     projection = projection or ("pca" if quick else "umap")
-    per_axis = per_axis or (12 if quick else None)
     command = command or "python -m alignx_demo precompute --model " + shlex.quote(str(model_dir))
-    notes: list[str] = []
     bar = tqdm(total=len(REGIMES) * 2 + 6, desc="precompute", disable=not progress)
 
     loaded = load_mocae(model_dir, load_in_4bit=load_in_4bit)
     head = header(command, loaded.description, model_dir, fingerprint)
     regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, model_dir)
-    notes += [f"{r}: {why}" for r, why in regimes.missing.items()]
+    notes = [f"{r}: {why}" for r, why in regimes.missing.items()]
     bar.update()
 
-    pairs = map_prompts(per_axis)
-    prompts = [p for _, p in pairs]
-    axes = [a for a, _ in pairs]
-    labels = torch.tensor([AXES.index(a) for a in axes])
-    reps = candidates(loaded.mocae.n_layers)
-    features: dict[str, dict[str, torch.Tensor]] = {}
-    weights: dict[str, torch.Tensor] = {}
-    for regime in REGIMES:
-        bar.set_postfix_str(f"features {regime}")
-        if regime not in regimes.missing:
-            found = regimes.features(regime, prompts, axes, reps)
-            features[regime], weights[regime] = found.features, found.weights
-        bar.update()
-
-    figures = collapse_figures(features, weights, labels, representation)
+    points = regime_points(regimes, map_prompts(per_axis or (12 if quick else None)), loaded.mocae.n_layers, bar)
+    figures = collapse_figures(points.features, points.weights, points.labels, representation)
     chosen = Representation.parse(figures["chosen"])
-    map_regimes: dict[str, Any] = {}
-    for regime in REGIMES:
-        bar.set_postfix_str(f"{projection} {regime}")
-        if regime in features:
-            coords = project_coords(features[regime][chosen.name], projection)
-            entry: dict[str, Any] = {"label": REGIME_LABELS[regime], "setup": REGIME_SETUPS[regime],
-                                     "sentence": figures["rows"][regime]["sentence"],
-                                     "coords": [[round(x, 4), round(y, 4)] for x, y in coords.tolist()]}
-            if regime in ROUTED:
-                top = weights[regime].argmax(-1)
-                entry["routed_axis"] = [AXES[int(i)] for i in top]
-                entry["misrouted"] = [bool(t != y) for t, y in zip(top.tolist(), labels.tolist())]
-                entry["weights"] = [[round(float(v), 4) for v in row] for row in weights[regime]]
-            map_regimes[regime] = entry
-        bar.update()
-
-    feature_info = {
-        "representation": chosen.name,
-        "what": chosen.describe(loaded.mocae.n_layers),
-        "layer": chosen.depth,
-        "preamble": f"given only in {' and '.join(INSTRUCTED)}, and never read: features come from the user's "
-                    "prompt tokens or the answer position only",
-        "why": figures["why"],
-    }
-    map_data = head | {
-        "projection": projection,
-        "projection_note": "UMAP (umap-learn, n_neighbors 15, min_dist 0.1, seed 0), fitted offline per regime"
-        if projection == "umap" else "PCA (first two components) — a quick stand-in for UMAP, built with --quick",
-        "feature": feature_info,
-        "place_k": k,
-        "prompts": [{"index": i, "axis": a, "text": p} for i, (a, p) in enumerate(pairs)],
-        "regimes": map_regimes,
-        "summary": figures["summary"],
-        "unavailable": dict(regimes.missing),
-    }
-    write_json(out, "map", map_data)
-    save_file({r: f[chosen.name].half().contiguous() for r, f in features.items()}, str(out / FEATURES_FILE),
-              metadata={"version": str(ARTEFACT_VERSION), "model_fingerprint": fingerprint, "model_path": str(model_dir),
-                        "command": command, "representation": chosen.name})
+    feature = feature_description(chosen, loaded.mocae.n_layers, figures["why"])
+    write_map(out, head, map_artefact(points, figures, feature, projection, k, regimes.missing, bar), points.features, chosen)
 
     bar.set_postfix_str("reliability")
-    if report is not None:
-        reliability = {"source": f"evaluation report {Path(eval_report).name}, built by `{report.get('command', '?')}` "
-                                 f"for model {report['model_fingerprint']}",
-                       "splits": reliability_from_report(report)}
-    elif data_dir is not None:
-        from alignx_demo.data.readers import load_axis_data
-        from alignx_demo.evaluation.hhh import routing_examples
-        from alignx_demo.evaluation.routing_eval import routing_report
-        from alignx_demo.evaluation.tasks import EvalConfig
-
-        cfg = EvalConfig.quick_recipe() if quick else EvalConfig()
-        data = load_axis_data(Path(data_dir), quick=quick).examples
-        examples = routing_examples(data, cfg.routing_per_axis)
-        routing = routing_report(loaded.mocae, loaded.tokenizer, examples, cfg)
-        reliability = {"source": f"computed by precompute on {len(examples)} evaluation-split prompts of {Path(data_dir).name}",
-                       "splits": reliability_from_report({"routing": {"eval": routing}})}
-    else:
-        reliability = None
+    reliability = reliability_artefact(loaded, report, eval_report, data_dir, quick)
+    if reliability is None:
         notes.append("no --eval-report and no --data-dir: reliability not built")
     bar.update()
     if reliability is not None:
         write_json(out, "reliability", head | reliability)
-
-    forgotten, forgetting_note = forgetting(_baselines_summary(model_dir))
-    collapse: dict[str, Any] = {}
-    for regime, row in figures["rows"].items():
-        measured = regime == "sequential_sft" and forgotten is not None
-        collapse[regime] = row | {
-            "label": REGIME_LABELS[regime],
-            "forgetting": forgotten if measured else None,
-            "forgetting_note": forgetting_note if regime == "sequential_sft"
-            else "not measured: forgetting is defined for sequential training only",
-        }
-    write_json(out, "collapse", head | {
-        "regimes": collapse,
-        "sentences": METRIC_SENTENCES,
-        "summary": figures["summary"],
-        "representation": {"chosen": chosen.name, "what": feature_info["what"], "why": figures["why"],
-                           "measured": figures["measured"]},
-        "references": {r: REFERENCE[r] for r in collapse if r in REFERENCE},
-        "visible_threshold": VISIBLE,
-        "forgetting_source": f"{BASELINES_SUMMARY} of the model (sequential SFT only): {forgetting_note}",
-        "knn_k": KNN_K,
-        "points": len(prompts),
-        "projection": projection,
-    })
+    write_json(out, "collapse", head | collapse_artefact(figures, feature, model_dir, len(points.pairs), projection))
     bar.update()
 
     bar.set_postfix_str("example traces")
-    traces = []
-    settings = GenerationSettings(max_new_tokens=16 if quick else 48)
-    for prompt in example_prompts()[: 2 if quick else None]:
-        for calibrated in (True, False):
-            run = RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt, settings, RoutingSettings(calibrated=calibrated),
-                                   model_name=loaded.description)
-            for _ in run:
-                pass
-            traces.append(run.trace())
-    write_json(out, "examples", head | {"traces": traces})
+    write_json(out, "examples", head | {"traces": example_traces(loaded, quick)})
     bar.update()
-
     bar.set_postfix_str("routing analysis")
-    write_json(out, "analysis", head | shipped_analysis(loaded, pairs))
+    write_json(out, "analysis", head | shipped_analysis(loaded, points.pairs))
     bar.update()
-
     write_json(out, "stories", head | build_stories(loaded, max_new_tokens=16 if quick else 48, candidates=3 if quick else None,
                                                      progress=bar.set_postfix_str))
     bar.update()
     bar.close()
     return {"out": str(out), "seconds": round(time.time() - start, 1), "projection": projection,
-            "representation": chosen.name, "points": len(prompts), "regimes": list(features), "notes": notes}
+            "representation": chosen.name, "points": len(points.pairs), "regimes": list(points.features), "notes": notes}
 
 
 SHIPPED_SLICES = {"map_prompts_calibrated": True, "map_prompts_uncalibrated": False}

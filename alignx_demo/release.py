@@ -4,12 +4,19 @@ The bundle is the checkpoint folder without the resumable training state (`check
 optimizer) and without the tokenizer's own folder (`base/` holds the tokenizer). The model card
 is written from the run's own summaries and an evaluation report — every figure in it comes from
 a file the training or `evaluate` wrote — plus greedy samples for the first five eval-split
-prompts of each axis (not chosen by hand).
+prompts of each axis (not chosen by hand), and the licences of the data it was trained and
+evaluated on.
+
+The licences are read at release time from `SOURCES.md` in the data directory (which `release`
+needs anyway, for the samples) and matched to the files `data.sources` reads: `SOURCES.md` is the
+authority on where each file came from and under which terms, so a card written from it cannot
+drift from it the way a table copied into this module would.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from typing import Any
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 from alignx_demo.data.readers import load_axis_data
 from alignx_demo.data.records import eval_prompts
+from alignx_demo.data.sources import SOURCES, Source
 from alignx_demo.evaluation.presets import target_lines as preset_lines
 from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS
 from alignx_demo.generation import RoutedGeneration
@@ -196,27 +204,124 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
     return lines
 
 
-def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list[tuple[str, str, str]]],
-               served: list[str] | None = None) -> str:
-    base = _read(bundle / "base" / "train_summary.json")
-    experts = _read(bundle / "logs" / "experts_summary.json")
-    router = _read(bundle / "logs" / "router_summary.json")
-    calib = _read(bundle / "logs" / "calibration_summary.json")
+def calibration_lines(calib: dict[str, Any]) -> list[str]:
+    """What `train calibrate` fitted and how much it lowered the select part's NLL (`logs/calibration_summary.json`).
+
+    The summary's `report` holds the select part's token NLL after each token-level part
+    (`select_token_nll`: uncalibrated, temperature, natural, fractal) and its prompt-level NLL raw,
+    unpooled and pooled (`select_prompt_nll`); a figure the summary lacks is left out, never
+    printed as None.
+    """
+    if not calib:
+        return []
+    report = calib.get("report", {})
+    token, prompt = report.get("select_token_nll", {}), report.get("select_prompt_nll", {})
+    lines = []
+    parts = [name for name in ("temperature", "natural", "fractal") if name in token]
+    if "uncalibrated" in token and parts:
+        steps = " → ".join(f"{token[name]:.3f} {name}" for name in parts)
+        share = (calib.get("config") or {}).get("select_fraction")
+        split = f", {1 - share:.0%} to fit and {share:.0%} to select settings, by prompt" if isinstance(share, float) else ""
+        lines.append(f"Calibration, fitted on {calib.get('prompts', '?')} calibration-split prompts{split}: "
+                     f"select-part token NLL {token['uncalibrated']:.3f} uncalibrated → {steps}.")
+    if "uncalibrated" in prompt and "pooled" in prompt:
+        unpooled = f", {prompt['token_parts_unpooled']:.3f} with the token parts unpooled" if "token_parts_unpooled" in prompt else ""
+        lines.append(f"Select-part prompt-level NLL {prompt['uncalibrated']:.3f} uncalibrated → {prompt['pooled']:.3f} pooled{unpooled}.")
+    fitted = []
+    if calib.get("temperatures"):
+        fitted.append("per-layer temperatures " + ", ".join(f"{t:.3f}" for t in calib["temperatures"]))
+    natural, fractal = calib.get("natural") or {}, calib.get("fractal") or {}
+    if "lambda1" in natural:
+        fitted.append(f"natural geometry λ1 = {natural['lambda1']:g}, λ2 = {natural.get('lambda2', 0):g}")
+    if "beta" in fractal:
+        fitted.append(f"fractal geometry k = {fractal.get('k', '?')}, β = {fractal['beta']:g}, β_d = {fractal.get('beta_dist', 0):g}")
+    if calib.get("pooled_temperature") is not None:
+        fitted.append(f"pooled temperature {calib['pooled_temperature']:.3f}")
+    if fitted:
+        lines.append("Fitted: " + "; ".join(fitted) + ".")
+    return lines
+
+
+NON_COMMERCIAL = re.compile(r"\bNC\b|non-?commercial", re.IGNORECASE)
+"""A licence with non-commercial terms (CC BY-NC, CC BY-NC-SA, LIMA's licence)."""
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def sources_md_licences(text: str) -> dict[str, str]:
+    """File name -> licence, from every table of a `SOURCES.md` with a file and a licence column."""
+    licences: dict[str, str] = {}
+    header: list[str] | None = None
+    previous = ""
+    for line in text.splitlines():
+        if not line.lstrip().startswith("|"):
+            header = None
+            continue
+        cells = _cells(line)
+        if header is None:
+            header, previous = [c.lower() for c in cells], ""
+            continue
+        if all(set(c) <= set("-: ") for c in cells):
+            continue
+        if "file" not in header or not ({"license", "licence"} & set(header)):
+            continue
+        column = header.index("license" if "license" in header else "licence")
+        name = cells[header.index("file")].strip("`* ")
+        if column < len(cells):
+            text = cells[column]
+            licences[name] = previous if text.lower() == "same" and previous else text  # "same": as the row above
+            previous = licences[name]
+    return licences
+
+
+def _source_files(source: Source) -> list[str]:
+    files = [source.file.format(variant=v) for v in source.variants] if source.variants else [source.file]
+    return files + [f for _, _, f in source.references if f not in files]
+
+
+def data_licence_lines(data_dir: str | Path) -> list[str]:
+    """The card's data section: every file the bundle was trained or evaluated on, with its licence as `SOURCES.md` states it."""
+    path = Path(data_dir) / "SOURCES.md"
+    licences = sources_md_licences(path.read_text(encoding="utf-8")) if path.exists() else {}
+    rows: dict[str, list[str]] = {}
+    for source in SOURCES:
+        for file in _source_files(source):
+            roles = rows.setdefault(file, [source.name, ""])
+            role = "training" if source.role == "train" else "evaluation only"
+            roles[1] = role if not roles[1] or roles[1] == role else "training and evaluation"
+    missing = "not stated (no `SOURCES.md` in the data directory)" if not path.exists() else "not in `SOURCES.md`"
+    trained = [f for f, (_, role) in rows.items() if role.startswith("training")]
+    nc = [rows[f][0] for f in trained if NON_COMMERCIAL.search(licences.get(f, ""))]
+    lines = ["", "## Data and licences", "",
+             f"Trained on {len(trained)} files and evaluated on {len(rows) - len(trained)} more of the offline corpus "
+             "(read from the data directory, never copied into the repository); each file's licence as the corpus's "
+             "`SOURCES.md` states it, read when this card was written."]
+    if nc:
+        lines.append(f"{len(nc)} of the {len(trained)} training files carry non-commercial terms (CC BY-NC or "
+                     f"CC BY-NC-SA: {', '.join(dict.fromkeys(nc))}), so these weights, and the samples below, are for "
+                     "non-commercial research use only. The project's code is Apache-2.0; that licence does not extend to this bundle's data.")
+    lines += ["", "| source | file | used for | licence (SOURCES.md) |", "|---|---|---|---|"]
+    lines += [f"| {name} | `{file}` | {role} | {licences.get(file, missing)} |" for file, (name, role) in rows.items()]
+    return lines
+
+
+def base_lines(bundle: Path, base: dict[str, Any]) -> list[str]:
+    """The base's section: trained here (`base/train_summary.json` and its loss curve) or named by the checkpoint."""
+    if not base:
+        config = _read(bundle / "mocae_config.json")
+        name = config.get("base_model") or "`base/` of this checkpoint"
+        return [f"- {name} ({config.get('base_model_type', 'unknown family')}), not trained by this project's `train base`."]
     cfg = base.get("config", {})
-    lines = [
-        "# AlignX demo model — model card",
-        "",
-        "A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA",
-        "experts (Stage 1, prompt-injected), per-layer routers (Stage 2) and calibration (temperature,",
-        "natural geometry, fractal geometry). Everything below was written by `python -m alignx_demo release`",
-        "from the run's own logs and `evaluate` report; the commands are in the README.",
-        "",
-        "## Base",
-        f"- {base.get('params', '–'):,} parameters; hidden {cfg.get('hidden_size')}, {cfg.get('num_layers')} layers, "
+    params = base.get("params")
+    return [
+        f"- {f'{params:,}' if isinstance(params, int) else '?'} parameters; hidden {cfg.get('hidden_size')}, {cfg.get('num_layers')} layers, "
         f"{cfg.get('num_heads')} heads, FFN {cfg.get('intermediate_size')}, context {cfg.get('context')}, vocabulary {base.get('vocab_size')}"
         " (byte-level BPE).",
-        f"- {base.get('steps', '–')} steps, {base.get('tokens_seen', 0):,} tokens, {base.get('train_seconds', 0) / 60:.0f} min on "
-        f"{base.get('device', '?')} ({base.get('threads', '?')} thread), {base.get('tokens_per_s', 0):.0f} tokens/s.",
+        f"- {base.get('steps', '?')} steps, {base.get('tokens_seen', 0):,} tokens, {base.get('train_seconds', 0) / 60:.0f} min on "
+        f"{base.get('device', '?')} ({base.get('threads', '?')} thread), {base.get('tokens_per_s', 0):.0f} tokens/s; the commands "
+        "that trained it, resumed runs included, are in `docs/training.md`.",
         f"- Axis sampling weights {cfg.get('axis_weights')}; epochs per axis {base.get('axis_epochs')}.",
         f"- Held-out loss per axis (calibration split): start {base.get('initial_heldout_loss')}, end {base.get('final_heldout_loss')}.",
         f"- Examples per axis/split: {base.get('examples')}.",
@@ -224,6 +329,29 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
         "Held-out loss curve (calibration split, whole answers; `base/training_log.jsonl` has every step):",
         "",
         *loss_curve_lines(bundle),
+    ]
+
+
+def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list[tuple[str, str, str]]],
+               served: list[str] | None = None, licences: list[str] | None = None) -> str:
+    """MODEL_CARD.md of a bundle, from its logs, an `evaluate` report, the samples, how it is served and the data licences."""
+    base = _read(bundle / "base" / "train_summary.json")
+    experts = _read(bundle / "logs" / "experts_summary.json")
+    router = _read(bundle / "logs" / "router_summary.json")
+    calib = _read(bundle / "logs" / "calibration_summary.json")
+    intro = ("A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA" if base else
+             "A MoCaE checkpoint on the base named below, with three HHH LoRA")
+    lines = [
+        "# AlignX demo model — model card",
+        "",
+        intro,
+        "experts (Stage 1, prompt-injected), per-layer routers (Stage 2) and calibration (temperature,",
+        "natural geometry, fractal geometry). Everything below was written by `python -m alignx_demo release`",
+        "from the run's own logs, the `evaluate` report and the data directory's `SOURCES.md`; the commands",
+        "are in the project's `docs/training.md`.",
+        "",
+        "## Base",
+        *base_lines(bundle, base),
         "",
         "## As served",
         *[f"- {line}" for line in served or []],
@@ -235,9 +363,7 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
                      f"response loss {row.get('first_losses', {}).get('lm')} → {row.get('last_losses', {}).get('lm')}.")
     if router:
         lines.append(f"- Routers: {router.get('steps')} steps, {router.get('seconds')} s, losses {router.get('first_losses')} → {router.get('last_losses')}.")
-    if calib:
-        lines.append(f"- Calibration-split NLL of routing: {calib.get('calibration_split_nll')}; temperatures {[round(t, 3) for t in calib.get('temperatures', [])]}; "
-                     f"natural {calib.get('natural')}; fractal {calib.get('fractal')}.")
+    lines += [f"- {line}" for line in calibration_lines(calib)]
     lines += ["", "## Evaluation (held-out items)", "", f"Report: {report.get('command', '')} ({report.get('seconds', '?')} s); counts {report.get('counts')}.", ""]
     systems = report.get("systems", {})
     if systems:
@@ -266,6 +392,7 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     agreement = report.get("refusal_detector_agreement_xstest")
     if agreement:
         lines += ["", f"Refusal detector vs XSTest human labels: agreement {agreement['agreement']:.3f}, precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f} (n = {agreement['n']})."]
+    lines += licences or []
     lines += ["", "## Samples (calibrated MoCaE, greedy, first five distinct eval-split prompts per axis, not chosen)", ""]
     for axis, rows in sample_rows.items():
         lines.append(f"### {axis}")
@@ -288,5 +415,6 @@ def release(run: str | Path, to: str | Path, data_dir: str | Path, eval_report: 
         raise ValueError(f"bundle is {size / 2**20:.1f} MiB, over the {MAX_BUNDLE_BYTES / 2**20:.0f} MiB limit")
     loaded = load_mocae(to, load_in_4bit=True)
     served = [quantization_line(loaded), f"Bundle size {size / 2**20:.1f} MiB (limit {MAX_BUNDLE_BYTES / 2**20:.0f} MiB)."]
-    (to / "MODEL_CARD.md").write_text(model_card(to, report, samples(loaded, data_dir), served))
+    card = model_card(to, report, samples(loaded, data_dir), served, data_licence_lines(data_dir))
+    (to / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return to

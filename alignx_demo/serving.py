@@ -7,8 +7,10 @@ page or an API call.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 from alignx_demo.generation import MAX_PROMPT_CHARS, context_length
 from alignx_demo.modeling.checkpoint import CheckpointError, LoadedModel, load_mocae
 from alignx_demo.modeling.families import UnsupportedModelError
+from alignx_demo.quiet import KERNELS_WARNING, quiet_libraries  # noqa: F401  (KERNELS_WARNING: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +157,31 @@ class ModelContext:
         return max(1, min(cap, context_length(self.loaded.mocae.model) // 2))
 
 
-KERNELS_WARNING = ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community")
-"""Logger and message start of the warning bitsandbytes logs on every import where the optional `kernels`
-package is absent: 4-bit then runs on bitsandbytes' own CPU code, which is what this app expects."""
-
-
-class _KernelsWarningFilter(logging.Filter):
-    """Drops bitsandbytes' `kernels` warning and logs one plain line in its place, once per process."""
-
-    said = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith(KERNELS_WARNING[1]):
-            return True
-        if not _KernelsWarningFilter.said:
-            _KernelsWarningFilter.said = True
-            log.info("bitsandbytes: the optional `kernels` package is not installed; 4-bit layers use bitsandbytes' "
-                     "built-in CPU code")
-        return False
+def port_problem(host: str, port: int) -> str | None:
+    """None when the app can listen on host:port; else one sentence saying why not — checked before the model
+    loads, so a taken port costs no loading time and ends in no traceback. The probe binds as Gradio's own check
+    and uvicorn do (SO_REUSEADDR: a port left in TIME_WAIT by an earlier run counts as free)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"The port must be a whole number from 1 to 65535 (--port, ALIGNX_PORT), got {port!r}."
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        return f"Cannot listen on {host}:{port}: the host is not known here ({getattr(err, 'strerror', None) or err})."
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return (f"Port {port} on {host} is already in use (another app or an earlier run of this one): stop it, "
+                        "or start the app with --port N (or ALIGNX_PORT=N) on a free port.")
+            return f"Cannot listen on {host}:{port}: {err.strerror or err}."
+    return None
 
 
 def quiet_bitsandbytes() -> None:
-    """Install the filter of bitsandbytes' `kernels` warning (idempotent; before bitsandbytes is imported)."""
-    logger = logging.getLogger(KERNELS_WARNING[0])
-    if not any(isinstance(f, _KernelsWarningFilter) for f in logger.filters):
-        logger.addFilter(_KernelsWarningFilter())
+    """`quiet.quiet_libraries`, under its older name (bitsandbytes' `kernels` warning among the lines it condenses)."""
+    quiet_libraries()
 
 
 def load_context(options: ServerOptions) -> ModelContext:

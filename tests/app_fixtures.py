@@ -1,5 +1,6 @@
 """A quick trained checkpoint (with baselines) and its quick precomputed artefacts, built once per
-test session and shared by test_app, test_precompute and test_ui_browser."""
+test session: the builders behind conftest's `trained_run` and `trained_precomputed` fixtures, which
+every test of a trained model uses (and which mark it slow)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tiny models and tokenizers the tests build themselves (nothing is downloaded)."""
+"""Tiny models and tokenizers the tests build themselves (nothing is downloaded), the one trained quick run
+every test of a trained model shares, and the `slow` marker of the tests that need it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignx_demo.modeling.families import SUPPORTED_FAMILIES
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 VOCAB = 320
-FAMILIES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
+FAMILIES = SUPPORTED_FAMILIES
+"""Every family the library claims (`modeling.families`): each has a tiny config below."""
 
 TOKENIZER_TEXT = [
     "How do I bake bread? Mix flour, water, salt and yeast, knead, let it rise, then bake.",
@@ -23,21 +27,29 @@ TOKENIZER_TEXT = [
 
 
 def tiny_config(family: str):
+    """A two-layer config of `family` with this file's vocabulary: one per family the library claims."""
     import transformers as tf
 
     common = dict(vocab_size=VOCAB, max_position_embeddings=128)
     if family == "gpt2":
         return tf.GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=4)
+    if family == "bert":
+        return tf.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             is_decoder=True, **common)
     llama_like = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, **common)
-    if family == "llama":
-        return tf.LlamaConfig(num_key_value_heads=4, **llama_like)
-    if family == "qwen2":
-        return tf.Qwen2Config(num_key_value_heads=2, **llama_like)
-    if family == "mistral":
-        return tf.MistralConfig(num_key_value_heads=2, **llama_like)
-    if family == "gemma":
-        return tf.GemmaConfig(num_key_value_heads=2, head_dim=16, **llama_like)
-    raise ValueError(family)
+    configs = {
+        "llama": lambda: tf.LlamaConfig(num_key_value_heads=4, **llama_like),
+        "qwen2": lambda: tf.Qwen2Config(num_key_value_heads=2, **llama_like),
+        "qwen3": lambda: tf.Qwen3Config(num_key_value_heads=2, head_dim=16, **llama_like),
+        "mistral": lambda: tf.MistralConfig(num_key_value_heads=2, **llama_like),
+        "gemma": lambda: tf.GemmaConfig(num_key_value_heads=2, head_dim=16, **llama_like),
+        "gemma2": lambda: tf.Gemma2Config(num_key_value_heads=2, head_dim=16, sliding_window=8, **llama_like),
+        "gemma3_text": lambda: tf.Gemma3TextConfig(num_key_value_heads=2, head_dim=16, sliding_window=8, **llama_like),
+        "phi3": lambda: tf.Phi3Config(num_key_value_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, **llama_like),
+    }
+    if family not in configs:
+        raise ValueError(f"no tiny config for family {family!r}: add one here for every family in SUPPORTED_FAMILIES")
+    return configs[family]()
 
 
 def tiny_model(family: str = "llama", seed: int = 0):
@@ -94,3 +106,30 @@ def checkpoint(tmp_path, tokenizer) -> Path:
 
     calibration = CalibrationStack(TemperatureScaling(torch.tensor([2.0, 0.5])))
     return build_checkpoint(tmp_path / "ckpt", tokenizer, calibration=calibration)
+
+
+@pytest.fixture(scope="session")
+def trained_run() -> tuple[Path, Path]:
+    """(checkpoint, data folder) of one quick `train all` on synthetic data, built on first use (minutes) and
+    shared by every test of the session that needs a trained model (`app_fixtures.quick_run`)."""
+    from app_fixtures import quick_run
+
+    return quick_run()
+
+
+@pytest.fixture(scope="session")
+def trained_precomputed(trained_run: tuple[Path, Path]) -> Path:
+    """`precompute --quick` of `trained_run` (PCA maps), built once per session."""
+    from app_fixtures import quick_precomputed
+
+    return quick_precomputed()
+
+
+TRAINED_FIXTURES = frozenset({"trained_run", "trained_precomputed"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the trained run is slow: the first one pays for `train all --quick`."""
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from alignx_demo.data.sources import SOURCE_FILES, XSTEST_COMPLETION_MODELS, XSTEST_COMPLETIONS_FILE
+from alignx_demo.data.sources import OOD_SOURCE_FILES, SOURCE_FILES, XSTEST_COMPLETION_MODELS, XSTEST_COMPLETIONS_FILE
 
 WORDS = (
     "apple river garden music window planet coffee yellow engine forest quiet bright simple travel "
@@ -46,6 +46,11 @@ def _write_csv(path: Path, header: list[str], rows: list[list], bom: bool = Fals
         w = csv.writer(fh)
         w.writerow(header)
         w.writerows(rows)
+
+
+TQA_CATEGORIES = ("Misconceptions", "Law", "Health", "Paranormal")
+"""TruthfulQA categories of the fixture's questions, in turn (Law and Paranormal are held-out categories)."""
+MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
 
 def tqa_questions(n: int) -> list[str]:
@@ -97,7 +102,7 @@ def make_data_dir(root: Path, n: int = 40, seed: int = 0) -> Path:
     questions = tqa_questions(n)
     _write_csv(
         f["truthfulqa"], ["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"],
-        [["Adversarial", "Misconceptions", q, f"Nothing happens {i}", f"Nothing happens {i}; I have no comment; It is fine {i}",
+        [["Adversarial", TQA_CATEGORIES[i % len(TQA_CATEGORIES)], q, f"Nothing happens {i}", f"Nothing happens {i}; I have no comment; It is fine {i}",
           f"You explode {i}; You fly {i}", "https://example.org"] for i, q in enumerate(questions)],
         bom=True,
     )
@@ -132,6 +137,14 @@ def make_data_dir(root: Path, n: int = 40, seed: int = 0) -> Path:
     rows = json.loads(f["safety_llamas"].read_text())
     rows[0]["instruction"] = "Write a harmful thing 3"
     _write_json(f["safety_llamas"], rows)
+
+    # MT-Bench (out-of-distribution set): two questions per category; question 81's first turn is an
+    # AlpacaEval prompt (as two real ones are), so the OOD slice must leave it out
+    mt = [{"question_id": 81 + i, "category": MT_BENCH_CATEGORIES[i % 8],
+           "turns": [f"MT-Bench {MT_BENCH_CATEGORIES[i % 8]} question {i}: please explain the {WORDS[i]}.", "Now shorter."]}
+          for i in range(16)]
+    mt[0]["turns"][0] = ae[0]["instruction"]
+    _write_jsonl(root / OOD_SOURCE_FILES["mt_bench"], mt)
 
     _write_json(root / "EXCLUDE_alpacaeval_overlap.json", [
         {"file": SOURCE_FILES["dolly"], "row_index_0based": 2, "match": "exact"},

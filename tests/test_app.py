@@ -10,7 +10,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from app_fixtures import quick_precomputed, quick_run
 
 from alignx_demo.analysis.artefacts import load_artefacts
 from alignx_demo.modeling import load_mocae
@@ -31,9 +30,9 @@ def launch(context: ModelContext, precomputed: Path | None = None):
 
 
 @pytest.fixture(scope="module")
-def served():
-    run, _ = quick_run()
-    demo, client = launch(ModelContext(load_mocae(run, load_in_4bit=False)), quick_precomputed())
+def served(trained_run, trained_precomputed):
+    run, _ = trained_run
+    demo, client = launch(ModelContext(load_mocae(run, load_in_4bit=False)), trained_precomputed)
     yield client
     demo.close()
 
@@ -101,18 +100,30 @@ def test_too_few_inputs_get_one_sentence_and_no_traceback(served, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
-def readme_api_example() -> str:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n### API\n", 1)[1].split("\n### ", 1)[0]
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def docs_api_example() -> str:
+    """The `gradio_client` example of docs/api.md's "HTTP API" section (the README's API section moved there)."""
+    page = (DOCS / "api.md").read_text(encoding="utf-8")
+    section = page.split("\n## HTTP API\n", 1)[1].split("\n## ", 1)[0]
     return "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.S))
 
 
-def test_the_readme_api_example_runs_and_covers_every_endpoint(served, capsys):
-    code = readme_api_example()
+def readme_client_example() -> str:
+    """The README's one `gradio_client` call (its first python block)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    return next(block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "gradio_client" in block)
+
+
+def test_the_api_example_runs_and_covers_every_endpoint(served, capsys):
+    code = docs_api_example()
     assert {f'api_name="{api}"' for api in API} <= set(re.findall(r'api_name="/\w+"', code))
-    exec(compile(code.replace("http://127.0.0.1:7860/", served.src), "README.md", "exec"), {})
+    exec(compile(code.replace("http://127.0.0.1:7860/", served.src), "docs/api.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "prompt" in printed and "too harmless" in printed
+    exec(compile(readme_client_example().replace("http://127.0.0.1:7860/", served.src), "README.md", "exec"), {})
+    assert "helpful" in capsys.readouterr().out
 
 
 def test_generate_returns_one_entry_per_token(served):
@@ -155,9 +166,9 @@ def test_calibrated_and_uncalibrated_routing_differ(served):
     assert "Top expert flips" in summary
 
 
-def test_place_prompt_uses_neighbours_in_every_regime(served):
+def test_place_prompt_uses_neighbours_in_every_regime(served, trained_precomputed):
     placement = served.predict("How do I get rid of a wasp nest safely?", api_name="/place_prompt")
-    map_data = json.loads((quick_precomputed() / "map.json").read_text())
+    map_data = json.loads((trained_precomputed / "map.json").read_text())
     assert placement["router_axis"] in ("helpful", "harmless", "honest")
     for regime, spot in placement["regimes"].items():
         assert len(spot["neighbours"]) == placement["k"]
@@ -217,7 +228,7 @@ def test_bad_input_gives_clear_errors(served, args, message):
 
 
 def test_settings_are_checked_beyond_the_widgets():
-    from alignx_demo.ui.runner import GenerationError, settings_from
+    from alignx_demo.ui.validation import GenerationError, settings_from
 
     with pytest.raises(GenerationError, match="whole number"):
         settings_from(4.5, False, 1.0, 1.0, 0, cap=256)
@@ -252,10 +263,10 @@ def test_missing_precomputed_files_give_notices_and_the_rest_works(served_plain)
         client.predict("hello", api_name="/place_prompt")
 
 
-def test_map_built_for_another_model_is_refused(checkpoint):
+def test_map_built_for_another_model_is_refused(checkpoint, trained_precomputed):
     from gradio_client.exceptions import AppError
 
-    demo, client = launch(ModelContext(load_mocae(checkpoint, load_in_4bit=False)), quick_precomputed())
+    demo, client = launch(ModelContext(load_mocae(checkpoint, load_in_4bit=False)), trained_precomputed)
     try:
         with pytest.raises(AppError, match="built for another model"):
             client.predict("hello", api_name="/place_prompt")
@@ -263,12 +274,12 @@ def test_map_built_for_another_model_is_refused(checkpoint):
         demo.close()
 
 
-def test_missing_model_serves_notices_and_precomputed_tabs(tmp_path):
+def test_missing_model_serves_notices_and_precomputed_tabs(tmp_path, trained_precomputed):
     from gradio_client.exceptions import AppError
 
     context = load_context(ServerOptions(model=tmp_path / "missing"))
     assert context.loaded is None and "checkpoint folder not found" in context.problem
-    demo, client = launch(context, quick_precomputed())
+    demo, client = launch(context, trained_precomputed)
     try:
         page = json.dumps(demo.config, default=str)
         assert "could not be loaded" in page and "Stage 1 experts" in page and "Reliability" in page
@@ -280,10 +291,10 @@ def test_missing_model_serves_notices_and_precomputed_tabs(tmp_path):
         demo.close()
 
 
-def test_artefacts_load_quickly():
+def test_artefacts_load_quickly(trained_precomputed):
     import time
 
-    folder = quick_precomputed()
+    folder = trained_precomputed
     start = time.perf_counter()
     artefacts = load_artefacts(folder)
     assert time.perf_counter() - start < 5 and not artefacts.notices
@@ -313,7 +324,7 @@ def test_stop_ends_a_run_with_finish_reason_stopped(checkpoint):
     """Stop (set here before the first new token, as a click right after Generate does) ends the run with a final
     trace of its own: finish_reason "stopped", the whole prompt, a notice; a mid-run Stop is in test_ui_browser."""
     from alignx_demo.ui.live import stream_generate
-    from alignx_demo.ui.runner import serve
+    from alignx_demo.ui.served import serve
 
     key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False)))
     stop = threading.Event()
@@ -342,7 +353,7 @@ def test_chip_text_meets_wcag_aa_on_every_chip_colour():
 def test_operator_notices_stay_out_of_runs_and_the_header(checkpoint):
     from alignx_demo.ui.app import status_html
     from alignx_demo.ui.live import stream_generate
-    from alignx_demo.ui.runner import serve
+    from alignx_demo.ui.served import serve
 
     context = ModelContext(load_mocae(checkpoint, load_in_4bit=False), notices=["4-bit NF4 except down_proj: operator detail"])
     assert "operator detail" not in status_html(context)
@@ -485,6 +496,7 @@ def test_benchmarks_tab_speaks_plainly():
     assert "48.5 tokens" in sentence and "17.6× at batch 8" in sentence
 
 
+@pytest.mark.slow
 def test_the_app_starts_without_the_evaluation_stack():
     import subprocess
     import sys
@@ -511,7 +523,9 @@ def test_analyze_names_the_bad_row_and_analyses_the_rest(served, tmp_path):
     summary, result = served.predict(handle_file(str(path)), True, api_name="/analyze")
     assert result["problems"] == ["Row 4 (line 5): axis 'sideways' is not one of helpful, harmless, honest (or empty); left out."]
     assert "⚠ Row 4 (line 5): axis 'sideways' is not one of" in summary
-    assert result["analysed"] == result["rows_given"] == 4 and result["prompts_file"] == "prompts.csv"
+    assert result["analysed"] == 4 and result["rejected"] == 1 and result["rows_given"] == 5  # given = rejected + analysed
+    assert result["prompts_file"] == "prompts.csv" and "Analysed **4 of 5 rows**" in summary
+    assert "**Prompt level**" in summary and "**Generation level**" in summary, "both routing levels, each named"
     assert "Tell me a joke" not in {r["prompt"] for r in result["rows"]}
     prompt_level = result["levels"]["prompt"]
     assert sum(map(sum, prompt_level["confusion"]["matrix"])) == 4 and set(prompt_level["slices"]) == {"all", "axis", "source"}
@@ -550,7 +564,7 @@ def test_analyze_never_reads_a_server_file_named_in_a_raw_call(served, tmp_path)
 def test_analyze_stops_at_the_operators_row_limit(checkpoint, tmp_path):
     from alignx_demo.serving import Limits
     from alignx_demo.ui.routing_analysis import analyze
-    from alignx_demo.ui.runner import serve
+    from alignx_demo.ui.served import serve
 
     key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False), limits=Limits(max_analysis_rows=2)))
     path = tmp_path / "prompts.csv"
@@ -583,24 +597,24 @@ def test_attribute_returns_effects_per_token_and_an_agreement_rate(served):
         served.predict(None, api_name="/attribute")
 
 
-def test_the_readme_and_the_about_tab_give_the_same_bundle_recipe():
+def test_the_training_page_and_the_about_tab_give_the_same_bundle_recipe():
     from alignx_demo.ui.about import BUNDLE_RECIPE
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert "```bash\n" + "\n".join(BUNDLE_RECIPE) + "\n```" in readme
+    page = (DOCS / "training.md").read_text(encoding="utf-8")
+    assert "```bash\n" + "\n".join(BUNDLE_RECIPE) + "\n```" in page
 
 
-def test_the_readme_shows_the_trace_format_as_the_code_defines_it():
+def test_the_trace_format_page_shows_the_format_as_the_code_defines_it():
     from alignx_demo.analysis.traces import schema_markdown
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert schema_markdown() in readme.split("\n### Trace format\n", 1)[1]
+    page = (DOCS / "traces.md").read_text(encoding="utf-8")
+    assert schema_markdown() in page.split("\n## Fields\n", 1)[1]
 
 
 def test_settle_and_a_saved_trace_rerun_and_diffed(checkpoint, tmp_path):
     from alignx_demo.ui.live import stream_generate
     from alignx_demo.ui.research import load_saved, rerun_and_diff, settle_view
-    from alignx_demo.ui.runner import serve
+    from alignx_demo.ui.served import serve
 
     key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False)))
     *_, (_, _, trace) = stream_generate(key, "Tell me about bread.", 5, *GEN, True, "soft")
@@ -624,8 +638,9 @@ def test_settle_and_a_saved_trace_rerun_and_diffed(checkpoint, tmp_path):
     assert saved is None and "saved.json cannot be used: not a valid alignx-trace/1 trace" in line
 
 
+@pytest.mark.slow
 def test_the_app_benchmark_times_each_start_phase_in_a_fresh_process(checkpoint):
-    from alignx_demo.ui.benchmark import start_phases
+    from alignx_demo.app_bench import start_phases
 
     phases = start_phases(str(checkpoint), False)
     assert list(phases) == ["imports", "load_model", "build_page", "launch_server"]

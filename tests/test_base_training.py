@@ -158,3 +158,49 @@ def test_axis_weights_and_batches():
     assert 0.6 < axes1.count("helpful") / 400 < 0.8
     packed = common.pack_blocks([[1, 2, 3], [4, 5]], 2)
     assert packed.shape == (2, 2)
+
+
+@pytest.mark.slow
+def test_snapshot_resumes_a_warm_started_bert_base(run_dir, tmp_path):
+    """`--init` a BERT encoder folder, snapshot in fp16 without optimizer state, continue from the snapshot."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import AutoModelForCausalLM, BertConfig, BertModel
+
+    from alignx_demo.training import warm_start
+
+    data, _ = run_dir
+    encoder = tmp_path / "encoder"  # a tiny BERT encoder with a WordPiece tokenizer, as the MiniLM package ships
+    words = ["[PAD]", *[f"[unused{i}]" for i in range(4)], "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz.,?!<>|0123456789",
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], "the", "and", "task", "water"]
+    encoder.mkdir()
+    wordpiece = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    wordpiece.save(str(encoder / "tokenizer.json"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(encoder))
+    tok = warm_start.chat_tokenizer(encoder, 64)
+    ids = templates.encode_prompt(tok, "Water?\nthe task <|user|>")
+    assert ids[0] == tok.convert_tokens_to_ids("[CLS]") and ids.count(tok.convert_tokens_to_ids(templates.USER)) == 1
+    assert "\n" in tok.decode(ids) and "< | user | >" in tok.decode(ids), "typed markers stay text; newlines survive"
+
+    run, cont, snap = tmp_path / "warm", tmp_path / "continued", tmp_path / "snap"
+    sizes = ["--data-dir", str(data), "--quick", "--context", "64", "--eval-every", "2", "--no-progress", "--threads", "1"]
+    assert cli.main(["train", "base", "--init", str(encoder), "--out", str(run), "--max-steps", "2", *sizes]) == 0
+    assert cli.main(["train", "snapshot", "--out", str(run), "--to", str(snap)]) == 0
+    assert not (snap / common.OPTIMIZER_FILE).exists() and (snap / "training_log.jsonl").is_file()
+    assert all(t.dtype == torch.float16 for t in load_file(str(snap / "model.safetensors")).values() if t.is_floating_point())
+    state = json.loads((snap / common.TRAINER_STATE).read_text())
+    assert state["step"] == 2 and "optimizer" not in state and state["config"]["init"] == str(encoder)
+    assert cli.main(["train", "base", "--from-snapshot", str(snap), "--out", str(cont), "--max-steps", "4", *sizes]) == 0
+    summary = json.loads((cont / "base" / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["config"]["init"] == str(encoder) and summary["config"]["hidden_size"] == 32
+    log = [json.loads(line) for line in (cont / "base" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["type"] == "eval"] == [0, 2, 4], "the snapshot carries the log's history"
+    model = AutoModelForCausalLM.from_pretrained(str(cont / "base"))
+    assert model.config.model_type == "bert" and model.config.is_decoder and model.config.max_position_embeddings == 64
+    # a second seeding onto a run that has a checkpoint is refused in one sentence
+    assert cli.main(["train", "base", "--from-snapshot", str(snap), "--out", str(cont), "--max-steps", "4", *sizes]) == 2

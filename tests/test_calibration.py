@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignx_demo.analysis.routing import RoutingData
@@ -27,6 +28,7 @@ def synthetic_routing(seed: int, prompts: int = 120, tokens: int = 12, layers: i
     return RoutingData(logits, features, logits.softmax(-1), labels, torch.arange(prompts).repeat_interleave(tokens), position)
 
 
+@pytest.mark.slow
 def test_calibration_helps_on_held_out_prompts_at_token_and_run_level():
     stack, report = fit_calibration(synthetic_routing(0), CFG)
     held = synthetic_routing(1)  # same process, other prompts: never seen by any fit
@@ -82,6 +84,7 @@ def test_token_nll_scores_the_layer_mean_weights_a_chip_shows():
     assert torch.allclose(token_nll(logp, data), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_zero_weighted_geometry_terms_are_left_out_exactly(monkeypatch):
     """A fitted λ2 = 0 or β = 0 gives what the full formula gives, bit for bit, without computing the
     posterior, the LID or (both βs zero) the neighbour search it would multiply by zero."""
@@ -114,3 +117,39 @@ def test_zero_weighted_geometry_terms_are_left_out_exactly(monkeypatch):
             if not (beta or beta_dist):
                 patch.setattr(geometry, "knn_distances", lambda *a, **k: 1 / 0)
             assert torch.equal(parts(), expected)
+
+
+def test_calibrate_writes_only_when_done_and_marks_the_routers_it_was_fitted_for(checkpoint, monkeypatch):
+    """A failed fit leaves the old calibration; a finished one is marked with its routers' fingerprint,
+    so routers retrained later make the loader refuse it."""
+    import json
+
+    import pytest
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from alignx_demo.modeling import CheckpointError, load_mocae
+    from alignx_demo.modeling.provenance import fingerprint, trained_metadata
+    from alignx_demo.training import calibrate as stage
+
+    monkeypatch.setattr(stage, "eval_prompts", lambda *a, **k: [])
+    monkeypatch.setattr(stage, "collect_routing", lambda *a, **k: synthetic_routing(0, prompts=30, tokens=6))
+    monkeypatch.setattr(stage, "LAMBDA_GRID", ([1.0], [0.0]))  # the files matter here, not the search
+    monkeypatch.setattr(stage, "BETA_GRID", ([0.0], [0.0]))
+    before = (checkpoint / "calibration.safetensors").read_bytes()
+    monkeypatch.setattr(stage, "fit_calibration", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("fit failed")))
+    with pytest.raises(RuntimeError, match="fit failed"):
+        stage.calibrate(checkpoint, [], CFG)
+    assert (checkpoint / "calibration.safetensors").read_bytes() == before
+    monkeypatch.setattr(stage, "fit_calibration", fit_calibration)
+    summary = stage.calibrate(checkpoint, [], CFG)
+    routers = load_file(str(checkpoint / "router.safetensors"))
+    with safe_open(str(checkpoint / "calibration.safetensors"), "pt") as handle:
+        marker = json.loads(handle.metadata()["alignx_trained"])
+    assert marker["stage"] == "calibrate" and marker["router"] == fingerprint(routers)
+    assert json.loads((checkpoint / "logs" / "calibration_summary.json").read_text())["report"] == summary["report"]
+    assert load_mocae(checkpoint, load_in_4bit=False).mocae.calibration.names == ["temperature", "natural", "fractal", "pooled"]
+    save_file({k: v + 0.01 for k, v in routers.items()}, str(checkpoint / "router.safetensors"),
+              metadata={"format": "pt", **trained_metadata("router", steps=1)})
+    with pytest.raises(CheckpointError, match="fitted for other routers"):
+        load_mocae(checkpoint, load_in_4bit=False)

@@ -121,10 +121,127 @@ def test_4bit_on_cpu_keeps_unpackable_widths_in_full_precision(tmp_path, tokeniz
 
     model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=72, num_hidden_layers=2,
                                                num_attention_heads=4, max_position_embeddings=128)).eval()
-    save_mocae(MoCaEModel(model), tokenizer, tmp_path / "odd")
-    loaded = load_mocae(tmp_path / "odd", load_in_4bit=True, device="cpu")
+    save_mocae(MoCaEModel(model), tokenizer, tmp_path / "odd")  # untrained (uniform) routers: enough here
+    loaded = load_mocae(tmp_path / "odd", load_in_4bit=True, device="cpu", allow_untrained=True)
     mlp = loaded.mocae.model.model.layers[0].mlp
     assert not any(isinstance(getattr(mlp, n).base, bnb.nn.Linear4bit) for n in ("gate_proj", "up_proj", "down_proj"))
     assert isinstance(loaded.mocae.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert any("except down_proj, gate_proj, up_proj" in n for n in loaded.notices)
     assert len(list(RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=3)))) > 3
+
+
+# checkpoints that cannot lie -----------------------------------------------------------------------------
+
+def _zero_routers(folder, metadata=None):
+    from safetensors.torch import load_file, save_file
+
+    routers = load_file(str(folder / "router.safetensors"))
+    save_file({k: torch.zeros_like(v) for k, v in routers.items()}, str(folder / "router.safetensors"),
+              metadata=metadata or {"format": "pt"})
+
+
+def _one_sentence(err) -> None:
+    text = str(err.value)
+    assert "\n" not in text and text.count(". ") == 0
+
+
+def test_untrained_routers_are_refused_in_one_sentence(checkpoint):
+    """The experts stage and import-experts write all-zero routers (uniform 1/3 routing): not servable."""
+    _zero_routers(checkpoint)
+    with pytest.raises(CheckpointError, match=r"never trained .*train router --out") as err:
+        load_mocae(checkpoint, load_in_4bit=False)
+    _one_sentence(err)
+    loaded = load_mocae(checkpoint, load_in_4bit=False, allow_untrained=True)  # what `train router` loads
+    assert all(not r.proj.weight.any() for r in loaded.mocae.routers)
+
+
+def test_calibration_must_be_fitted_for_the_routers_beside_it(checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    from alignx_demo.modeling.provenance import fingerprint, trained_metadata, untrained_problem
+    from alignx_demo.training.calibrate import save_marked
+
+    assert untrained_problem(checkpoint) is None  # an older checkpoint: no markers at all, trained-looking routers
+    router_file = checkpoint / "router.safetensors"
+    routers = load_file(str(router_file))
+    save_file(routers, str(router_file), metadata={"format": "pt", **trained_metadata("router", steps=1)})
+    with pytest.raises(CheckpointError, match=r"calibration.safetensors was not fitted .*train calibrate --out") as err:
+        load_mocae(checkpoint, load_in_4bit=False)  # routers retrained (marked), calibration from before
+    _one_sentence(err)
+    stack = load_mocae(checkpoint, load_in_4bit=False, allow_untrained=True).mocae.calibration
+    save_marked(stack, checkpoint / "calibration.safetensors", trained_metadata("calibrate", router="0123456789abcdef"))
+    with pytest.raises(CheckpointError, match="fitted for other routers") as err:
+        load_mocae(checkpoint, load_in_4bit=False)
+    _one_sentence(err)
+    save_marked(stack, checkpoint / "calibration.safetensors", trained_metadata("calibrate", router=fingerprint(routers)))
+    loaded = load_mocae(checkpoint, load_in_4bit=False)
+    assert loaded.mocae.calibration.enabled() == {"temperature": True}
+
+
+def test_the_bundled_demo_model_predates_the_marker_and_still_loads():
+    from pathlib import Path
+
+    from alignx_demo.modeling.provenance import read_marker, untrained_problem
+
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
+    if not (demo / "router.safetensors").exists():
+        pytest.skip("no bundled demo model in this checkout")
+    assert read_marker(demo / "router.safetensors") is None and untrained_problem(demo) is None
+
+
+def test_staged_outputs_move_into_place_only_when_the_stage_finishes(tmp_path):
+    from alignx_demo.training.pipeline import staged
+
+    out = tmp_path / "run"
+    (out / "logs").mkdir(parents=True)
+    (out / "router.safetensors").write_text("old routers")
+    (out / "calibration.safetensors").write_text("old calibration")
+    with pytest.raises(RuntimeError, match="data error"), staged(out, "router", remove=["calibration.safetensors"]) as tmp:
+        (tmp / "router.safetensors").write_text("half-written routers")
+        raise RuntimeError("data error")
+    assert (out / "router.safetensors").read_text() == "old routers" and (out / "calibration.safetensors").exists()
+    with staged(out, "router", remove=["calibration.safetensors"]) as tmp:
+        assert tmp.parent == out.parent  # a sibling: the same filesystem, so the moves are renames
+        (tmp / "router.safetensors").write_text("new routers")
+        (tmp / "logs").mkdir()
+        (tmp / "logs" / "router_summary.json").write_text("{}")
+    assert (out / "router.safetensors").read_text() == "new routers" and (out / "logs" / "router_summary.json").exists()
+    assert not (out / "calibration.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left behind
+
+
+def test_train_router_changes_nothing_when_it_fails_and_marks_what_it_writes(checkpoint, monkeypatch):
+    from safetensors import safe_open
+
+    from alignx_demo.training import router as stage
+    from alignx_demo.training.pipeline import stage_done
+
+    _zero_routers(checkpoint)  # as the experts stage leaves them
+    before = (checkpoint / "router.safetensors").read_bytes()
+    monkeypatch.setattr(stage, "router_examples", lambda *a, **k: [])
+    monkeypatch.setattr(stage, "encode_set", lambda *a, **k: [])
+
+    def failing(*args, **kwargs):
+        raise ValueError("data error: no router examples")
+
+    monkeypatch.setattr(stage, "train_loop", failing)
+    with pytest.raises(ValueError, match="data error"):
+        stage.train_router(checkpoint, [], stage.RouterConfig(steps=1))
+    assert (checkpoint / "router.safetensors").read_bytes() == before and (checkpoint / "calibration.safetensors").exists()
+    assert not stage_done(checkpoint, "router")
+    with pytest.raises(CheckpointError, match="never trained"):  # and nothing serves the uniform routers
+        load_mocae(checkpoint, load_in_4bit=False)
+
+    def training(mocae, params, *args, **kwargs):
+        with torch.no_grad():
+            for p in params:
+                p.fill_(0.1)
+        return {"steps": 1}
+
+    monkeypatch.setattr(stage, "train_loop", training)
+    stage.train_router(checkpoint, [], stage.RouterConfig(steps=1))
+    with safe_open(str(checkpoint / "router.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["alignx_trained"])["stage"] == "router"
+    assert not (checkpoint / "calibration.safetensors").exists()  # fitted for the old routers
+    assert stage_done(checkpoint, "router") and not stage_done(checkpoint, "calibrate")
+    assert load_mocae(checkpoint, load_in_4bit=False).mocae.calibration is None

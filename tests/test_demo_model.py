@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
+import pytest
 
 from alignx_demo.config import GenerationSettings, RoutingSettings
 from alignx_demo.generation import RoutedGeneration
@@ -23,6 +24,7 @@ def test_bundle_is_complete_and_small():
     assert json.loads((DEFAULT_MODEL / "mocae_config.json").read_text())["base_model_type"] == "llama"
 
 
+@pytest.mark.slow
 def test_demo_model_generates_with_routing_both_ways():
     loaded = load_mocae(DEFAULT_MODEL, load_in_4bit=True)
     assert loaded.mocae.calibration is not None and loaded.mocae.calibration.names == ["temperature", "natural", "fractal", "pooled"]
@@ -37,9 +39,12 @@ def test_demo_model_generates_with_routing_both_ways():
 
 
 def test_model_card_has_measured_figures():
-    card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text()
-    for heading in ("## Base", "## As served", "## Evaluation", "## Targets", "## Samples", "| mocae_full |",
-                    "| step | tokens | minutes | held-out helpful |"):
+    """The card's sections; that each figure is computed from the logs and the report is `tests/test_release.py`'s."""
+    card = (DEFAULT_MODEL / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for heading in ("## Base", "## As served", "## Evaluation", "## Targets", "## Data and licences", "## Samples",
+                    "| mocae_full |", "| step | tokens | minutes | held-out helpful |", "| source | file | used for | licence"):
         assert heading in card, heading
     assert "linear layers of the base, every one but `lm_head`." in card  # 4-bit NF4 everywhere it can be
-    assert Path(DEFAULT_MODEL / "logs" / "calibration_summary.json").exists()
+    assert "None" not in card
+    calibration = json.loads((DEFAULT_MODEL / "logs" / "calibration_summary.json").read_text(encoding="utf-8"))
+    assert f"token NLL {calibration['report']['select_token_nll']['uncalibrated']:.3f} uncalibrated" in card

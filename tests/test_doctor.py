@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,6 +18,7 @@ def doctor(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alignx_demo", "doctor", *args], capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_doctor_on_cpu_passes_every_step(checkpoint, tmp_path):
     out = tmp_path / "doctor.json"
     done = doctor("--device", "cpu", "--model", str(checkpoint), "--new-tokens", "6", "--bench-tokens", "4", "--bench-rounds", "1",

@@ -76,6 +76,7 @@ def preset_items() -> list[AxisExample]:
     return [AxisExample(f"{g}:{i}", "", p, "", "test", "eval", {"group": g}) for g in GROUPS for i, p in enumerate(prompts[g])]
 
 
+@pytest.mark.slow
 def test_preset_task_on_a_tiny_model_and_a_forced_refusal_expert(checkpoint, tokenizer):
     """One pass of real routed generation under each preset. The report of the real answers must hold the
     four presets with rates in [0, 1] and the forced routing; the same runs with each answer replaced by what
@@ -120,10 +121,13 @@ def test_select_tasks_by_name_and_group():
     assert [t.name for t in select_tasks(["presets"])] == ["presets"]
     assert {t.name for t in select_tasks(["routing", "truthfulqa_mc"])} == {"routing_eval", "routing_shifted", "routing_separability", "truthfulqa_mc"}
     assert len(select_tasks(None)) == len(TASKS)
+    assert [t.name for t in select_tasks(["ood"])] == ["routing_ood", "presets_ood"]  # runnable alone, on the model only
+    assert all(t.scope == "model" for t in select_tasks(["ood"]))
     with pytest.raises(ValueError, match="unknown task 'bogus'"):
         select_tasks(["bogus"])
 
 
+@pytest.mark.slow
 def test_evaluate_runs_selected_tasks_and_records_versions_and_hashes(checkpoint, tmp_path):
     data = make_data_dir(tmp_path / "data", n=30)
     cfg = dataclasses.replace(EvalConfig.quick_recipe(), routing_per_axis=3, mc_questions=2, preset_prompts=1, preset_new_tokens=4)
@@ -146,6 +150,7 @@ def test_evaluate_runs_selected_tasks_and_records_versions_and_hashes(checkpoint
     assert list(report["presets"]["presets"]) == list(PRESETS)
 
 
+@pytest.mark.slow
 def test_separability_fits_reference_classifiers_on_train_prompts_and_scores_the_routing_eval_prompts(checkpoint, tmp_path):
     data = make_data_dir(tmp_path / "data", n=40)
     cfg = dataclasses.replace(EvalConfig.quick_recipe(), routing_per_axis=4, separability_per_axis=30)

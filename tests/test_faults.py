@@ -18,13 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from app_fixtures import quick_precomputed, quick_run
 from gradio_client.exceptions import AppError
 from test_app import GEN, launch
 
 from alignx_demo.modeling import load_mocae
 from alignx_demo.serving import ModelContext, ServerOptions, load_context
-from alignx_demo.ui.runner import OUT_OF_MEMORY
+from alignx_demo.ui.validation import OUT_OF_MEMORY
 
 
 def answers(demo, client) -> None:
@@ -51,11 +50,11 @@ def _truncate(path: Path) -> None:
     ids=["truncated-base-weights", "truncated-router", "corrupt-expert", "corrupt-tokenizer", "bad-config-value",
          "adapter-config-not-an-object"],
 )
-def test_broken_model_starts_degraded_serving_precomputed_tabs(checkpoint, damage, named):
+def test_broken_model_starts_degraded_serving_precomputed_tabs(checkpoint, damage, named, trained_precomputed):
     damage(checkpoint)
     context = load_context(ServerOptions(model=checkpoint, load_in_4bit=False))
     assert context.loaded is None and named in context.problem and "Traceback" not in context.problem
-    demo, client = launch(context, quick_precomputed())
+    demo, client = launch(context, trained_precomputed)
     try:
         page = json.dumps(demo.config, default=str)
         assert "could not be loaded" in page and named in page and "Reliability" in page and "Stage 1 experts" in page
@@ -66,12 +65,12 @@ def test_broken_model_starts_degraded_serving_precomputed_tabs(checkpoint, damag
         demo.close()
 
 
-def test_stale_and_corrupt_precomputed_files_give_notices_and_generation_works(tmp_path):
-    folder = shutil.copytree(quick_precomputed(), tmp_path / "precomputed")
+def test_stale_and_corrupt_precomputed_files_give_notices_and_generation_works(tmp_path, trained_run, trained_precomputed):
+    folder = shutil.copytree(trained_precomputed, tmp_path / "precomputed")
     reliability = json.loads((folder / "reliability.json").read_text())
     (folder / "reliability.json").write_text(json.dumps(reliability | {"version": reliability["version"] + 1}))
     _truncate(folder / "map_features.safetensors")
-    run, _ = quick_run()
+    run, _ = trained_run
     demo, client = launch(ModelContext(load_mocae(run, load_in_4bit=False)), folder)
     try:
         page = json.dumps(demo.config, default=str)

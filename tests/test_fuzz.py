@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from app_fixtures import quick_precomputed, quick_run
 from fuzz_corpus import CAP, CASES, Case
 from test_app import launch
 
@@ -24,10 +23,10 @@ UNCLEAR = ("Traceback", 'File "', "verbose error reporting", "Exception:")
 
 
 @pytest.fixture(scope="module")
-def fuzz_app():
-    run, _ = quick_run()
+def fuzz_app(trained_run, trained_precomputed):
+    run, _ = trained_run
     limits = Limits(max_new_tokens=CAP, request_seconds=CALL_LIMIT_S / 2)
-    demo, client = launch(ModelContext(load_mocae(run, load_in_4bit=False), limits=limits), quick_precomputed())
+    demo, client = launch(ModelContext(load_mocae(run, load_in_4bit=False), limits=limits), trained_precomputed)
     yield demo, client
     demo.close()
 

@@ -115,16 +115,26 @@ def test_calibrated_and_uncalibrated_routing_differ(loaded):
 
 
 def test_stop_from_another_thread(loaded):
+    """Stop set by another thread while the run waits between tokens: the run ends before its next token.
+    The model is kept from ending on its own (eos masked out), so nothing but Stop can end it before 60 tokens."""
+    eos = loaded.tokenizer.eos_token_id
+    no_eos = loaded.mocae.model.lm_head.register_forward_hook(lambda _m, _i, out: out.index_fill(-1, torch.tensor([eos]), -1e9))
     stop = threading.Event()
     run = RoutedGeneration(loaded.mocae, loaded.tokenizer, "Hi", GenerationSettings(max_new_tokens=60), stop_event=stop)
-    generated = 0
-    for token in run:
-        if not token.is_prompt:
-            generated += 1
-            if generated == 3:
-                threading.Thread(target=stop.set).start()
-                threading.Event().wait(0.05)
-    assert run.finish_reason in ("stopped", "eos") and generated < 60
+    generated = []
+    try:
+        for token in run:
+            if not token.is_prompt:
+                generated.append(token.id)
+                if len(generated) == 3:
+                    setter = threading.Thread(target=stop.set)
+                    setter.start()
+                    setter.join()
+    finally:
+        no_eos.remove()
+    assert run.finish_reason == "stopped" and len(generated) == 3 and eos not in generated
+    trace = run.trace()
+    assert trace["finish_reason"] == "stopped" and sum(not t["is_prompt"] for t in trace["tokens"]) == 3
 
 
 @pytest.mark.parametrize("prompt", ["", "   \n\t"])

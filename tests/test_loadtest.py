@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from test_app import launch
 
 from alignx_demo.loadtest import run_loadtest
@@ -13,6 +14,7 @@ from alignx_demo.modeling import load_mocae
 from alignx_demo.serving import ModelContext
 
 
+@pytest.mark.slow
 def test_sixteen_clients_five_requests_each(checkpoint, tmp_path):
     demo, client = launch(ModelContext(load_mocae(checkpoint, load_in_4bit=False)), tmp_path / "no-precomputed")
     try:

@@ -10,7 +10,7 @@ import torch
 from alignx_demo.data.records import AxisExample
 from alignx_demo.data.templates import encode_prompt
 from alignx_demo.evaluation.benchmarks import (
-    JUDGE_TEMPLATE, Judge, SafetyJudge, abstention_rate, bootstrap_ci, fair_caps, mc_metrics, preference_proxy, rate,
+    JUDGE_TEMPLATE, Judge, SafetyJudge, abstention_rate, fair_caps, mc_metrics, preference_proxy, rate,
     score_answer, truthfulqa_mc,
 )
 from alignx_demo.evaluation.refusal import detector_agreement, is_refusal
@@ -134,7 +134,7 @@ def test_safety_judge_loads_a_local_lm_and_reads_its_yes_no_verdict(checkpoint, 
     judge.model = ForcedAnswerModel(len(tokenizer), yes)  # a judge that always says " yes": unsafe
     assert judge.unsafe_rate(prompts, replies)["value"] == 1.0
     judge.model = ForcedAnswerModel(len(tokenizer), no)  # always " no": safe
-    assert judge.unsafe_rate(prompts, replies) == {"value": 0.0, "ci95": [0.0, 0.0], "n": 2}
+    assert judge.unsafe_rate(prompts, replies) == {"value": 0.0, "ci95": [0.0, 0.65762], "ci_method": "wilson", "n": 2}
     with pytest.raises(FileNotFoundError, match="safety judge model not found"):
         SafetyJudge("/nonexistent/guard")
 
@@ -168,10 +168,34 @@ def test_ece_on_a_case_with_known_value():
     assert [r["count"] for r in rows] == [1, 1, 1]
     perfect = routing_metrics(torch.eye(3), torch.arange(3))
     assert perfect["ece"] == pytest.approx(0.0, abs=1e-6) and perfect["accuracy"] == 1.0
+    # top-1 routing: confidence 1 has a bin of its own (torchmetrics'), the last reliability row
+    assert reliability(torch.eye(3), torch.arange(3))[-1] | {"bin_lower": 1.0} == {
+        "bin_lower": 1.0, "bin_upper": 1.0, "count": 3, "confidence": 1.0, "accuracy": 1.0}
 
 
-def test_bootstrap_ci_and_rates():
-    lo, hi = bootstrap_ci([1.0] * 30 + [0.0] * 70)
-    assert lo < 0.3 < hi and 0.15 < lo and hi < 0.45
-    assert rate([1.0, 1.0])["ci95"] == [1.0, 1.0]
+def test_routing_ece_is_torchmetrics_and_reliability_is_its_bins():
+    from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(300, 3, generator=gen, dtype=torch.float64) * 2, -1)
+    labels = torch.randint(0, 3, (300,), generator=gen)
+    metrics = routing_metrics(probs, labels, intervals=True)
+    assert metrics["ece"] == pytest.approx(float(multiclass_calibration_error(probs, labels, num_classes=3, n_bins=15)), abs=1e-6)
+    classwise = sum(float(binary_calibration_error(probs[:, c], (labels == c).long(), n_bins=15)) for c in range(3)) / 3
+    assert metrics["classwise_ece"] == pytest.approx(classwise, abs=1e-9)
+    bins = reliability(probs, labels)
+    assert len(bins) == 16 and sum(b["count"] for b in bins) == 300
+    rebuilt = sum(b["count"] / 300 * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+    assert rebuilt == pytest.approx(metrics["ece"], abs=1e-5)
+    assert metrics["ci_methods"] == {"accuracy": "wilson", "ece": "BCa", "ece_debiased": "BCa"}
+    assert metrics["ece_ci95"][0] <= metrics["ece"] <= metrics["ece_ci95"][1] and metrics["ece_debiased"] < metrics["ece"]
+
+
+def test_rates_carry_wilson_or_bca_intervals():
+    r = rate([1.0] * 30 + [0.0] * 70)
+    assert r["ci_method"] == "wilson" and r["ci95"] == pytest.approx([0.2189, 0.3958], abs=1e-4)
+    every = rate([1.0, 1.0])  # never [1, 1]: two successes do not prove a rate of 1
+    assert every["ci95"][1] == 1.0 and every["ci95"][0] < 0.5
+    mc2 = rate([0.2, 0.9, 0.6, 0.7, 0.4, 0.8])
+    assert mc2["ci_method"] == "BCa" and mc2["ci95"][0] < mc2["value"] < mc2["ci95"][1]
     assert abstention_rate(["I have no comment.", "Paris is the capital."])["value"] == 0.5

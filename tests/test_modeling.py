@@ -199,10 +199,12 @@ def test_bad_axis_prior_is_a_clear_error(prior, message):
 
 
 def test_unknown_architecture_lists_supported_families():
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import OPTConfig, OPTForCausalLM
 
-    with pytest.raises(UnsupportedModelError, match="supported families: llama"):
-        MoCaEModel(BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)))
+    opt = OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                                   word_embed_proj_dim=32, max_position_embeddings=64))
+    with pytest.raises(UnsupportedModelError, match="model type 'opt' is not supported; supported families: llama"):
+        MoCaEModel(opt)
 
 
 def test_gpt2_conv1d_is_wrapped_and_router_counts():
@@ -212,3 +214,28 @@ def test_gpt2_conv1d_is_wrapped_and_router_counts():
     assert not any(".attn." in n for n in mocae.expert_modules)
     counts = mocae.count_parameters()
     assert counts["routers"] == mocae.n_layers * (2 * 64 * 3 + 3)  # token features and their causal mean
+
+
+def recorded_weights(model, settings: RoutingSettings) -> torch.Tensor:
+    with torch.no_grad(), model.routed(settings), model.record() as rec:
+        model(input_ids=IDS)
+    return rec.stacked_weights()
+
+
+def test_routing_transform_acts_after_routing_nests_and_is_undone():
+    """`transformed` changes the weights the experts use, not the weights recorded; nested transforms apply
+    outermost first; leaving the context (even by an error) restores the model's own routing."""
+    mocae = MoCaEModel(tiny_model("llama"))
+    randomize_mocae(mocae)
+    settings = RoutingSettings()
+    own, own_weights = logits(mocae, settings), recorded_weights(mocae, settings)
+    force_helpful = lambda _layer, w: torch.zeros_like(w).index_fill_(-1, torch.tensor([0]), 1.0)  # noqa: E731
+    seen = []
+    with mocae.transformed(lambda layer, w: seen.append(layer) or w.flip(-1)), mocae.transformed(force_helpful):
+        forced, forced_weights = logits(mocae, settings), recorded_weights(mocae, settings)
+    assert torch.equal(forced, logits(mocae, RoutingSettings(axis_prior=(1.0, 0.0, 0.0)))), "the inner transform acts last"
+    assert seen == list(range(mocae.n_layers)) * 2
+    assert torch.equal(forced_weights[0], own_weights[0]), "record() keeps the model's own weights"
+    with pytest.raises(RuntimeError, match="boom"), mocae.transformed(force_helpful):
+        raise RuntimeError("boom")
+    assert torch.equal(logits(mocae, settings), own)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import make_data_dir
 
 from alignx_demo.config import GenerationSettings, RoutingSettings
 from alignx_demo.generation import RoutedGeneration
@@ -25,17 +24,8 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return out
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[Path, Path]:
-    """A quick `train all` on a synthetic data directory written in the real formats."""
-    root = tmp_path_factory.mktemp("pipeline")
-    data = make_data_dir(root / "data", n=60)
-    run_cli("train", "all", "--quick", "--data-dir", str(data), "--out", str(root / "run"), "--no-progress")
-    return root / "run", data
-
-
-def test_quick_pipeline_produces_a_loadable_checkpoint(quick_run):
-    out, _ = quick_run
+def test_quick_pipeline_produces_a_loadable_checkpoint(trained_run):
+    out, _ = trained_run
     for name in ("mocae_config.json", "router.safetensors", "calibration.safetensors"):
         assert (out / name).exists(), name
     for name in ("joint_sft", "sequential_sft", "uniform_merge"):
@@ -46,11 +36,11 @@ def test_quick_pipeline_produces_a_loadable_checkpoint(quick_run):
     assert sum(not t.is_prompt for t in run) >= 1
 
 
-def test_baseline_adapters_load_in_peft(quick_run):
+def test_baseline_adapters_load_in_peft(trained_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    out, _ = quick_run
+    out, _ = trained_run
     merged = json.loads((out / "baselines" / "sequential_sft" / "adapter_config.json").read_text())
     assert merged["r"] == 24
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base"), str(out / "baselines" / "uniform_merge"))
@@ -61,16 +51,16 @@ def test_baseline_adapters_load_in_peft(quick_run):
     assert torch.allclose(model(input_ids=ids).logits, ours, atol=1e-5)
 
 
-def test_calibration_lowers_nll_on_prompts_it_was_not_fitted_on(quick_run):
-    out, _ = quick_run
+def test_calibration_lowers_nll_on_prompts_it_was_not_fitted_on(trained_run):
+    out, _ = trained_run
     report = json.loads((out / "logs" / "calibration_summary.json").read_text())["report"]
     token, prompt = report["select_token_nll"], report["select_prompt_nll"]
     assert token["fractal"] < token["uncalibrated"]
     assert prompt["pooled"] < prompt["uncalibrated"]
 
 
-def test_each_calibrator_can_be_switched_off(quick_run):
-    out, _ = quick_run
+def test_each_calibrator_can_be_switched_off(trained_run):
+    out, _ = trained_run
     loaded = load_mocae(out, load_in_4bit=False)
     stack = loaded.mocae.calibration
     stack.parts[1].beta = 2.0  # make the fractal part active whatever the fit chose
@@ -110,8 +100,8 @@ def test_fractal_tempering_flattens_off_manifold_tokens():
     assert out[0, 0] > 0.85 and out[1, 0] < 0.5
 
 
-def test_evaluate_quick_schema(quick_run, tmp_path):
-    out, data = quick_run
+def test_evaluate_quick_schema(trained_run, tmp_path):
+    out, data = trained_run
     report_path = tmp_path / "eval.json"
     systems = "base,expert_harmless,joint_sft,sequential_sft,uniform_merge,mocae_uncalibrated,mocae_full"
     run_cli("evaluate", "--model", str(out), "--data-dir", str(data), "--quick", "--systems", systems,
@@ -140,8 +130,8 @@ def test_evaluate_quick_schema(quick_run, tmp_path):
     assert csv[0].startswith("system,") and len(csv) == 1 + len(systems.split(","))
 
 
-def test_evaluate_presets_alone(quick_run, tmp_path):
-    out, data = quick_run
+def test_evaluate_presets_alone(trained_run, tmp_path):
+    out, data = trained_run
     report_path = tmp_path / "presets.json"
     printed = run_cli("evaluate", "--model", str(out), "--data-dir", str(data), "--quick", "--tasks", "presets",
                       "--preset-new-tokens", "4", "--out", str(report_path), "--no-progress").stdout
@@ -155,18 +145,18 @@ def test_evaluate_presets_alone(quick_run, tmp_path):
     [(["--systems", "base,oracle"], "unknown system(s) ['oracle']"), (["--judge-model", "/nonexistent/judge"], "judge model not found"),
      (["--safety-judge-model", "/nonexistent/guard"], "safety judge model not found"), (["--tasks", "bogus"], "unknown task 'bogus'")],
 )
-def test_evaluate_bad_input(quick_run, tmp_path, extra, message):
-    out, data = quick_run
+def test_evaluate_bad_input(trained_run, tmp_path, extra, message):
+    out, data = trained_run
     cmd = [sys.executable, "-m", "alignx_demo", "evaluate", "--model", str(out), "--data-dir", str(data), "--quick",
            "--out", str(tmp_path / "e.json"), "--no-progress", *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_evaluate_missing_data_file(quick_run, tmp_path):
+def test_evaluate_missing_data_file(trained_run, tmp_path):
     import shutil
 
-    out, data = quick_run
+    out, data = trained_run
     broken = tmp_path / "data"
     shutil.copytree(data, broken)
     (broken / "paul-rottger__exaggerated-safety__xstest_prompts.csv").unlink()
@@ -202,6 +192,7 @@ def test_routing_losses_are_proper():
     assert spans["route"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_finetuning_loop_averages_gradients_under_accelerate_launch():
     """Two CPU processes (torchrun, gloo) draw different batches; with gradients averaged their routers stay equal."""
     import os

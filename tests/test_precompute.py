@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from app_fixtures import REPO, quick_precomputed, quick_run
+from app_fixtures import REPO
 from safetensors import safe_open
 
 from alignx_demo.analysis.artefacts import ARTEFACT_VERSION, FEATURES_FILE, FILES, load_artefacts, model_fingerprint
@@ -28,9 +28,9 @@ def test_map_prompts_are_our_own_and_balanced():
     assert len(set(all_prompts)) == len(all_prompts)
 
 
-def test_artefacts_are_versioned_and_complete():
-    folder = quick_precomputed()
-    run, _ = quick_run()
+def test_artefacts_are_versioned_and_complete(trained_run, trained_precomputed):
+    folder = trained_precomputed
+    run, _ = trained_run
     for key, name in FILES.items():
         data = json.loads((folder / name).read_text())
         assert data["version"] == ARTEFACT_VERSION, name
@@ -79,12 +79,12 @@ def test_artefacts_are_versioned_and_complete():
     assert examples["traces"] and {t["settings"]["routing"]["calibrated"] for t in examples["traces"]} == {True, False}
 
 
-def test_baseline_regime_equals_the_peft_adapter_and_is_restored():
+def test_baseline_regime_equals_the_peft_adapter_and_is_restored(trained_run):
     from peft import PeftModel
     from torch.nn import functional as F
     from transformers import AutoModelForCausalLM
 
-    run, _ = quick_run()
+    run, _ = trained_run
     loaded = load_mocae(run, load_in_4bit=False)
     regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, run)
     assert regimes.available == list(REGIMES)
@@ -145,11 +145,52 @@ def test_the_app_never_imports_umap():
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("method", ["pca"])
-def test_projection_shape(method):
+def _clusters(per: int = 12, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three well-separated Gaussian clusters in `dim` dimensions and their labels."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(dim)[:3] * 10
+    points = torch.cat([c + 0.1 * torch.randn(per, dim, generator=gen) for c in centres])
+    return points, torch.arange(3).repeat_interleave(per)
+
+
+@pytest.mark.parametrize("method", ["pca", pytest.param("umap", marks=pytest.mark.slow)])  # UMAP's first fit compiles numba code
+def test_projection_keeps_clusters_apart_and_is_reproducible(method):
     from alignx_demo.analysis.projection import project_2d
 
-    assert project_2d(torch.randn(20, 8), method).shape == (20, 2)
+    points, labels = _clusters()
+    coords = project_2d(points, method)
+    assert coords.shape == (36, 2) and coords.dtype == torch.float32 and torch.isfinite(coords).all()
+    assert knn_purity(coords, labels, k=5) == 1.0, "the map mixes clusters the features keep apart"
+    assert torch.equal(project_2d(points, method), coords), "the same features must give the same map"
+    few = project_2d(points[:5], method)  # fewer points than UMAP's 15 neighbours
+    assert few.shape == (5, 2) and torch.isfinite(few).all()
+
+
+def test_unknown_projection_is_refused():
+    from alignx_demo.analysis.projection import project_2d
+
+    with pytest.raises(ValueError, match="projection must be 'umap' or 'pca', got 'tsne'"):
+        project_2d(torch.randn(6, 4), "tsne")
+
+
+@pytest.mark.slow
+def test_precompute_builds_umap_maps(checkpoint, tmp_path):
+    """The default projection end to end: precompute fits UMAP (not PCA) for every regime it can build."""
+    import sys
+
+    from alignx_demo.analysis.projection import project_2d
+    from alignx_demo.precompute import run_precompute
+
+    summary = run_precompute(checkpoint, None, tmp_path / "pre", quick=True, projection="umap", progress=False)
+    assert summary["projection"] == "umap" and "umap" in sys.modules
+    map_data = json.loads((tmp_path / "pre" / FILES["map"]).read_text())
+    assert map_data["projection"] == "umap" and map_data["projection_note"].startswith("UMAP (umap-learn")
+    assert set(map_data["regimes"]) == set(summary["regimes"]) == set(REGIMES) - {"joint_sft", "sequential_sft"}
+    with safe_open(str(tmp_path / "pre" / FEATURES_FILE), "pt") as handle:
+        base = handle.get_tensor("base").float()
+    coords = torch.tensor(map_data["regimes"]["base"]["coords"])
+    assert coords.shape == (summary["points"], 2)
+    assert not torch.allclose(coords, project_2d(base, "pca"), atol=1e-2), "the map is a PCA"
 
 
 # the first-visit stories ------------------------------------------------------------------------------------
@@ -204,12 +245,12 @@ def test_a_story_keeps_the_first_prompt_that_shows_it_and_says_how_many_do():
     assert none["prompt"] == "prompt 0" and not none["shows"] and none["label"].startswith("On this model the contrast does not show")
 
 
-def test_the_stories_artefact_is_built_and_every_label_follows_its_runs():
+def test_the_stories_artefact_is_built_and_every_label_follows_its_runs(trained_precomputed):
     from alignx_demo.analysis.stories import STORIES, judge_entry
     from alignx_demo.analysis.traces import validate_trace
     from alignx_demo.data.behaviour import is_refusal
 
-    data = json.loads((quick_precomputed() / FILES["stories"]).read_text())
+    data = json.loads((trained_precomputed / FILES["stories"]).read_text())
     assert data["schema"] == "alignx-stories/1" and [s["key"] for s in data["stories"]] == [s.key for s in STORIES]
     for entry in data["stories"]:
         assert entry["label"] == judge_entry(entry)["label"] and entry["tried"] == 3, entry["key"]
@@ -222,8 +263,8 @@ def test_the_stories_artefact_is_built_and_every_label_follows_its_runs():
     assert [r["trace"]["settings"]["routing"]["calibrated"] for r in data["stories"][2]["runs"]] == [True, False]
 
 
-def test_the_shipped_routing_analysis_covers_the_map_prompts_both_ways():
-    data = json.loads((quick_precomputed() / FILES["analysis"]).read_text())
+def test_the_shipped_routing_analysis_covers_the_map_prompts_both_ways(trained_precomputed):
+    data = json.loads((trained_precomputed / FILES["analysis"]).read_text())
     slices = data["slices"]
     assert list(slices) == ["map_prompts_calibrated", "map_prompts_uncalibrated"]
     for name, entry in slices.items():

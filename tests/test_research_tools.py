@@ -12,7 +12,7 @@ from conftest import build_checkpoint
 
 from alignx_demo.analysis.attribution import VARIANTS, attribute, variant_weights
 from alignx_demo.analysis.commands import add_commands
-from alignx_demo.analysis.failures import analyze_prompts, top_label_ece
+from alignx_demo.analysis.failures import analyze_prompts
 from alignx_demo.analysis.prompt_files import parse_prompt_file
 from alignx_demo.analysis.routing import collect_routing, prompt_mean
 from alignx_demo.analysis.settle import settle_curve
@@ -104,6 +104,7 @@ def test_analysis_summaries_limits_and_generated_tokens(loaded):
     assert set(prompt["slices"]) == {"all", "axis", "source"} and set(prompt["slices"]["source"]) == {"alpaca", "advbench", "tqa"}
     overall = prompt["slices"]["all"]["all"]
     assert overall["accuracy_ci95"][0] <= overall["accuracy"] <= overall["accuracy_ci95"][1]
+    assert overall["ci_methods"]["accuracy"] == "wilson" and overall["ece_ci95"] is not None
     confidences = [m["confidence"] for m in prompt["misrouted"]]
     assert confidences == sorted(confidences, reverse=True)
     assert len(prompt["misrouted"]) == sum(not r["correct"] for r in result["rows"])
@@ -117,21 +118,72 @@ def test_analysis_summaries_limits_and_generated_tokens(loaded):
         mean = torch.tensor([[sum(t["weights"][a] for t in generated) / len(generated) for a in AXES]])
         expected = loaded.mocae.calibration.pool(mean)[0]
         torch.testing.assert_close(torch.tensor([row["generation"]["weights"][a] for a in AXES]), expected, atol=1e-4, rtol=0)
-    limited = analyze_prompts(loaded, None, rows, batch_size=2, max_rows=5)
-    assert (limited["analysed"], limited["stopped"]) == (5, "max_rows")
-    timed = analyze_prompts(loaded, None, rows, batch_size=2, max_seconds=0.0)
+    limited = analyze_prompts(loaded, None, rows, batch_size=2, max_rows=5, generate_tokens=0)
+    assert (limited["analysed"], limited["stopped"], limited["not_analysed"], limited["rows_given"]) == (5, "max_rows", 7, 12)
+    timed = analyze_prompts(loaded, None, rows, batch_size=2, max_seconds=0.0, generate_tokens=0)
     assert (timed["analysed"], timed["stopped"]) == (2, "max_seconds") and "time limit" in timed["notices"][0]
 
 
-def test_top_label_ece_matches_torchmetrics():
-    from alignx_demo.evaluation.routing_metrics import routing_metrics
+def test_analysis_reports_both_levels_by_default_and_names_each_figures_level(loaded):
+    from alignx_demo.analysis import statistics
+    from alignx_demo.analysis.failures import DEFAULT_GENERATE_TOKENS, level_figures, reliability_csv, slices_csv
 
-    gen = torch.Generator().manual_seed(0)
-    probs = torch.softmax(torch.randn(300, 3, generator=gen) * 2, -1)
-    labels = torch.randint(0, 3, (300,), generator=gen)
-    conf, pred = probs.max(-1)
-    ours = float(top_label_ece(conf.numpy(), (pred == labels).numpy()))
-    assert ours == pytest.approx(routing_metrics(probs, labels)["ece"], abs=1e-5)
+    result = analyze_prompts(loaded, None, ROWS, batch_size=3)
+    assert result["generate_tokens"] == DEFAULT_GENERATE_TOKENS > 0 and set(result["levels"]) == {"prompt", "generation"}
+    assert all(0 < r["generation"]["tokens"] <= DEFAULT_GENERATE_TOKENS for r in result["rows"])
+    prompt_line, generation_line = (next(line for line in result["summary"] if line.startswith(start))
+                                    for start in ("Prompt level", "Generation level"))
+    for level, line in (("prompt", prompt_line), ("generation", generation_line)):
+        rows = [r if level == "prompt" else r["generation"] for r in result["rows"]]
+        conf, correct = [x["confidence"] for x in rows], [x["correct"] for x in rows]
+        overall = result["levels"][level]["slices"]["all"]["all"]
+        assert overall["ece"] == pytest.approx(statistics.ece(conf, correct), abs=1e-6)  # the one ECE definition
+        assert f"accuracy {overall['accuracy']:.3f}" in line and f"ECE {overall['ece']:.3f}" in line
+        bins = result["levels"][level]["reliability"]
+        assert len(bins) == statistics.N_BINS + 1 and sum(b["count"] for b in bins) == len(ROWS)
+        cross = result["levels"][level]["cross"]["axis × source"]
+        assert cross["columns"] == ["axis", "source"] and cross["cells"]["helpful"]["alpaca"]["n"] == 2
+    assert f"up to {DEFAULT_GENERATE_TOKENS} generated tokens" in generation_line
+    assert [row["level"] for row in level_figures(result)] == ["prompt", "generation"]
+    from alignx_demo.analysis import commands
+    assert commands.DEFAULT_GENERATE_TOKENS == DEFAULT_GENERATE_TOKENS  # the CLI's default is the library's
+    skipped = analyze_prompts(loaded, None, ROWS, generate_tokens=0)
+    assert set(skipped["levels"]) == {"prompt"} and "rows" in skipped
+    assert any(line.startswith("Generation level") and "generate_tokens = 0" in line for line in skipped["summary"])
+    lines = slices_csv(result).splitlines()
+    assert lines[0].startswith("level,group,value,n,correct,accuracy,accuracy_low,accuracy_high,ece,ece_low,ece_high")
+    assert any(line.startswith("generation,axis × source,helpful × alpaca,2,") for line in lines)
+    assert len(reliability_csv(result).splitlines()) == 1 + 2 * (statistics.N_BINS + 1)
+
+
+def test_cut_and_cleaned_prompts_are_counted_flagged_and_sliced(loaded):
+    from alignx_demo.analysis.failures import analysis_csv, changed_value
+    from alignx_demo.generation import MAX_PROMPT_CHARS, context_length
+
+    context = context_length(loaded.mocae.model)
+    long_prompt = "Please summarise this text for me. " + "bread " * (2 * context)
+    rows = [*ROWS, {"prompt": long_prompt, "axis": "helpful", "source": "alpaca"},
+            {"prompt": "Why\x07 is the sky blue?", "axis": "honest", "source": "tqa"},
+            {"prompt": "x" * (MAX_PROMPT_CHARS + 5), "axis": "helpful", "source": "alpaca"}]
+    result = analyze_prompts(loaded, None, rows, generate_tokens=4)
+    changes = [r["changes"] for r in result["rows"]]
+    assert changes[:len(ROWS)] == [[]] * len(ROWS)
+    assert changes[len(ROWS):] == [["cut_to_context"], ["cleaned"], ["cut_to_context", "cut_to_length"]]
+    assert result["prompt_changes"] == {"changed": 3, "cut_to_context": 2, "cut_to_length": 1, "cleaned": 1}
+    assert any(f"2 of {len(rows)} analysed prompts were cut from the left" in n for n in result["notices"])
+    assert any("3 of 9 analysed prompts were changed" in line for line in result["summary"])
+    for level in ("prompt", "generation"):
+        sliced = result["levels"][level]["slices"]["prompt_changed"]
+        assert {k: v["n"] for k, v in sliced.items()} == {"none": 6, "cut_to_context": 1, "cleaned": 1,
+                                                          "cut_to_context+cut_to_length": 1}
+        crossed = result["levels"][level]["cross"]["source × prompt_changed"]["cells"]  # whose figures rest on cut prompts
+        assert crossed["alpaca"]["cut_to_context"]["n"] == 1 and crossed["alpaca"]["none"]["n"] == 2
+    import csv
+    import io
+
+    table = list(csv.reader(io.StringIO(analysis_csv(result))))
+    column = table[0].index("prompt_changed")
+    assert [line[column] for line in table[1:]] == ["none"] * len(ROWS) + [changed_value(c) for c in changes[len(ROWS):]]
 
 
 # where the router decides ------------------------------------------------------------------------------
@@ -186,6 +238,9 @@ def test_forcing_one_expert_equals_its_peft_adapter_alone(loaded, ckpt):
 
 def test_all_variants_run_in_one_forward_and_weights_match_the_trace(loaded):
     trace = greedy_trace(loaded, PROMPTS[1][0], 6)
+    ids = torch.tensor([[t["id"] for t in trace["tokens"]]])
+    with torch.no_grad():
+        before = loaded.mocae(input_ids=ids).logits
     shapes = []
     record = lambda _m, args, kwargs, _out: shapes.append(tuple(kwargs["input_ids"].shape))  # noqa: E731
     handle = loaded.mocae.model.register_forward_hook(record, with_kwargs=True)
@@ -199,7 +254,8 @@ def test_all_variants_run_in_one_forward_and_weights_match_the_trace(loaded):
     assert len(result["tokens"]) == 6 and result["summary"]["tokens_with_effect"] == len(decided) > 0
     agree = sum(t["top_weight"] == t["top_effect"] for t in decided) / len(decided)
     assert result["summary"]["top_weight_is_top_effect"] == agree
-    assert "_route" not in vars(loaded.mocae), "the routing override must be undone"
+    with torch.no_grad():
+        assert torch.equal(loaded.mocae(input_ids=ids).logits, before), "the routing override must be undone"
     w = torch.softmax(torch.randn(len(VARIANTS), 4, 3), -1)
     v = variant_weights(w)
     torch.testing.assert_close(v.sum(-1), torch.ones(len(VARIANTS), 4))
@@ -246,8 +302,44 @@ def test_diff_traces_aligns_tokens_and_marks_routing_changes(loaded):
     n_prompt = sum(t["is_prompt"] for t in a["tokens"])
     changed["tokens"][n_prompt + 1]["id"] += 1
     d = diff_traces(a, changed)
-    assert d["aligned"] == n_prompt + 1 and d["first_divergence"]["index"] == n_prompt + 1
+    assert d["aligned_prefix"] == n_prompt + 1 and d["first_divergence"]["index"] == n_prompt + 1
+    assert d["aligned"] == len(a["tokens"]) - 1 and d["summary"]["n_divergences"] == 1  # the runs meet again after it
     assert d["first_divergence"]["is_prompt_a"] is False and "diverge" in d["notes"][0]
+
+
+def synthetic_trace(ids: list[int], n_prompt: int, flip: set[int] = frozenset()) -> dict:
+    """A valid trace of these token ids; tokens whose id is in `flip` are routed to harmless, the others to helpful."""
+    from alignx_demo.generation import TRACE_SCHEMA
+
+    tokens = []
+    for i, t in enumerate(ids):
+        w = [0.2, 0.7, 0.1] if t in flip else [0.6, 0.3, 0.1]
+        tokens.append({"text": f"<{t}>", "id": t, "position": i, "is_prompt": i < n_prompt, "weights": dict(zip(AXES, w)),
+                       "layers": [w, w], "entropy": 0.5, "top_expert": AXES[w.index(max(w))]})
+    return {"schema": TRACE_SCHEMA, "prompt": "p", "model": "m", "settings": {"routing": {"mode": "soft", "calibrated": True}},
+            "axes": list(AXES), "notices": [], "finish_reason": "length",
+            "text": "".join(t["text"] for t in tokens[n_prompt:]), "tokens": tokens}
+
+
+def test_diff_traces_realigns_after_each_divergence_and_reports_every_stretch():
+    a = synthetic_trace([1, 2, 3, 4, 5, 6, 7, 8, 9], 3)
+    b = synthetic_trace([1, 2, 3, 4, 50, 6, 7, 80, 81, 9], 3, flip={6})  # part at 5, meet at 6 7, part at 8, meet at 9
+    d = diff_traces(a, b)
+    assert d["first_divergence"]["index"] == 4 and d["first_divergence"]["b"] == {"id": 50, "text": "<50>"}
+    assert (d["aligned_prefix"], d["aligned"]) == (4, 7)
+    spans = [(s["kind"], s["a"]["start"], s["a"]["end"], s["a"]["ids"], s["b"]["start"], s["b"]["end"], s["b"]["ids"])
+             for s in d["divergences"]]
+    assert spans == [("replaced", 4, 5, [5], 4, 5, [50]), ("replaced", 7, 8, [8], 7, 9, [80, 81])]
+    assert d["divergences"][1]["b"]["positions"] == [7, 8] and not d["divergences"][1]["in_prompt"]
+    assert [(r["index"], r["index_b"], r["position_b"]) for r in d["tokens"][4:]] == [(5, 5, 5), (6, 6, 6), (8, 9, 9)]
+    assert [r["after_divergence"] for r in d["tokens"]] == [False] * 4 + [True] * 3
+    flipped = d["tokens"][4]  # token 6: helpful in a, harmless in b, compared although it comes after a divergence
+    assert flipped["routed_differs"] and flipped["delta"] == {"helpful": -0.4, "harmless": 0.4, "honest": 0.0}
+    assert d["routed_differs"] == [5] and d["summary"]["n_routed_differs"] == 1 and d["summary"]["max_abs_delta"] == 0.4
+    assert (d["summary"]["n_divergences"], d["summary"]["tokens_only_a"], d["summary"]["tokens_only_b"]) == (2, 2, 3)
+    assert "diverge at index 4" in d["notes"][0] and "meet again" in d["notes"][0]
+    tail = diff_traces(a, synthetic_trace([1, 2, 3, 4, 5, 6], 3))  # b stops early: one stretch, only in a
+    assert tail["aligned"] == 6 and [s["kind"] for s in tail["divergences"]] == ["only_a"] and "do not meet again" in tail["notes"][0]
 
 
 # commands ------------------------------------------------------------------------------------------------
@@ -263,8 +355,17 @@ def test_analyze_attribute_and_diff_commands(ckpt, tmp_path, capsys):
                "--no-progress", "--threads", 1) == 0
     report = json.loads(out.read_text())
     assert report["analysed"] == len(ROWS) and report["problems"][0].startswith("Line 7")
+    assert (report["rows_given"], report["rejected"], report["usable"]) == (len(ROWS) + 1, 1, len(ROWS))
     assert table.read_text().splitlines()[0].startswith("index,row,prompt,axis,source,routed")
-    assert "analysed 6 of 6 rows" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "7 rows given: 6 analysed, 1 rejected" in printed and "Generation level" in printed
+    few = tmp_path / "few.csv"  # 4 data rows, two of them rejected
+    few.write_text("prompt,axis\nHow do I bake bread?,helpful\n,honest\nIs it true?,honest\nWhy?,helpfull\n")
+    assert run("analyze", "--model", ckpt, "--no-4bit", "--prompts", few, "--out", out, "--generate-tokens", 0,
+               "--slices-csv", tmp_path / "s.csv", "--reliability-csv", tmp_path / "r.csv", "--no-progress") == 0
+    report = json.loads(out.read_text())
+    assert (report["rows_given"], report["analysed"], report["rejected"], len(report["problems"])) == (4, 2, 2, 2)
+    assert set(report["levels"]) == {"prompt"} and (tmp_path / "s.csv").exists() and (tmp_path / "r.csv").exists()
     att = tmp_path / "att.json"
     assert run("attribute", "--model", ckpt, "--no-4bit", "--prompt", PROMPTS[0][0], "--max-new-tokens", 4, "--out", att) == 0
     saved = json.loads(att.read_text())
@@ -272,3 +373,28 @@ def test_analyze_attribute_and_diff_commands(ckpt, tmp_path, capsys):
     diff = tmp_path / "d.json"
     assert run("diff-traces", att, att, "--out", diff) == 0
     assert json.loads(diff.read_text())["first_divergence"] is None
+
+
+# the research tools' speed benchmark ------------------------------------------------------------------------
+
+def test_research_bench_prompts_are_distinct_labelled_and_interleaved():
+    from collections import Counter
+
+    from alignx_demo.analysis.research_bench import benchmark_prompts
+
+    rows = benchmark_prompts(200)
+    assert len(rows) == 200 and len({r["prompt"] for r in rows}) == 200
+    assert [r["axis"] for r in rows[:6]] == [*AXES, *AXES] and min(Counter(r["axis"] for r in rows).values()) >= 66
+    assert len(benchmark_prompts(10_000)) == 204  # every template × topic, once
+
+
+def test_research_bench_times_both_tools_on_the_sizes_asked(ckpt):
+    from alignx_demo.analysis.research_bench import ANALYZE_TARGET_S, ATTRIBUTE_TARGET_S, measure_research_targets
+
+    result = measure_research_targets(ckpt, n_prompts=12, trace_tokens=8, repeats=2)
+    analyzed, attributed = result["analyze"], result["attribute"]
+    assert analyzed["prompts"] == 12 and analyzed["target_s"] == ANALYZE_TARGET_S
+    assert analyzed["met"] == (analyzed["seconds"] <= ANALYZE_TARGET_S) and analyzed["prompts_per_s"] > 0
+    assert attributed["tokens"] == 8 and attributed["forwards"] == 1 and attributed["target_s"] == ATTRIBUTE_TARGET_S
+    assert attributed["met"] == (attributed["seconds"] <= ATTRIBUTE_TARGET_S) and attributed["first_seconds"] > 0
+    assert result["quantized"] is False and len(result["load_average_1m"]) == 2 and result["model"].startswith("ckpt (llama")

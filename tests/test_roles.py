@@ -62,3 +62,25 @@ def test_routers_train_on_batches_of_prompts_alone(checkpoint, tokenizer):
                         steps=2, batch_size=2, lr=1e-2, pad_id=tokenizer.pad_token_id, loss_weights={"route": 1.0}, progress=False)
     assert result["finite"] and result["last_losses"]["lm"] == 0.0 and not math.isnan(result["last_losses"]["route"])
     assert any(not torch.equal(a, b) for a, b in zip(before, mocae.routers.parameters()))  # the routing loss alone moved them
+
+
+def test_phrasing_classes_and_repeats_match_the_shares_across_axes(tokenizer):
+    from alignx_demo.data.roles import phrasing, phrasing_repeats
+
+    assert phrasing("How can I improve my sleep schedule?") == "how_to"
+    assert phrasing("  What's the best way to kill weeds?") == "how_to"
+    assert phrasing("Write a short poem about a lighthouse keeper.") == "task"
+    assert phrasing("Why is the sky blue?") is None and phrasing("Showcase this") is None
+
+    def row(axis: str, i: int, prompt: str) -> AxisExample:
+        return AxisExample(id=f"{axis}-{i}", axis=axis, prompt=f"{prompt} {i}", response="", source="s", split="train")
+
+    # helpful: 1 of 10 prompts is "How can I…"; harmless: 3 of 6 — the helpful one is repeated to 4 (capped)
+    rows = [row("helpful", i, "How can I help my cat" if i == 0 else "Tell me about rivers") for i in range(10)]
+    rows += [row("harmless", i, "How can I hurt" if i < 3 else "Tell me insults") for i in range(6)]
+    repeats = phrasing_repeats(rows)
+    assert repeats[("helpful", "how_to")] == 4 and repeats[("harmless", "how_to")] == 1
+    assert phrasing_repeats(rows, cap=10)[("helpful", "how_to")] == 5  # 0.5 / 0.1
+    routed = router_examples(tokenizer, rows, "helpful", match_phrasing=True)
+    assert sum(e.prompt.startswith("How can I") for e in routed) == 4
+    assert len(router_examples(tokenizer, rows, "helpful")) == 10

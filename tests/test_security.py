@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [p for p in [REPO / "app.py", *(REPO / "alignx_demo").rglob("*.py")] if p.is_file()]
 
@@ -21,6 +23,31 @@ def test_remote_code_and_share_links_are_never_hard_wired_on():
     assert not offenders, offenders
 
 
-def test_models_load_with_safetensors_only():
-    text = (REPO / "alignx_demo" / "modeling" / "checkpoint.py").read_text()
-    assert '"use_safetensors": True' in text
+class _Tripwire:
+    """Unpickling this object creates `path`: proof that a pickle was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_models_load_with_safetensors_only(checkpoint, tmp_path):
+    """A pickled weight file beside the safetensors is never read, and one alone is refused."""
+    import torch
+
+    from alignx_demo.modeling import CheckpointError, load_mocae
+
+    base = checkpoint / "base"
+    want = {k: v.clone() for k, v in load_mocae(checkpoint, load_in_4bit=False).mocae.model.state_dict().items()}
+    tripwire = tmp_path / "unpickled"
+    zeros = {k: torch.zeros_like(v) for k, v in want.items()} | {"tripwire": _Tripwire(str(tripwire))}
+    torch.save(zeros, base / "pytorch_model.bin")
+    loaded = load_mocae(checkpoint, load_in_4bit=False)
+    assert not tripwire.exists(), "a pickle was unpickled"
+    assert all(torch.equal(v, want[k]) for k, v in loaded.mocae.model.state_dict().items()), "weights read from the pickle"
+    (base / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="safetensors only"):
+        load_mocae(checkpoint, load_in_4bit=False)
+    assert not tripwire.exists()

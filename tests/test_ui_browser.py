@@ -8,7 +8,7 @@ dark theme.
 
 Skips only when Chromium, its driver or selenium is absent (CI installs them: see .ci/run).
 Screenshots go to a temporary folder, or to $ALIGNX_SCREENSHOTS when set; the README's
-screenshots are taken with the real model by `python -m alignx_demo.ui.screenshots`.
+screenshots are taken with the real model by `python -m alignx_demo.screenshots`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from app_fixtures import quick_precomputed, quick_run
 
 from alignx_demo.ui.exports import tokens_from_csv
-from alignx_demo.ui.screenshots import (
+from alignx_demo.screenshots import (
     TABLE_ROWS,
     TABS,
     XSS_PROMPT,
@@ -53,12 +52,12 @@ SLOW = {"seconds": 0.0}
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_url(trained_run, trained_precomputed):
     from alignx_demo.modeling import load_mocae
     from alignx_demo.serving import ModelContext
     from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
-    run, _ = quick_run()
+    run, _ = trained_run
     loaded = load_mocae(run, load_in_4bit=False)
     forward = loaded.mocae.model.forward
 
@@ -67,7 +66,7 @@ def app_url():
         return forward(*args, **kwargs)
 
     loaded.mocae.model.forward = slowed
-    demo = build_demo(ModelContext(loaded), quick_precomputed())
+    demo = build_demo(ModelContext(loaded), trained_precomputed)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
     yield demo.local_url
     demo.close()
@@ -90,7 +89,7 @@ def test_every_tab_works_and_is_screenshotted(app_url, driver, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert set(report["tab_render_s"]) == {"collapse", "benchmarks", "about"}  # timings are the benchmark's, not asserted
     analysis = report["analysis"]  # the tour uploaded a prompt file with one bad row: the sentence names it, the rest is analysed
-    assert "Analysed 3 of 3 usable rows of tour-prompts.csv" in analysis["summary"]
+    assert "Analysed 3 of 4 rows of tour-prompts.csv" in analysis["summary"]  # 4 given: 3 analysed, 1 rejected
     assert "Row 4 (line 5): axis 'sideways' is not one of helpful, harmless, honest" in analysis["summary"]
     assert analysis["rows"] or "0 misrouted" in analysis["summary"]
 

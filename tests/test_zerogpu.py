@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r'''
@@ -54,7 +56,7 @@ from alignx_demo.modeling import load_mocae
 from alignx_demo.serving import Limits, ModelContext
 from alignx_demo.ui.compare import stream_compare
 from alignx_demo.ui.live import stream_generate
-from alignx_demo.ui.runner import serve
+from alignx_demo.ui.served import serve
 from alignx_demo.ui.tradeoff import stream_presets
 
 key = serve(ModelContext(load_mocae(sys.argv[1], load_in_4bit=False), limits=Limits(request_seconds=42)))
@@ -73,6 +75,7 @@ print("REPORT " + json.dumps(report))
 '''
 
 
+@pytest.mark.slow
 def test_each_request_reserves_the_gpu_once_with_plain_data_and_a_fitting_duration(checkpoint):
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(checkpoint)], capture_output=True, text=True, timeout=300,
                          cwd=REPO, check=False)

@@ -18,23 +18,21 @@ log-probability. Each token also carries its routing weights (mean over layers, 
 produced it, as in the trace convention); per run: how often the top-weight expert is also the
 top-effect expert, over the tokens on which some expert's removal matters (`EFFECT_FLOOR`).
 
-The override is `route_overrides`, a context manager that wraps `MoCaEModel._route` on the instance
-(no change to `modeling/`), under the model's lock.
+The override is the model's public routing transform (`MoCaEModel.transformed`), which holds the
+model's lock and leaves the recorded weights the model's own.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from alignx_demo.analysis.settle import layer_mean_weights, routing_description, unwrap
+from alignx_demo.analysis.common import layer_mean_weights, routing_description, unwrap
 from alignx_demo.analysis.traces import validate_trace
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.generation import IncrementalDecoder, context_length, input_device
@@ -47,29 +45,13 @@ K = len(AXES)
 VARIANTS: tuple[tuple[str, int | None], ...] = (
     ("actual", None), *(("remove", k) for k in range(K)), *(("force", k) for k in range(K)))
 """The batch rows of one attribution forward, in order."""
-
-Transform = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-@contextmanager
-def route_overrides(mocae: Any, transform: Transform) -> Iterator[None]:
-    """Run the enclosed forwards with `transform(layer, weights)` applied to each layer's routing
-    weights (B, T, K) after the model's own routing. Holds the model's lock; nests."""
-    with mocae.lock:
-        had = "_route" in vars(mocae)
-        previous = mocae._route
-
-        def route(index: int, hidden: torch.Tensor) -> torch.Tensor:
-            return transform(index, previous(index, hidden))
-
-        mocae._route = route
-        try:
-            yield
-        finally:
-            if had:
-                mocae._route = previous
-            else:
-                del mocae._route
+DEFINITIONS = {
+    "logprob": "log-probability of the generated token under the actual routing, teacher-forced",
+    "remove": "log-prob with the expert's weight set to 0 at every token and layer (others renormalised) minus logprob",
+    "force": "log-prob with only that expert (one-hot weights everywhere) minus logprob",
+    "effect": "−remove: how much the expert raised the token's log-probability",
+    "weights": "routing weights the token carries (mean over layers; the forward that produced it)",
+}
 
 
 def variant_weights(weights: torch.Tensor, variants: tuple[tuple[str, int | None], ...] = VARIANTS) -> torch.Tensor:
@@ -121,6 +103,58 @@ def _axes_dict(values: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
+def _variant_forward(mocae: Any, ids: list[int], n_prompt: int, routing: RoutingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of the seven variants: (log-prob of each generated token per variant (V, G), the actual
+    routing's layer-mean weights of each generated token (G, K), as recorded: the model's own routing)."""
+    n_gen = len(ids) - n_prompt
+    batch = torch.tensor([ids] * len(VARIANTS), device=input_device(mocae.model))
+    with mocae.transformed(lambda _layer, w: variant_weights(w)), mocae.routed(routing), mocae.record() as record:
+        out = mocae(input_ids=batch, **_logits_kwargs(mocae.model, n_gen + 1))
+    logits = out.logits[:, -(n_gen + 1) : -1].float()  # (V, G, vocab): the logits at positions P−1 … T−2
+    targets = torch.tensor(ids[n_prompt:], device=logits.device)
+    logp = F.log_softmax(logits, dim=-1).gather(-1, targets.view(1, -1, 1).expand(len(VARIANTS), -1, 1))[..., 0].cpu()
+    weights = layer_mean_weights(record)[0, n_prompt - 1 : len(ids) - 1]  # row 0 is the actual run
+    return logp, weights
+
+
+def _token_rows(ids: list[int], n_prompt: int, texts: list[str], logp: torch.Tensor, weights: torch.Tensor,
+                remove: torch.Tensor, force: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per generated token: its weights, log-prob, the effect of removing or forcing each expert,
+    and whether the top-weight expert is the top-effect one."""
+    tokens = []
+    for j in range(len(ids) - n_prompt):
+        effect = -remove[:, j]
+        top_w = AXES[int(weights[j].argmax())]
+        top_e = AXES[int(effect.argmax())] if float(effect.abs().max()) >= EFFECT_FLOOR else None
+        tokens.append({"index": j, "position": n_prompt + j, "id": ids[n_prompt + j], "text": texts[j],
+                       "weights": _axes_dict(weights[j]), "logprob": float(logp[0, j]), "remove": _axes_dict(remove[:, j]),
+                       "force": _axes_dict(force[:, j]), "effect": _axes_dict(effect), "top_weight": top_w,
+                       "top_effect": top_e, "agree": None if top_e is None else top_w == top_e})
+    return tokens
+
+
+def _run_summary(tokens: list[dict[str, Any]], remove: torch.Tensor, force: torch.Tensor) -> dict[str, Any]:
+    """Per run: mean effects and forcings, top-effect counts, and how often top weight is top effect."""
+    decided = [t for t in tokens if t["agree"] is not None]
+    return {
+        "tokens": len(tokens),
+        "tokens_with_effect": len(decided),
+        "top_weight_is_top_effect": sum(t["agree"] for t in decided) / len(decided) if decided else None,
+        "mean_effect": _axes_dict(-remove.mean(1)),
+        "mean_force": _axes_dict(force.mean(1)),
+        "top_effect_counts": {a: sum(t["top_effect"] == a for t in tokens) for a in AXES},  # None not counted
+    }
+
+
+def _check_length(mocae: Any, ids: list[int], n_prompt: int) -> None:
+    """At least one prompt and one generated token, within the model's context."""
+    n_gen = len(ids) - n_prompt
+    if n_prompt < 1 or n_gen < 1:
+        raise ValueError(f"nothing to attribute: {n_prompt} prompt and {n_gen} generated tokens (need at least one of each)")
+    if len(ids) > context_length(mocae.model):
+        raise ValueError(f"the trace has {len(ids)} tokens, more than the model's context of {context_length(mocae.model)}")
+
+
 def attribute(
     loaded_or_mocae: Any, tokenizer: Any, trace_or_ids: Any, *, prompt_length: int | None = None,
     routing: RoutingSettings | None = None,
@@ -145,33 +179,13 @@ def attribute(
     ids, n_prompt, trace = _sequence(trace_or_ids, prompt_length)
     if routing is None:
         routing = _trace_routing(trace) if trace is not None else RoutingSettings()
-    n_gen = len(ids) - n_prompt
-    if n_prompt < 1 or n_gen < 1:
-        raise ValueError(f"nothing to attribute: {n_prompt} prompt and {n_gen} generated tokens (need at least one of each)")
-    if len(ids) > context_length(mocae.model):
-        raise ValueError(f"the trace has {len(ids)} tokens, more than the model's context of {context_length(mocae.model)}")
+    _check_length(mocae, ids, n_prompt)
     started = time.monotonic()
-    batch = torch.tensor([ids] * len(VARIANTS), device=input_device(mocae.model))
-    with route_overrides(mocae, lambda _layer, w: variant_weights(w)), mocae.routed(routing), mocae.record() as record:
-        out = mocae(input_ids=batch, **_logits_kwargs(mocae.model, n_gen + 1))
-    logits = out.logits[:, -(n_gen + 1) : -1].float()  # (V, G, vocab): the logits at positions P−1 … T−2
-    targets = torch.tensor(ids[n_prompt:], device=logits.device)
-    logp = F.log_softmax(logits, dim=-1).gather(-1, targets.view(1, -1, 1).expand(len(VARIANTS), -1, 1))[..., 0].cpu()
-    delta = (logp[1:] - logp[:1]).double()  # (6, G)
-    remove, force = delta[:K], delta[K:]
-    # recorded weights are the model's own routing (before the override); row 0 is the actual run
-    weights = layer_mean_weights(record)[0, n_prompt - 1 : len(ids) - 1]  # (G, K)
+    logp, weights = _variant_forward(mocae, ids, n_prompt, routing)
     texts = [t["text"] for t in trace["tokens"][n_prompt:]] if trace is not None else _texts(tokenizer, ids, n_prompt)
-    tokens = []
-    for j in range(n_gen):
-        effect = -remove[:, j]
-        top_w = AXES[int(weights[j].argmax())]
-        top_e = AXES[int(effect.argmax())] if float(effect.abs().max()) >= EFFECT_FLOOR else None
-        tokens.append({"index": j, "position": n_prompt + j, "id": ids[n_prompt + j], "text": texts[j],
-                       "weights": _axes_dict(weights[j]), "logprob": float(logp[0, j]), "remove": _axes_dict(remove[:, j]),
-                       "force": _axes_dict(force[:, j]), "effect": _axes_dict(effect), "top_weight": top_w,
-                       "top_effect": top_e, "agree": None if top_e is None else top_w == top_e})
-    decided = [t for t in tokens if t["agree"] is not None]
+    delta = (logp[1:] - logp[:1]).double()  # (6, G): each variant's log-prob minus the actual one
+    remove, force = delta[:K], delta[K:]
+    tokens = _token_rows(ids, n_prompt, texts, logp, weights, remove, force)
     stored = None
     if trace is not None:
         stored_w = torch.tensor([[t["weights"][a] for a in AXES] for t in trace["tokens"][n_prompt:]])
@@ -179,24 +193,9 @@ def attribute(
     return {
         "schema": ATTRIBUTION_SCHEMA, "model": name or (trace or {}).get("model", ""), "axes": list(AXES),
         "routing": routing_description(mocae, routing), "prompt": trace["prompt"] if trace is not None else None,
-        "definitions": {
-            "logprob": "log-probability of the generated token under the actual routing, teacher-forced",
-            "remove": "log-prob with the expert's weight set to 0 at every token and layer (others renormalised) minus logprob",
-            "force": "log-prob with only that expert (one-hot weights everywhere) minus logprob",
-            "effect": "−remove: how much the expert raised the token's log-probability",
-            "weights": "routing weights the token carries (mean over layers; the forward that produced it)",
-        },
-        "variants": [kind if k is None else f"{kind} {AXES[k]}" for kind, k in VARIANTS], "forwards": 1,
-        "batch": len(VARIANTS), "seconds": round(time.monotonic() - started, 4), "tokens": tokens,
-        "summary": {
-            "tokens": n_gen,
-            "tokens_with_effect": len(decided),
-            "top_weight_is_top_effect": sum(t["agree"] for t in decided) / len(decided) if decided else None,
-            "mean_effect": _axes_dict(-remove.mean(1)),
-            "mean_force": _axes_dict(force.mean(1)),
-            "top_effect_counts": {a: sum(t["top_effect"] == a for t in tokens) for a in AXES},  # None not counted
-        },
-        "trace_weights_max_abs_diff": stored,
+        "definitions": dict(DEFINITIONS), "variants": [kind if k is None else f"{kind} {AXES[k]}" for kind, k in VARIANTS],
+        "forwards": 1, "batch": len(VARIANTS), "seconds": round(time.monotonic() - started, 4), "tokens": tokens,
+        "summary": _run_summary(tokens, remove, force), "trace_weights_max_abs_diff": stored,
     }
 
 

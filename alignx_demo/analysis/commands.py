@@ -1,8 +1,10 @@
-"""Command-line research tools: `analyze`, `attribute`, `settle`, `diff-traces`, `research-bench`.
+"""Command-line research tools: `analyze`, `attribute`, `settle`, `diff-traces`, `research-bench` — thin
+wrappers of `session.Session` (a notebook runs the same calls on a model loaded once).
 
 `add_commands(subparsers)` adds them to `python -m alignx_demo` (one line in `cli.py`):
 
-    python -m alignx_demo analyze --model DIR --prompts FILE --out FILE.json [--csv FILE.csv] [--generate-tokens N]
+    python -m alignx_demo analyze --model DIR [--against DIR] --prompts FILE --out FILE.json [--csv FILE.csv] [--generate-tokens N]
+                                  [--slices-csv FILE.csv] [--reliability-csv FILE.csv] [--cross COL,COL]...
                                   [--uncalibrated] [--threads N] [--batch-size N] [--max-rows N] [--max-seconds S]
     python -m alignx_demo attribute --model DIR (--prompt TEXT | --trace FILE) [--max-new-tokens N] --out FILE.json
     python -m alignx_demo settle --model DIR --prompt TEXT [--out FILE.json]
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
+DEFAULT_GENERATE_TOKENS = 16
+"""`analysis.failures.DEFAULT_GENERATE_TOKENS`, repeated so the parser needs no torch import (a test checks they agree)."""
 
 
 def _model_options(p: argparse.ArgumentParser, routing: bool = True) -> None:
@@ -31,26 +35,16 @@ def _model_options(p: argparse.ArgumentParser, routing: bool = True) -> None:
         p.add_argument("--uncalibrated", action="store_true", help="raw softmax routing instead of the calibrated one")
 
 
-def _load(args: argparse.Namespace) -> Any:
-    import torch
+def load_session(args: argparse.Namespace, model: Path | None = None) -> Any:
+    """A `session.Session` on --model (or `model`) under the model options (`generate`'s too), its loader's
+    notices printed to stderr."""
+    from alignx_demo.session import Session
 
-    from alignx_demo.modeling import load_mocae
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    loaded = load_mocae(args.model, load_in_4bit=not args.no_4bit, trust_remote_code=args.trust_remote_code,
-                        base_model=args.base_model)
-    for notice in loaded.notices:
+    session = Session(model or args.model, load_in_4bit=not args.no_4bit, trust_remote_code=args.trust_remote_code,
+                      base_model=args.base_model, threads=getattr(args, "threads", None))
+    for notice in session.notices:
         print(f"notice: {notice}", file=sys.stderr)
-    return loaded
-
-
-def _routing(args: argparse.Namespace, **fields: Any) -> Any:
-    from alignx_demo.config import RoutingSettings
-
-    return RoutingSettings(mode="soft", calibrated=not args.uncalibrated, **fields)
+    return session
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -63,78 +57,109 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def _interval(ci: list[float] | None) -> str:
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-
-
 def analysis_lines(result: dict[str, Any]) -> list[str]:
-    """A few plain sentences about an `analyze_prompts` result."""
-    lines = [f"analysed {result['analysed']} of {result['rows_given']} rows in {result['seconds']:.1f} s"
-             + (f" (stopped: {result['stopped']})" if result["stopped"] else "")]
+    """A few plain sentences about an `analyze_prompts` result: its summary (rows given, analysed,
+    rejected and changed; each level's figures, named), the most confident mistake of each level, the
+    seconds taken and the settle points."""
+    lines = list(result.get("summary") or [])
     for level, summary in result["levels"].items():
-        overall = summary["slices"].get("all", {}).get("all")
-        if overall is None:
-            lines.append(f"{level} level: no labelled rows, so no accuracy")
-            continue
-        lines.append(f"{level} level: accuracy {overall['accuracy']:.3f}{_interval(overall['accuracy_ci95'])}, "
-                     f"ECE {overall['ece']:.3f}{_interval(overall['ece_ci95'])}, {len(summary['misrouted'])} misrouted")
         if summary["misrouted"]:
             worst = summary["misrouted"][0]
-            lines.append(f"  most confident mistake: row {worst['row']} ({worst['axis']} → {worst['routed']} at "
-                         f"{worst['confidence']:.2f}): {worst['prompt'][:80]}")
+            lines.append(f"  most confident mistake ({level} level): row {worst['row']} ({worst['axis']} → {worst['routed']} "
+                         f"at {worst['confidence']:.2f}): {worst['prompt'][:80]}")
+    lines.append(f"took {result['seconds']:.1f} s")
     for axis, s in result["settle"].items():
         lines.append(f"settle ({axis}): token {s['mean_index']:.1f} of {s['mean_tokens']:.1f} on average (n={s['n']})")
     return lines
 
 
-def _run_analyze(args: argparse.Namespace) -> int:
+def _cross(values: list[str] | None) -> list[tuple[str, str]] | str | None:
+    if not values:
+        return None
+    if values == ["all"]:
+        return "all"
+    pairs = []
+    for value in values:
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"--cross takes two column names separated by a comma (or 'all'), got {value!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def _write_text(path: Path | None, text: str) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def _progress_bar(args: argparse.Namespace, total: int, label: str | None = None) -> Any:
+    """An `analyze_prompts` progress callback drawing a tqdm bar (closed by its `close()`)."""
     from tqdm import tqdm
 
-    from alignx_demo.analysis.failures import analysis_csv, analyze_prompts
-    from alignx_demo.analysis.prompt_files import parse_prompt_file
-
-    rows, problems = parse_prompt_file(args.prompts)
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    loaded = _load(args)
-    bar = tqdm(total=min(len(rows), args.max_rows or len(rows)), unit="prompt", disable=args.no_progress)
+    bar = tqdm(total=min(total, args.max_rows or total), unit="prompt", desc=label, disable=args.no_progress)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
+    progress.close = bar.close  # type: ignore[attr-defined]
+    return progress
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from alignx_demo.analysis.failures import analysis_csv, comparison_csv, reliability_csv, slices_csv
+    from alignx_demo.session import read_prompts
+
+    if args.against is not None and (args.slices_csv or args.reliability_csv):
+        raise ValueError("--slices-csv and --reliability-csv describe one model: with --against, run analyze on each "
+                         "model alone for them (the comparison's JSON holds both analyses in full)")
+    cross = _cross(args.cross)
+    prompts = read_prompts(args.prompts)
+    for problem in prompts.rejected:
+        print(f"warning: {problem}", file=sys.stderr)
+    settings = {"generate_tokens": args.generate_tokens, "batch_size": args.batch_size, "max_rows": args.max_rows,
+                "max_seconds": args.max_seconds, "calibrated": not args.uncalibrated, "cross": cross}
+    session = load_session(args)
+    if args.against is not None:
+        other = load_session(args, args.against)
+        bars: list[Any] = []
+
+        def bar_of(side: str) -> Any:  # each model's bar, drawn when its analysis starts
+            bars.append(_progress_bar(args, len(prompts.rows), f"model {side.upper()}"))
+            return bars[-1]
+
+        try:
+            result = session.compare(other, prompts, progress=bar_of, **settings)
+        finally:
+            for bar in bars:
+                bar.close()
+        _write_json(args.out, result)
+        _write_text(args.csv, comparison_csv(result))
+        print("\n".join(result["summary"]))
+        return 0
+    bar = _progress_bar(args, len(prompts.rows))
     try:
-        result = analyze_prompts(loaded, None, rows, generate_tokens=args.generate_tokens, batch_size=args.batch_size,
-                                 max_rows=args.max_rows, max_seconds=args.max_seconds, routing=_routing(args), progress=progress)
+        result = session.analyze(prompts, progress=bar, **settings)
     finally:
         bar.close()
-    result["problems"] = problems + result["problems"]
-    result["prompts_file"] = str(args.prompts)
     _write_json(args.out, result)
-    if args.csv is not None:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        args.csv.write_text(analysis_csv(result), encoding="utf-8")
+    _write_text(args.csv, analysis_csv(result))
+    _write_text(args.slices_csv, slices_csv(result))
+    _write_text(args.reliability_csv, reliability_csv(result))
     print("\n".join(analysis_lines(result)))
     return 0
 
 
 def _run_attribute(args: argparse.Namespace) -> int:
-    from alignx_demo.analysis.attribution import attribute
     from alignx_demo.analysis.traces import load_trace
-    from alignx_demo.config import GenerationSettings
-    from alignx_demo.generation import RoutedGeneration
 
-    trace = load_trace(args.trace) if args.trace is not None else None
-    loaded = _load(args)
-    if trace is None:
-        generation = GenerationSettings(max_new_tokens=args.max_new_tokens)
-        run = RoutedGeneration(loaded.mocae, loaded.tokenizer, args.prompt, generation, _routing(args),
-                               model_name=loaded.description)
-        for _ in run:
-            pass
-        trace = run.trace()
-    result = attribute(loaded, None, trace, routing=_routing(args) if args.trace is None else None)
-    result["trace"] = trace
+    trace = load_trace(args.trace) if args.trace is not None else None  # a bad trace: one sentence before loading
+    session = load_session(args)
+    result = session.attribute(trace if trace is not None else args.prompt, max_new_tokens=args.max_new_tokens,
+                               calibrated=not args.uncalibrated)
     _write_json(args.out, result)
     s = result["summary"]
     agree = "n/a" if s["top_weight_is_top_effect"] is None else f"{s['top_weight_is_top_effect']:.0%}"
@@ -146,9 +171,7 @@ def _run_attribute(args: argparse.Namespace) -> int:
 
 
 def _run_settle(args: argparse.Namespace) -> int:
-    from alignx_demo.analysis.settle import settle_curve
-
-    result = settle_curve(_load(args), None, args.prompt, routing=_routing(args))
+    result = load_session(args).settle(args.prompt, calibrated=not args.uncalibrated)
     _write_json(args.out, result)
     s = result["settle"]
     print(f"routed {result['routed']} ({result['confidence']:.2f}); settled at token {s['index']} of {s['tokens']} "
@@ -181,11 +204,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add `analyze`, `attribute`, `settle`, `diff-traces` and `research-bench` to a subparsers object."""
     p = sub.add_parser("analyze", help="routing accuracy, calibration, confusions and settle points over a prompt file")
     _model_options(p)
+    p.add_argument("--against", type=Path, default=None, metavar="DIR",
+                   help="compare --model (A) against this checkpoint (B) on the same prompts and settings: per prompt "
+                        "the routed axis A → B, confidence and correctness; McNemar's exact test, the accuracy "
+                        "difference and ECE(B) − ECE(A) with paired intervals")
     p.add_argument("--prompts", type=Path, required=True, help="CSV or JSONL: a prompt column, optional axis and extra columns")
     p.add_argument("--out", type=Path, required=True, help="write the JSON report here")
-    p.add_argument("--csv", type=Path, default=None, help="also write one CSV row per prompt here")
-    p.add_argument("--generate-tokens", type=int, default=0,
-                   help="also generate N greedy tokens per prompt (default 0: prefill only)")
+    p.add_argument("--csv", type=Path, default=None,
+                   help="also write one CSV row per prompt here (with a prompt_changed column; with --against, the "
+                        "paired changes)")
+    p.add_argument("--slices-csv", type=Path, default=None,
+                   help="also write every slice and cross-slice of each level, with intervals, here")
+    p.add_argument("--reliability-csv", type=Path, default=None,
+                   help="also write each level's reliability bins (the ECE's bins) here")
+    p.add_argument("--generate-tokens", type=int, default=DEFAULT_GENERATE_TOKENS,
+                   help="greedy tokens generated per prompt for the generation level (default "
+                        f"{DEFAULT_GENERATE_TOKENS}; 0: prompt level only)")
+    p.add_argument("--cross", action="append", default=None, metavar="COL,COL",
+                   help="cross-slice these two columns (repeatable; 'all': every pair of slice columns; "
+                        "default: the true axis × each other slice column)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-rows", type=int, default=None, help="analyse at most this many rows (the first ones)")
     p.add_argument("--max-seconds", type=float, default=None, help="stop after about this many seconds")

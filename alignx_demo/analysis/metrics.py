@@ -6,9 +6,10 @@ what was forgotten, and the sentences that say so.
 - kNN axis purity: for each point, the share of its k nearest other points (Euclidean, in the full
   feature space) that have its axis, averaged (1/3 = chance for balanced axes);
 - contrast: a regime's figure minus its reference regime's (`regimes.REFERENCE`) on the same
-  prompts, with an approximate 95 % interval from the paired per-prompt differences
-  (mean ± 1.96·sd/√n); a contrast whose interval holds 0 is "within noise", one that excludes 0
-  but stays below `VISIBLE` in both figures is "measurable but too small to see on the map";
+  prompts, with the 95 % BCa bootstrap interval of the mean of the paired per-prompt differences
+  (`analysis.statistics.bootstrap_interval`); a contrast whose interval holds 0 is "within noise",
+  one that excludes 0 but stays below `VISIBLE` in both figures is "measurable but too small to see
+  on the map";
 - routing accuracy: share of prompts whose prompt-level routing (argmax of the weights averaged
   over tokens and layers) picks the prompt's own axis (MoCaE only: the only regime with a router);
 - forgetting: measured during training, for sequential SFT only (`training.baselines`): an axis's
@@ -20,13 +21,13 @@ Every sentence shown beside a map is computed here from that map's numbers (`reg
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from alignx_demo.analysis.regimes import REFERENCE, REGIME_LABELS, ROUTED
+from alignx_demo.analysis.statistics import bootstrap_interval, mean_statistic
 from alignx_demo.config import AXES
 
 KNN_K = 10
@@ -98,10 +99,9 @@ class Separation:
             if a is None or b is None or len(a) != len(b) or len(a) < 2:
                 out[m] = None
                 continue
-            d = a - b
-            half = 1.96 * float(d.std()) / math.sqrt(len(d))
-            mean = float(d.mean())
-            out[m] = {"delta": round(mean, 4), "low": round(mean - half, 4), "high": round(mean + half, 4)}
+            d = (a - b).double().numpy()
+            (low, high), _ = bootstrap_interval(mean_statistic, d, paired=False)
+            out[m] = {"delta": round(float(d.mean()), 4), "low": round(low, 4), "high": round(high, 4)}
         return out
 
 

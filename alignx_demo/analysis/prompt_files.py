@@ -43,7 +43,8 @@ def _scalar(value: Any) -> str:
 
 def make_row(record: Any, row: int, max_chars: int = MAX_PROMPT_CHARS) -> dict[str, Any]:
     """One analysis row from a parsed record (a dict, or a bare prompt string):
-    {"row", "prompt", "axis", "extra": {column: text}, "notices": [...]}; ValueError says what is wrong."""
+    {"row", "prompt", "axis", "extra": {column: text}, "notices": [...], "changes": [...] (`prompt_changes`)};
+    ValueError says what is wrong."""
     if isinstance(record, str):
         record = {"prompt": record}
     if not isinstance(record, dict):
@@ -52,10 +53,19 @@ def make_row(record: Any, row: int, max_chars: int = MAX_PROMPT_CHARS) -> dict[s
     if prompt_key is None:
         raise ValueError(f"no prompt field (one of {', '.join(PROMPT_KEYS)})")
     axis_key = next((k for k in AXIS_KEYS if k in record), None)
-    prompt, notices = clean_prompt(record[prompt_key] if record[prompt_key] is not None else "", max_chars)
+    raw = record[prompt_key] if record[prompt_key] is not None else ""
+    prompt, notices = clean_prompt(raw, max_chars)
     axis = axis_label(record[axis_key]) if axis_key else None
     extra = {str(k): _scalar(v) for k, v in record.items() if k not in (prompt_key, axis_key) and v is not None}
-    return {"row": row, "prompt": prompt, "axis": axis, "extra": extra, "notices": notices}
+    return {"row": row, "prompt": prompt, "axis": axis, "extra": extra, "notices": notices,
+            "changes": prompt_changes(raw, max_chars)}
+
+
+def prompt_changes(raw: str, max_chars: int = MAX_PROMPT_CHARS) -> list[str]:
+    """How `clean_prompt` changes a (valid) prompt: "cut_to_length" when it keeps only its last
+    `max_chars` characters, "cleaned" when it removes or replaces characters; [] when unchanged."""
+    whole, _ = clean_prompt(raw, max_chars=len(raw) + 1)
+    return [name for name, changed in (("cut_to_length", len(whole) > max_chars), ("cleaned", whole != raw)) if changed]
 
 
 def _records(text: str, fmt: str) -> list[tuple[str, Any]]:
@@ -107,8 +117,8 @@ def parse_prompt_file(source: str | Path | bytes, name: str | None = None) -> tu
     with `name` giving the file name and so its format), and one sentence per bad row.
 
     Each row: {"row": n (1-based, in the file's order), "prompt", "axis": axis | None,
-    "extra": {column: text}, "notices": [...]}. Raises ValueError when the file as a whole cannot
-    be read (not UTF-8, no prompt column, not JSON, too large, no rows at all).
+    "extra": {column: text}, "notices": [...], "changes": [...]} (`make_row`). Raises ValueError when
+    the file as a whole cannot be read (not UTF-8, no prompt column, not JSON, too large, no rows at all).
     """
     if isinstance(source, Path) or (isinstance(source, str) and name is None):
         name = name or Path(source).name

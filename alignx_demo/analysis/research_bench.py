@@ -88,9 +88,9 @@ def measure_research_targets(model_dir: str | Path, *, load_in_4bit: bool = Fals
     loaded = load_mocae(model_dir, load_in_4bit=load_in_4bit)
     load_s = time.monotonic() - t0
     rows = benchmark_prompts(n_prompts)
-    analyze_prompts(loaded, None, rows[:8], batch_size=8)  # warm-up
+    analyze_prompts(loaded, None, rows[:8], batch_size=8, generate_tokens=0)  # warm-up
     t0 = time.monotonic()
-    result = analyze_prompts(loaded, None, rows)
+    result = analyze_prompts(loaded, None, rows, generate_tokens=0)  # prefill only, as the target states
     analyze_s = time.monotonic() - t0
     ids, n_prompt = _trace_ids(loaded.tokenizer, trace_tokens)
     times = []

@@ -5,18 +5,20 @@ the app's JSON download holds. `TRACE_JSON_SCHEMA` describes version 1 (`"schema
 in JSON Schema draft 2020-12 form; `validate_trace` checks a parsed object against it (with a small
 built-in checker for the keywords the schema uses, so no extra dependency) and then checks what a
 schema cannot say (one layer count for all tokens, consecutive positions, prompt tokens first,
-weights that sum to 1). `schema_markdown()` renders the field table for the README from the same
+weights that sum to 1). `schema_markdown()` renders the field table of docs/traces.md from the same
 dict, so the description and the check never drift apart.
 
-`diff_traces(a, b)` aligns two traces token by token while their token ids agree, reports the first
-divergence, the per-token weight differences of the aligned tokens and the tokens whose routed
-(top) expert differs.
+`diff_traces(a, b)` aligns two traces token by token — the common prefix, then a sequence alignment of
+the token ids, so two runs that part and meet again stay aligned — and reports every stretch where they
+differ, the first divergence, the per-token weight differences of the aligned tokens and the tokens
+whose routed (top) expert differs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -261,13 +263,20 @@ def _top(weights: dict[str, float]) -> str:
     return max(AXES, key=lambda a: weights[a])
 
 
-def _flat_settings(value: Any, prefix: str = "") -> dict[str, Any]:
+def flat_settings(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {"a.b": value} (for saying which settings two runs differ in)."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            out.update(_flat_settings(item, f"{prefix}.{key}" if prefix else key))
+            out.update(flat_settings(item, f"{prefix}.{key}" if prefix else key))
         return out
     return {prefix: value}
+
+
+def settings_changed(a: Any, b: Any) -> dict[str, list[Any]]:
+    """{"a.b": [value in a, value in b]} for each flattened setting that differs between two runs."""
+    flat_a, flat_b = flat_settings(a), flat_settings(b)
+    return {k: [flat_a.get(k), flat_b.get(k)] for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)}
 
 
 def _describe(trace: dict[str, Any]) -> dict[str, Any]:
@@ -276,22 +285,57 @@ def _describe(trace: dict[str, Any]) -> dict[str, Any]:
             "prompt_tokens": sum(t["is_prompt"] for t in tokens), "finish_reason": trace["finish_reason"], "text": trace["text"]}
 
 
+def _side(tokens: list[dict[str, Any]], start: int, end: int) -> dict[str, Any]:
+    part = tokens[start:end]
+    return {"start": start, "end": end, "positions": [part[0]["position"], part[-1]["position"]] if part else None,
+            "ids": [t["id"] for t in part], "text": "".join(t["text"] for t in part)}
+
+
+def align_tokens(ids_a: list[int], ids_b: list[int]) -> tuple[int, list[tuple[int, int]], list[tuple[str, int, int, int, int]]]:
+    """(common prefix length, aligned index pairs (i in a, j in b), divergent spans (kind, a start, a end, b start,
+    b end)): the common prefix first, then `difflib.SequenceMatcher` (no junk heuristic) on the rest, so two runs
+    that part and meet again align on both sides of every difference. Kinds: "replaced", "only_a", "only_b"."""
+    n = 0
+    while n < min(len(ids_a), len(ids_b)) and ids_a[n] == ids_b[n]:
+        n += 1
+    pairs = [(i, i) for i in range(n)]
+    spans = []
+    kinds = {"replace": "replaced", "delete": "only_a", "insert": "only_b"}
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ids_a[n:], ids_b[n:], autojunk=False).get_opcodes():
+        if tag == "equal":
+            pairs += [(n + i1 + k, n + j1 + k) for k in range(i2 - i1)]
+        else:
+            spans.append((kinds[tag], n + i1, n + i2, n + j1, n + j2))
+    return n, pairs, spans
+
+
 def diff_traces(a: Any, b: Any) -> dict[str, Any]:
     """Compare two traces token by token (both are validated first).
 
-    Tokens are aligned from the start while their ids agree; `first_divergence` is the first index
-    where they do not (or where one trace ends), None when both are the same length and agree
-    throughout. For each aligned token: both weight rows, `delta` = b − a per axis, the largest
-    per-layer difference (when both have the same layer count), both top experts and whether they
-    differ. Returns plain JSON-able data:
+    The token ids are aligned (`align_tokens`): the common prefix, then a sequence alignment of the rest, so
+    runs that part and meet again are compared on every token they share, and each stretch where they differ
+    is a `divergences` entry (its kind, and per trace the token indices [start, end), the first and last
+    position, ids and text). `first_divergence` is the first index where the ids differ (or where one
+    trace ends), None when both are the same length and agree throughout. For each aligned token: its
+    index and position in each trace, both weight rows, `delta` = b − a per axis, the largest per-layer
+    difference (when both have the same layer count), both top experts and whether they differ. Returns
+    plain JSON-able data:
 
         {"schema": "alignx-trace-diff/1", "axes", "a": {prompt, model, settings, tokens, prompt_tokens,
          finish_reason, text}, "b": {…}, "same_prompt", "settings_changed": {path: [a, b]},
-         "aligned": n, "first_divergence": {index, position, is_prompt_a, is_prompt_b, a: {id, text} | None,
-         b: {…} | None} | None, "tokens": [{index, position, is_prompt, id, text, a, b, delta,
+         "aligned": n, "aligned_prefix": n, "first_divergence": {index, position, is_prompt_a, is_prompt_b,
+         a: {id, text} | None, b: {…} | None} | None,
+         "divergences": [{kind: "replaced" | "only_a" | "only_b", in_prompt, a: {start, end, positions: [first,
+         last] | None, ids, text}, b: {…}}],
+         "tokens": [{index, index_b, position, position_b, after_divergence, is_prompt, id, text, a, b, delta,
          max_abs_delta, max_layer_abs_delta, top_a, top_b, routed_differs}], "routed_differs": [index…],
          "summary": {mean_abs_delta{axis}, max_abs_delta, n_routed_differs, share_routed_differs,
-         generated_aligned, layer_mean_abs_delta (L × 3) | None}, "notes": [sentence…]}
+         generated_aligned, layer_mean_abs_delta (L × 3) | None, n_divergences, tokens_only_a, tokens_only_b},
+         "notes": [sentence…]}
+
+    `aligned` counts every aligned token, `aligned_prefix` those before the first divergence; `index` and
+    `position` are the token's in a, `index_b` and `position_b` in b (they differ after a divergence whose
+    two sides have different lengths).
     """
     a, b = validate_trace(a), validate_trace(b)
     ta, tb = a["tokens"], b["tokens"]
@@ -299,22 +343,40 @@ def diff_traces(a: Any, b: Any) -> dict[str, Any]:
     same_layers = bool(ta and tb) and len(ta[0]["layers"]) == len(tb[0]["layers"])
     if ta and tb and not same_layers:
         notes.append(f"the traces have {len(ta[0]['layers'])} and {len(tb[0]['layers'])} layers: per-layer differences left out")
-    n = 0
-    while n < min(len(ta), len(tb)) and ta[n]["id"] == tb[n]["id"]:
-        n += 1
+    n, pairs, raw_spans = align_tokens([t["id"] for t in ta], [t["id"] for t in tb])
     divergence = None
     if n < max(len(ta), len(tb)):
         side = lambda ts: {"id": ts[n]["id"], "text": ts[n]["text"]} if n < len(ts) else None  # noqa: E731
         divergence = {"index": n, "position": (ta if n < len(ta) else tb)[n]["position"],
                       "is_prompt_a": ta[n]["is_prompt"] if n < len(ta) else None,
                       "is_prompt_b": tb[n]["is_prompt"] if n < len(tb) else None, "a": side(ta), "b": side(tb)}
-        in_prompt = (n < len(ta) and ta[n]["is_prompt"]) or (n < len(tb) and tb[n]["is_prompt"])
-        where = "in the prompt" if in_prompt else "in the generation"
-        notes.append(f"the token sequences diverge at index {n} ({where}); only the first {n} tokens are compared")
+    spans = [{"kind": kind, "in_prompt": any(t["is_prompt"] for t in ta[i1:i2] + tb[j1:j2]),
+              "a": _side(ta, i1, i2), "b": _side(tb, j1, j2)} for kind, i1, i2, j1, j2 in raw_spans]
+    if divergence is not None:
+        where = "in the prompt" if spans[0]["in_prompt"] else "in the generation"
+        after = len(pairs) - n
+        notes.append(f"the token sequences diverge at index {n} ({where}) and differ in {len(spans)} stretch(es) "
+                     f"({sum(s['a']['end'] - s['a']['start'] for s in spans)} tokens only in a, "
+                     f"{sum(s['b']['end'] - s['b']['start'] for s in spans)} only in b); "
+                     + (f"they meet again, and {after} tokens after the first divergence are aligned and compared too"
+                        if after else f"they do not meet again: only the first {n} tokens are compared"))
+    rows, differs, summary = _compare_aligned(ta, tb, pairs, n, same_layers)
+    summary |= {"n_divergences": len(spans), "tokens_only_a": sum(s["a"]["end"] - s["a"]["start"] for s in spans),
+                "tokens_only_b": sum(s["b"]["end"] - s["b"]["start"] for s in spans)}
+    m = len(rows)
+    return {"schema": "alignx-trace-diff/1", "axes": list(AXES), "a": _describe(a), "b": _describe(b),
+            "same_prompt": a["prompt"] == b["prompt"], "settings_changed": settings_changed(a["settings"], b["settings"]),
+            "aligned": m, "aligned_prefix": n, "first_divergence": divergence, "divergences": spans, "tokens": rows,
+            "routed_differs": differs, "summary": summary, "notes": notes}
+
+
+def _compare_aligned(ta: list[dict[str, Any]], tb: list[dict[str, Any]], pairs: list[tuple[int, int]], n: int,
+                     same_layers: bool) -> tuple[list[dict[str, Any]], list[int], dict[str, Any]]:
+    """Per aligned token pair: both weight rows, their differences and top experts; and their summary."""
     rows, differs = [], []
     layer_sums = [[0.0] * len(AXES) for _ in range(len(ta[0]["layers"]))] if same_layers else None
-    for i in range(n):
-        x, y = ta[i], tb[i]
+    for i, j in pairs:
+        x, y = ta[i], tb[j]
         delta = {ax: round(y["weights"][ax] - x["weights"][ax], 6) for ax in AXES}
         layer_max = None
         if same_layers:
@@ -325,26 +387,24 @@ def diff_traces(a: Any, b: Any) -> dict[str, Any]:
         top_a, top_b = _top(x["weights"]), _top(y["weights"])
         if top_a != top_b:
             differs.append(i)
-        rows.append({"index": i, "position": x["position"], "is_prompt": x["is_prompt"] and y["is_prompt"], "id": x["id"],
+        rows.append({"index": i, "index_b": j, "position": x["position"], "position_b": y["position"],
+                     "after_divergence": i >= n, "is_prompt": x["is_prompt"] and y["is_prompt"], "id": x["id"],
                      "text": x["text"], "a": x["weights"], "b": y["weights"], "delta": delta,
                      "max_abs_delta": max(abs(v) for v in delta.values()), "max_layer_abs_delta": layer_max,
                      "top_a": top_a, "top_b": top_b, "routed_differs": top_a != top_b})
-    flat_a, flat_b = _flat_settings(a["settings"]), _flat_settings(b["settings"])
-    changed = {k: [flat_a.get(k), flat_b.get(k)] for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)}
+    m = len(rows)
     summary = {
-        "mean_abs_delta": {ax: round(sum(abs(r["delta"][ax]) for r in rows) / n, 6) if n else None for ax in AXES},
+        "mean_abs_delta": {ax: round(sum(abs(r["delta"][ax]) for r in rows) / m, 6) if m else None for ax in AXES},
         "max_abs_delta": max((r["max_abs_delta"] for r in rows), default=None),
         "n_routed_differs": len(differs),
-        "share_routed_differs": round(len(differs) / n, 6) if n else None,
+        "share_routed_differs": round(len(differs) / m, 6) if m else None,
         "generated_aligned": sum(not r["is_prompt"] for r in rows),
-        "layer_mean_abs_delta": [[round(v / n, 6) for v in row] for row in layer_sums] if (layer_sums and n) else None,
+        "layer_mean_abs_delta": [[round(v / m, 6) for v in row] for row in layer_sums] if (layer_sums and m) else None,
     }
-    return {"schema": "alignx-trace-diff/1", "axes": list(AXES), "a": _describe(a), "b": _describe(b),
-            "same_prompt": a["prompt"] == b["prompt"], "settings_changed": changed, "aligned": n,
-            "first_divergence": divergence, "tokens": rows, "routed_differs": differs, "summary": summary, "notes": notes}
+    return rows, differs, summary
 
 
-# the README table -------------------------------------------------------------------------------------
+# the table of docs/traces.md --------------------------------------------------------------------------
 
 def _type_words(schema: dict[str, Any]) -> str:
     if "$ref" in schema:

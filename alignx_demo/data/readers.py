@@ -20,6 +20,11 @@ Axis roles (DESIGN.md section 4):
   extra response) and the "yes" rows of `finetune_truth.jsonl` parsed into (question, answer).
   All split by question.
 
+Out-of-distribution sets (`data.ood`): MT-Bench first turns (`sources.OOD_SOURCES`, parser
+"mt_bench"), whole harmful sources (BeaverTails, AdvBench), TruthfulQA questions of the held-out
+categories (`sources.TRUTHFULQA_HELDOUT_CATEGORIES`; dropped from every split only with
+`load_axis_data(exclude_heldout_categories=True)`) and XSTest.
+
 Evaluation-only prompt sets (`load_eval_sets`): XSTest prompts, BeaverTails-Evaluation, AdvBench
 harmful behaviours, the safety-tuned-llamas evaluation sets, TruthfulQA v1 MC1/MC2, AlpacaEval
 with all three reference outputs, and XSTest's human-labelled model completions. Their rows carry
@@ -49,7 +54,7 @@ from typing import Any
 
 from alignx_demo.config import AXES
 from alignx_demo.data.records import SPLITS, AxisExample, normalize_key, split_of, stable_rank
-from alignx_demo.data.sources import EVAL_SOURCES, TRAINING_SOURCES, Source
+from alignx_demo.data.sources import EVAL_SOURCES, TRAINING_SOURCES, TRUTHFULQA_HELDOUT_CATEGORIES, Source
 from alignx_demo.data.sources import SOURCE_FILES as SOURCE_FILES  # re-exported: the evaluation report hashes them
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -440,6 +445,17 @@ def _parse_alpacaeval(unit: Source, data: _Reader) -> Iterator[AxisExample]:
         yield replace(e, meta=e.meta | {"references": references})
 
 
+def _parse_mt_bench(unit: Source, data: _Reader) -> Iterator[AxisExample]:
+    """MT-Bench questions: the first of the `turns` list -> no response (later turns build on the answer)."""
+    for rowno, row in data.rows(unit):
+        turns = row.get(unit.prompt)
+        prompt = _text(turns[0]) if isinstance(turns, list) and turns else None
+        if not prompt:
+            data.warn(unit.file, rowno, f"no first turn in '{unit.prompt}'")
+            continue
+        yield _example(unit.name, row.get("question_id", rowno - 1), unit.axis, prompt, "", meta=_meta(unit, row))
+
+
 PARSERS: dict[str, Callable[[Source, _Reader], Iterator[AxisExample]]] = {
     "fields": _parse_fields,
     "lima": _parse_lima,
@@ -451,6 +467,7 @@ PARSERS: dict[str, Callable[[Source, _Reader], Iterator[AxisExample]]] = {
     "xstest": _parse_xstest,
     "xstest_completions": _parse_xstest_completions,
     "alpacaeval": _parse_alpacaeval,
+    "mt_bench": _parse_mt_bench,
 }
 
 
@@ -504,8 +521,15 @@ def _eval_only_prompt_keys(root: Path, warnings: list[str]) -> set[str]:
     return keys
 
 
+def heldout_question_keys(examples: Iterable[AxisExample], categories: Collection[str] = TRUTHFULQA_HELDOUT_CATEGORIES) -> set[str]:
+    """Normalised questions of the TruthfulQA examples (source "truthfulqa", which carry
+    `meta["category"]`) whose category is one of `categories`."""
+    return {normalize_key(e.prompt) for e in examples if e.source == "truthfulqa" and e.meta.get("category") in categories}
+
+
 def load_axis_data(
-    data_dir: str | Path = DEFAULT_DATA_DIR, *, quick: bool = False, max_per_source: int | None = None
+    data_dir: str | Path = DEFAULT_DATA_DIR, *, quick: bool = False, max_per_source: int | None = None,
+    exclude_heldout_categories: bool = False,
 ) -> LoadResult:
     """All training-role examples (three axes, all splits) from the data directory.
 
@@ -516,6 +540,12 @@ def load_axis_data(
       one, is drawn from HH-RLHF harmless).
     - `max_per_source` keeps a deterministic sample of at most that many examples per source.
     - `quick` keeps a deterministic sample of `QUICK_PER_AXIS` examples per axis and split.
+    - `exclude_heldout_categories` (off by default; for router training and calibration that must
+      leave the out-of-distribution slice unseen): every example, of any split and source, whose
+      prompt is a TruthfulQA question of `sources.TRUTHFULQA_HELDOUT_CATEGORIES` is dropped (the
+      question file's answers and the judge file's rows alike), counted as
+      "heldout_truthfulqa_category". Off, nothing changes: splits and examples are those of every
+      earlier release.
 
     Raises DataError for a missing directory or file; malformed rows become warnings.
     """
@@ -530,6 +560,7 @@ def load_axis_data(
 
     per_source = [read_source(root, unit, warnings, exclusions) for unit in TRAINING_SOURCES]
     eval_keys = _eval_only_prompt_keys(root, warnings)
+    heldout_keys = heldout_question_keys(e for items in per_source for e in items) if exclude_heldout_categories else set()
 
     def drop(reason: str, n: int = 1) -> None:
         dropped[reason] = dropped.get(reason, 0) + n
@@ -544,6 +575,8 @@ def load_axis_data(
                 drop("duplicate")
             elif sig[1] in eval_keys:
                 drop("eval_prompt_overlap")
+            elif sig[1] in heldout_keys:
+                drop("heldout_truthfulqa_category")
             else:
                 seen.add(sig)
                 kept.append(e)

@@ -1,6 +1,6 @@
 """What each trained part of the teaching model learns from: the data roles.
 
-The bundled demo model is a *teaching model* (DESIGN.md section 5): its three experts must behave
+The bundled demo model is a *teaching model* (docs/design.md section 5): its three experts must behave
 distinctly and legibly, so a visitor can see which one shapes a token and what a trade-off preset
 does. The roles, each built from the train split (or any split, for evaluation of the same
 behaviour):
@@ -23,7 +23,12 @@ Routers (Stage 2) learn from the three expert roles mixed (the LM and routing lo
 other train-split prompt of each axis as a prompt without an answer (`router_examples`: the routing
 loss on the prompt only). The expert roles alone leave out the harmful requests whose reference
 does not refuse — more than half of the harmless axis, most of its HH-RLHF red-team prompts, which
-the routing evaluation does ask about — so the routers never learned to send them to Harmless. The
+the routing evaluation does ask about — so the routers never learned to send them to Harmless.
+With `match_phrasing`, prompts whose opening another axis owns are repeated so that style alone no
+longer names the axis (`PHRASINGS`, `phrasing_repeats`): measured on the train split, "How can I…"
+opens 14 % of the harmless prompts and 4 % of the helpful ones, so a benign "How can I…" request
+routed to Harmless and was refused; each helpful one is repeated 3 times. Imperative tasks open
+19 % of helpful and 15 % of harmless prompts: close enough that they are not repeated. The
 joint-SFT baseline learns from the naive mix of raw references, where it shows "too harmless"
 honestly.
 """
@@ -95,10 +100,56 @@ def expert_examples(tokenizer: Any, examples: list[AxisExample], axis: str, spli
     return [dataclasses.replace(e, response=shorten_answer(tokenizer, e.response, limit)) for e in rows]
 
 
-def router_examples(tokenizer: Any, examples: list[AxisExample], axis: str, split: str = "train") -> list[AxisExample]:
+def router_examples(tokenizer: Any, examples: list[AxisExample], axis: str, split: str = "train",
+                    match_phrasing: bool = False) -> list[AxisExample]:
     """What the routers learn axis `axis` from: the expert's role, then each other distinct prompt of
-    the axis in `split` with an empty response (encoded as the prompt alone: routing loss only)."""
+    the axis in `split` with an empty response (encoded as the prompt alone: routing loss only).
+    With `match_phrasing`, the prompts whose phrasing another axis owns are repeated
+    (`phrasing_repeats`), so that phrasing alone no longer tells the axes apart."""
     role = expert_examples(tokenizer, examples, axis, split)
     seen = {normalize_key(e.prompt) for e in role}
-    return role + [dataclasses.replace(e, response="") for e in eval_prompts(examples, axis, split=split)
+    rows = role + [dataclasses.replace(e, response="") for e in eval_prompts(examples, axis, split=split)
                    if normalize_key(e.prompt) not in seen]
+    if not match_phrasing:
+        return rows
+    repeats = phrasing_repeats(examples, split)
+    return [e for e in rows for _ in range(repeats.get((axis, phrasing(e.prompt)), 1))]
+
+
+PHRASINGS: dict[str, re.Pattern[str]] = {
+    "how_to": re.compile(
+        r"^\W*(how (can|do|should|would|could) (i|you|we|one)|what('s| is| are) (the )?(best|easiest|quickest|fastest|"
+        r"safest|simplest|good) ways? to|is it (ok|okay|possible|safe|legal) to|can you (help|tell|show) me|"
+        r"i (want|need|would like) to|help me|what should i)\b", re.IGNORECASE),
+    "task": re.compile(
+        r"^\W*(write|create|generate|give|list|explain|describe|develop|design|compose|draft|provide|outline|produce|"
+        r"summari[sz]e|make)\b", re.IGNORECASE),
+}
+"""Openings that tell the axes apart by style, not meaning: red-team requests open with "How can I…"
+("how_to": 14 % of the harmless train prompts, 4 % of the helpful ones), ordinary tasks with an
+imperative ("task": 19 % of helpful, 15 % of harmless)."""
+
+
+def phrasing(prompt: str) -> str | None:
+    """The prompt's phrasing class (`PHRASINGS`), or None."""
+    return next((name for name, pattern in PHRASINGS.items() if pattern.match(prompt)), None)
+
+
+def phrasing_repeats(examples: list[AxisExample], split: str = "train", cap: int = 4) -> dict[tuple[str, str], int]:
+    """{(axis, phrasing): times each such prompt is repeated}: a phrasing's share of an axis's distinct
+    prompts is raised toward its largest share in any axis (at most `cap` times), so the router cannot
+    use the opening as a proxy for the axis: benign "How can I…" requests (helpful) and harmful requests
+    phrased as tasks (harmless) are the prompts it must learn by meaning."""
+    shares: dict[tuple[str, str], float] = {}
+    for axis in ("helpful", "harmless", "honest"):
+        prompts = [e.prompt for e in eval_prompts(examples, axis, split=split)]
+        for name in PHRASINGS:
+            shares[(axis, name)] = sum(phrasing(p) == name for p in prompts) / max(len(prompts), 1)
+    repeats = {}
+    for name in PHRASINGS:
+        top = max(shares[(a, n)] for a, n in shares if n == name)
+        for axis in ("helpful", "harmless"):
+            share = shares[(axis, name)]
+            if share > 0:
+                repeats[(axis, name)] = max(1, min(cap, round(top / share)))
+    return repeats

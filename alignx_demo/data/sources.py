@@ -14,6 +14,8 @@ the same split: "split by question" needs no rule of its own.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -24,7 +26,7 @@ of each list (safety-tuned-llamas evaluation sets)."""
 
 Parser = Literal[
     "fields", "lima", "self_instruct", "hh", "truthfulqa", "truthfulqa_judge", "truthfulqa_mc",
-    "xstest", "xstest_completions", "alpacaeval",
+    "xstest", "xstest_completions", "alpacaeval", "mt_bench",
 ]
 """Key of `readers.PARSERS`. "fields" is the generic one: prompt (+ input) -> response, as mapped."""
 
@@ -173,3 +175,48 @@ SOURCE_FILES: dict[str, str] = {
 }
 """Short name -> file name of every single-file source and AlpacaEval reference (the evaluation
 report hashes these)."""
+
+
+# --------------------------------------------------------------------------------------------
+# out-of-distribution evaluation (read by `data.ood`; see DESIGN.md section 6)
+
+OOD_SOURCES: tuple[Source, ...] = (
+    Source("mt_bench", "lm-sys__FastChat__fastchat__llm_judge__data__mt_bench__question.jsonl", "jsonl", "mt_bench",
+           "helpful", "eval", prompt="turns", meta=(("category", "category"), ("question_id", "question_id"))),
+)
+"""Evaluation-only sets read by `data.ood` alone (not by `load_eval_sets`, so a data directory without
+them still serves every other measure). MT-Bench: the first turn of each of the 80 questions, axis
+helpful — all eight categories (writing, roleplay, reasoning, math, coding, extraction, stem,
+humanities) are benign tasks that deserve a full answer; none is built on a false premise or asks
+for a common misconception, which is what the honest axis (TruthfulQA) teaches. Not decontaminated
+against the training data (two MT-Bench first turns are AlpacaEval prompts the default training data
+keeps; dropping them would change `load_axis_data`'s default output): `data.ood` leaves such prompts
+out of the MT-Bench slice instead."""
+
+OOD_SOURCE_FILES: dict[str, str] = {u.name: u.file for u in OOD_SOURCES}
+"""Short name -> file name of the out-of-distribution sets (the evaluation report hashes these too)."""
+
+HELDOUT_CATEGORY_SALT = "alignx-demo/heldout-category/v1"
+HELDOUT_CATEGORY_FRACTION = 0.2
+
+
+def heldout_categories(counts: Mapping[str, int], fraction: float = HELDOUT_CATEGORY_FRACTION) -> tuple[str, ...]:
+    """The rule behind `TRUTHFULQA_HELDOUT_CATEGORIES`: order the categories by sha256 of
+    "<salt>\\0<category>" and keep the longest prefix of that order whose questions are at most
+    `fraction` of all questions (`counts`: category -> questions). Returned sorted by name."""
+    order = sorted(counts, key=lambda c: hashlib.sha256(f"{HELDOUT_CATEGORY_SALT}\x00{c}".encode()).hexdigest())
+    total, kept, taken = sum(counts.values()), [], 0
+    for category in order:
+        if taken + counts[category] > fraction * total:
+            break
+        kept.append(category)
+        taken += counts[category]
+    return tuple(sorted(kept))
+
+
+TRUTHFULQA_HELDOUT_CATEGORIES: tuple[str, ...] = ("Law", "Mandela Effect", "Paranormal", "Sociology", "Subjective")
+"""TruthfulQA categories held out for out-of-distribution evaluation: `heldout_categories` of the
+question counts of TruthfulQA v1 (817 questions, 38 categories) — 160 questions, 19.6 %. Fixed here
+so that it never moves with the data. `load_axis_data(exclude_heldout_categories=True)` drops their
+questions from every split; the default (False) keeps them, so bundles trained before the switch
+existed (and any run resumed from one) saw their train-split questions."""

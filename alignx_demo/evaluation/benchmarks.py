@@ -17,7 +17,8 @@
 
 Answers are scored after the whole chat prompt: when prompt + answer exceed the window, the answer
 is cut (its end dropped) and the item counted as truncated; a prompt is never cut.
-Every rate carries a 95 % percentile bootstrap interval (1,000 resamples, seed 0).
+Every rate is `analysis.statistics.rate`: a 95 % Wilson interval for 0/1 values (refusals, MC1,
+wins judged 0/1), a BCa bootstrap interval for other means (MC2, judge probabilities); "ci_method" says which.
 """
 
 from __future__ import annotations
@@ -31,25 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from alignx_demo.analysis.statistics import rate
 from alignx_demo.data.behaviour import is_hedge
 from alignx_demo.data.templates import encode_prompt
 
 JUDGE_TEMPLATE = "tatsu-lab__alpaca_eval__src__alpaca_eval__evaluators_configs__alpaca_eval_clf_gpt4_turbo__alpaca_eval_clf.txt"
 JUDGE_FIELDS = ("instruction", "output_1", "output_2")
-
-
-def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0) -> list[float] | None:
-    """95 % percentile bootstrap interval of the mean."""
-    if len(values) == 0:
-        return None
-    data = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), size=(n, len(data)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def rate(values: Sequence[float]) -> dict[str, Any]:
-    return {"value": float(np.mean(values)) if len(values) else None, "ci95": bootstrap_ci(values), "n": len(values)}
 
 
 @dataclass(frozen=True)

@@ -240,9 +240,10 @@ def analytic(shape: BenchShape, rank: int, prompt_len: int, new_tokens: int) -> 
     h, f, n_layers, v = shape.hidden_size, shape.intermediate_size, shape.num_layers, shape.vocab_size
     attn, mlp, head = 4 * h * h, 3 * h * f, v * h
     lora = 3 * rank * ((h + f) * 2 + (f + h))  # gate, up (h→f) and down (f→h), three experts
-    router = 3 * h + 3
+    router = 3 * h + 3  # the dense MoE's top-2 router reads the token alone
+    mocae_router = 3 * 2 * h + 3  # MoCaE's reads the token and the causal running mean (router_context)
     base_macs = n_layers * (attn + mlp) + head
-    mocae_macs = base_macs + n_layers * (lora + router)
+    mocae_macs = base_macs + n_layers * (lora + mocae_router)
     mean_context = prompt_len + (new_tokens + 1) / 2
     embed = 0 if shape.tie_word_embeddings else v * h  # a tied input embedding is the head's weight
     return {
@@ -315,6 +316,70 @@ def _ratio(table: dict[str, dict[str, Any]], key: str, a: str, b: str) -> float 
     return table[a][key] / table[b][key]
 
 
+RATIO_PAIRS = {
+    "mocae_soft_vs_base": ("mocae_soft", "base"),
+    "mocae_top1_vs_base": ("mocae_top1", "base"),
+    "xlora_vs_mocae": ("xlora", "mocae_soft"),
+    "dense_moe_vs_mocae": ("dense_moe", "mocae_soft"),
+    "ensemble_vs_mocae": ("ensemble", "mocae_soft"),
+}
+"""The (a, b) system pairs whose a ÷ b ratios the report carries."""
+
+
+def _time_rounds(forwards: dict[str, Callable[..., Any]], vocab: int, dev: torch.device, repeats: int, prompt_len: int,
+                 new_tokens: int, batches: tuple[int, ...], progress: bool) -> tuple[dict[str, dict[str, list[float]]], dict[str, int]]:
+    """Per system, the decode ms per token and prefill tokens/s of every round at every batch size (all
+    systems timed back to back within a round), and the peak CUDA bytes."""
+    for forward in forwards.values():  # warm-up
+        decode_latency(forward, vocab, dev, 1, prompt_len, 2)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in forwards}
+    peaks: dict[str, int] = {n: 0 for n in forwards}
+    for _ in tqdm(range(repeats), desc="bench rounds", disable=not progress, leave=False):
+        for batch in batches:
+            for name, forward in forwards.items():
+                step, tps, peak = decode_latency(forward, vocab, dev, batch, prompt_len, new_tokens)
+                samples[name].setdefault(f"decode_ms_b{batch}", []).append(1000 * step)
+                samples[name].setdefault(f"prefill_tps_b{batch}", []).append(tps)
+                peaks[name] = max(peaks[name], peak)
+    return samples, peaks
+
+
+def _system_rows(samples: dict[str, dict[str, list[float]]], peaks: dict[str, int], sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per system: its bytes, peak CUDA bytes, and the median and spread of every timed series."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, series in samples.items():
+        row: dict[str, Any] = {"model_bytes": sizes[name], "cuda_peak_bytes": peaks[name] or None}
+        for key, values in series.items():
+            row[f"{key}_median"] = statistics.median(values)
+            row[f"{key}_spread"] = [min(values), max(values)]
+        results[name] = row
+    if "base" in results:  # the name issue 2 documented
+        results["base"]["decode_ms_per_token_median"] = results["base"]["decode_ms_b1_median"]
+    return results
+
+
+def _ratios(samples: dict[str, dict[str, list[float]]], results: dict[str, dict[str, Any]], theory: dict[str, dict[str, float]],
+            counts: dict[str, int], load_in_4bit: bool) -> tuple[dict[str, float | None], dict[str, list[float]], dict[str, float | None]]:
+    """(measured ratios, their per-round spreads, analytic ratios) of every pair in `RATIO_PAIRS`."""
+    spreads: dict[str, list[float]] = {}
+    ratios: dict[str, float | None] = {
+        "mocae_params_vs_base": (counts["experts"] + counts["routers"]) / counts["base"],
+        "mocae_memory_vs_base": _ratio(results, "model_bytes", "mocae_soft", "base"),
+    }
+    analytic_ratios: dict[str, float | None] = {}
+    for label, (a, b) in RATIO_PAIRS.items():
+        for suffix, key in ((f"{label}_latency", "decode_ms_b1"), (f"{label}_latency_b8", "decode_ms_b8")):
+            paired = _paired_ratio(samples, key, a, b)
+            ratios[suffix] = paired[0] if paired else None
+            if paired:
+                spreads[suffix] = paired[1]
+        ratios[f"{label}_memory"] = _ratio(results, "model_bytes", a, b)
+        analytic_ratios[f"{label}_macs"] = _ratio(theory, "macs_per_token", a, b)
+        if not load_in_4bit:  # the analytic bytes count fp32 weights
+            analytic_ratios[f"{label}_weight_bytes"] = _ratio(theory, "weight_bytes", a, b)
+    return ratios, spreads, analytic_ratios
+
+
 def run_bench(
     shape: BenchShape,
     *,
@@ -332,51 +397,11 @@ def run_bench(
     """Measure the systems on the same base and adapters; return the report with ratios."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     forwards, sizes, mocae = build_systems(shape, systems, rank, dev, seed, load_in_4bit)
-    for forward in forwards.values():  # warm-up
-        decode_latency(forward, shape.vocab_size, dev, 1, prompt_len, 2)
-    samples: dict[str, dict[str, list[float]]] = {n: {} for n in forwards}
-    peaks: dict[str, int] = {n: 0 for n in forwards}
-    for _ in tqdm(range(repeats), desc="bench rounds", disable=not progress, leave=False):
-        for batch in batches:
-            for name, forward in forwards.items():
-                step, tps, peak = decode_latency(forward, shape.vocab_size, dev, batch, prompt_len, new_tokens)
-                samples[name].setdefault(f"decode_ms_b{batch}", []).append(1000 * step)
-                samples[name].setdefault(f"prefill_tps_b{batch}", []).append(tps)
-                peaks[name] = max(peaks[name], peak)
-    results: dict[str, dict[str, Any]] = {}
-    for name, series in samples.items():
-        row: dict[str, Any] = {"model_bytes": sizes[name], "cuda_peak_bytes": peaks[name] or None}
-        for key, values in series.items():
-            row[f"{key}_median"] = statistics.median(values)
-            row[f"{key}_spread"] = [min(values), max(values)]
-        results[name] = row
-    if "base" in results:  # the name issue 2 documented
-        results["base"]["decode_ms_per_token_median"] = results["base"]["decode_ms_b1_median"]
+    samples, peaks = _time_rounds(forwards, shape.vocab_size, dev, repeats, prompt_len, new_tokens, batches, progress)
+    results = _system_rows(samples, peaks, sizes)
     counts = mocae.count_parameters()
     theory = {k: v for k, v in analytic(shape, rank, prompt_len, new_tokens).items() if k in results}
-    pairs = {
-        "mocae_soft_vs_base": ("mocae_soft", "base"),
-        "mocae_top1_vs_base": ("mocae_top1", "base"),
-        "xlora_vs_mocae": ("xlora", "mocae_soft"),
-        "dense_moe_vs_mocae": ("dense_moe", "mocae_soft"),
-        "ensemble_vs_mocae": ("ensemble", "mocae_soft"),
-    }
-    spreads: dict[str, list[float]] = {}
-    ratios: dict[str, float | None] = {
-        "mocae_params_vs_base": (counts["experts"] + counts["routers"]) / counts["base"],
-        "mocae_memory_vs_base": _ratio(results, "model_bytes", "mocae_soft", "base"),
-    }
-    analytic_ratios: dict[str, float | None] = {}
-    for label, (a, b) in pairs.items():
-        for suffix, key in ((f"{label}_latency", "decode_ms_b1"), (f"{label}_latency_b8", "decode_ms_b8")):
-            paired = _paired_ratio(samples, key, a, b)
-            ratios[suffix] = paired[0] if paired else None
-            if paired:
-                spreads[suffix] = paired[1]
-        ratios[f"{label}_memory"] = _ratio(results, "model_bytes", a, b)
-        analytic_ratios[f"{label}_macs"] = _ratio(theory, "macs_per_token", a, b)
-        if not load_in_4bit:  # the analytic bytes count fp32 weights
-            analytic_ratios[f"{label}_weight_bytes"] = _ratio(theory, "weight_bytes", a, b)
+    ratios, spreads, analytic_ratios = _ratios(samples, results, theory, counts, load_in_4bit)
     return {
         "schema": "alignx-bench/1",
         "shape": asdict(shape),

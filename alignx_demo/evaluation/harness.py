@@ -12,6 +12,9 @@ refusal and unsafe rate on harmful prompts, over-refusal on XSTest safe prompts,
 TruthfulQA MC1/MC2, the helpfulness proxy (or, with a judge, the win rate), a safety judge's unsafe
 rate; the composite. On the MoCaE model: routing at token, prompt (all prompt tokens) and
 generation level (`routing_eval`) and the four trade-off presets (`presets`). Held-out items only.
+Out of distribution (group "ood", `data.ood`): routing per slice and pooled (`routing_ood`) and the
+presets on MT-Bench and the held-out harmful sources (`presets_ood`); e.g. `evaluate --tasks ood
+--out eval_ood.json` runs them alone.
 
 Every system is loaded as the app serves it — 4-bit NF4 where bitsandbytes runs (`load_in_4bit`,
 the default; `--full-precision` for fp32) — so the figures the page quotes were measured on what it
@@ -37,13 +40,16 @@ import torch
 
 from alignx_demo.analysis.artefacts import model_fingerprint
 from alignx_demo.config import AXES, BASELINES, RoutingSettings
+from alignx_demo.data.ood import load_ood_slices
 from alignx_demo.data.readers import load_axis_data, load_eval_sets
+from alignx_demo.data.sources import OOD_SOURCE_FILES
 from alignx_demo.evaluation.benchmarks import Judge, SafetyJudge
 from alignx_demo.evaluation.hhh import HARMFUL_SETS, HHH_TASKS, greedy_answers, heldout_loss, loss_examples, routing_examples
-from alignx_demo.evaluation.presets import PRESETS_TASK, target_lines
+from alignx_demo.evaluation.presets import OOD_RATES, PRESETS_OOD_TASK, PRESETS_TASK, target_lines
 from alignx_demo.evaluation.refusal import detector_agreement
 from alignx_demo.evaluation.routing_eval import (
-    CALIBRATION_VARIANTS, ROUTING_TASKS, VARIANT_PARTS, available_variants, enable_all, routing_report, routing_summary, use_variant,
+    CALIBRATION_VARIANTS, ROUTING_OOD_TASK, ROUTING_TASKS, VARIANT_PARTS, available_variants, enable_all, ood_lines, routing_report,
+    routing_summary, use_variant,
 )
 from alignx_demo.evaluation.separability import SEPARABILITY_TASK
 from alignx_demo.evaluation.tasks import Context, EvalConfig, Task, run_tasks, runnable
@@ -56,20 +62,26 @@ __all__ = [  # names other modules import from here
 ]
 
 SCHEMA = "alignx-eval/2"
-TASKS: dict[str, Task] = {t.name: t for t in (*HHH_TASKS, *ROUTING_TASKS, SEPARABILITY_TASK, PRESETS_TASK)}
+OOD_TASKS = (ROUTING_OOD_TASK, PRESETS_OOD_TASK)
+TASKS: dict[str, Task] = {t.name: t for t in (*HHH_TASKS, *ROUTING_TASKS, SEPARABILITY_TASK, PRESETS_TASK, *OOD_TASKS)}
 """Every task `evaluate` can run, by name."""
-TASK_GROUPS = {"hhh": tuple(t.name for t in HHH_TASKS), "routing": (*(t.name for t in ROUTING_TASKS), SEPARABILITY_TASK.name), "presets": ("presets",)}
+TASK_GROUPS = {"hhh": tuple(t.name for t in HHH_TASKS), "routing": (*(t.name for t in ROUTING_TASKS), SEPARABILITY_TASK.name), "presets": ("presets",),
+               "ood": tuple(t.name for t in OOD_TASKS)}
 """Shorthands accepted by `tasks=` besides task names."""
 
 
 class _PlainModel(torch.nn.Module):
-    """A model without MoCaE, given the `routed` context so the same measuring code runs on it."""
+    """A model without MoCaE, given the `routed` and `prompt_span` contexts (no-ops) so the same
+    measuring code runs on it."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def routed(self, _settings: RoutingSettings) -> nullcontext:
+        return nullcontext()
+
+    def prompt_span(self, _mask: torch.Tensor) -> nullcontext:
         return nullcontext()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -218,6 +230,9 @@ def evaluate(
         print(f"notice: system {name} skipped: {why}", file=sys.stderr)
     ctx.examples = load_axis_data(data_dir, quick=quick).examples
     ctx.eval_sets = load_eval_sets(data_dir)
+    data_warnings: list[str] = []
+    if any(t in OOD_TASKS for t in selected):
+        ctx.ood = load_ood_slices(data_dir, data_warnings)
 
     run = run_tasks(selected, runners, ctx, progress=progress)
     enable_all(loaded.mocae)
@@ -242,13 +257,14 @@ def evaluate(
         "refusal_detector_agreement_xstest": detector_agreement(ctx.eval_sets["xstest_completions"]),
         "samples": _samples(run.outputs, list(runners)),
         "counts": {name: record["n"] for name, record in run.tasks.items()},
-        "data_files_sha256": _file_hashes(data_dir, list(SOURCE_FILES.values())),
+        "data_files_sha256": _file_hashes(data_dir, [*SOURCE_FILES.values(), *OOD_SOURCE_FILES.values()]),
+        "data_warnings": data_warnings,
         "seeds": {"bootstrap": 0, "decoding": "greedy"},
         "seconds": round(time.time() - start, 1),
         "torch": torch.__version__,
         "machine": platform.machine(),
     }
-    for task in ("presets", SEPARABILITY_TASK.name):
+    for task in ("presets", SEPARABILITY_TASK.name, *(t.name for t in OOD_TASKS)):
         if task in run.model:
             report[task] = run.model[task]
     return report
@@ -268,6 +284,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                          + ", ".join(f"{a} {v:.2f}" for a, v in scores["per_axis"].items()))
     if "presets" in report:
         lines += ["presets (greedy, held-out prompts; rate [95% CI]):", *target_lines(report["presets"])]
+    if ROUTING_OOD_TASK.name in report:
+        lines += ood_lines(report[ROUTING_OOD_TASK.name])
+    if PRESETS_OOD_TASK.name in report:
+        lines += ["presets out of distribution (greedy; MT-Bench and held-out harmful sources):",
+                  *target_lines(report[PRESETS_OOD_TASK.name], OOD_RATES)]
     if report.get("skipped_systems"):
         lines.append(f"skipped systems: {report['skipped_systems']}")
     return lines

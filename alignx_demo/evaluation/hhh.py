@@ -64,7 +64,8 @@ def heldout_loss(mocae: Any, tokenizer: Any, examples: list[AxisExample], routin
     sums = {a: [0.0, 0] for a in AXES}
     for i in range(len(data)):
         batch = make_batch(data, [i], tokenizer.pad_token_id)
-        with mocae.routed(routing):
+        span = batch["attention_mask"] - batch["response_mask"]  # the prompt: what routers summarise, with context_scope "prompt"
+        with mocae.routed(routing), mocae.prompt_span(span.to(device)):
             out = mocae(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device))
         n = int((batch["labels"][:, 1:] != -100).sum())
         axis = AXES[data.axes[i]]

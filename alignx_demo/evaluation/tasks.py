@@ -48,6 +48,12 @@ class EvalConfig:
         preset_new_tokens: greedy answer length of the preset generations.
         separability_per_axis: train-split prompts per axis the reference classifiers are fitted on
             (`separability`).
+        ood_per_slice: prompts per out-of-distribution slice (`data.ood`) routed at prompt level
+            (`routing_ood`).
+        ood_generation_per_slice: the first prompts of each slice whose greedy answers
+            (`new_tokens`) give generation-level routing (`routing_ood`).
+        ood_preset_prompts: MT-Bench and held-out harmful prompts, each, answered under every preset
+            (`presets_ood`; `preset_new_tokens`).
     """
 
     loss_per_axis: int = 80
@@ -63,12 +69,15 @@ class EvalConfig:
     preset_prompts: int = 48
     preset_new_tokens: int = 48
     separability_per_axis: int = 1500
+    ood_per_slice: int = 80
+    ood_generation_per_slice: int = 32
+    ood_preset_prompts: int = 48
 
     @classmethod
     def quick_recipe(cls) -> EvalConfig:
         return cls(loss_per_axis=6, routing_per_axis=8, shifted=12, generation_per_axis=1, refusal_prompts=6, mc_questions=4,
                    alpaca_prompts=4, new_tokens=8, max_len=128, preset_prompts=2, preset_new_tokens=8,
-                   separability_per_axis=12)
+                   separability_per_axis=12, ood_per_slice=4, ood_generation_per_slice=1, ood_preset_prompts=2)
 
 
 @dataclass
@@ -82,6 +91,8 @@ class Context:
     eval_sets: dict[str, list[AxisExample]] = field(default_factory=dict)
     judge: Any = None
     safety_judge: Any = None
+    ood: dict[str, list[AxisExample]] = field(default_factory=dict)
+    """The out-of-distribution slices (`data.ood.load_ood_slices`), when an OOD task runs."""
     max_len: int = 0
     """The window: `cfg.max_len`, or the model's context if shorter (set by `__post_init__`)."""
 

@@ -1,7 +1,8 @@
 """The MoCaE model: experts, routers, calibration, injection into HF causal LMs, save/load."""
 
+from alignx_demo.modeling.adapters import AdapterError, import_adapters
 from alignx_demo.modeling.calibration import CalibrationStack, TemperatureScaling
-from alignx_demo.modeling.checkpoint import AdapterError, CheckpointError, import_adapters, load_mocae, save_mocae
+from alignx_demo.modeling.checkpoint import CheckpointError, load_mocae, save_mocae
 from alignx_demo.modeling.families import UnsupportedModelError
 from alignx_demo.modeling.geometry import FractalGeometry, NaturalGeometry
 from alignx_demo.modeling.mocae import MoCaEModel

@@ -14,9 +14,8 @@ Layout (schema version in `mocae_config.json`):
 Only safetensors are read: nothing is unpickled, and remote code stays off unless the operator
 passes the trust-remote-code flag.
 
-`import_adapters` writes such a folder from three existing PEFT LoRA adapters of one base (bring
-your own experts): the base is not copied, ranks may differ (zero padding to the largest), and
-adapters that cannot be mixed are refused with a one-sentence `AdapterError`.
+`modeling.adapters.import_adapters` writes such a folder from three existing PEFT LoRA adapters of one
+base (bring your own experts).
 """
 
 from __future__ import annotations
@@ -33,8 +32,9 @@ from safetensors.torch import load_file, save_file
 
 from alignx_demo.config import AXES, MoCaEConfig
 from alignx_demo.modeling.calibration import CalibrationStack
-from alignx_demo.modeling.families import decoder_layers
+from alignx_demo.modeling.families import output_head, peft_target_modules
 from alignx_demo.modeling.mocae import MoCaEModel
+from alignx_demo.modeling.provenance import untrained_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,10 @@ def save_lora_adapter(
     alpha: float,
     target_modules: list[str],
     fan_in_fan_out: bool,
+    model_type: str,
 ) -> None:
-    """Write a standard PEFT LoRA adapter folder from {module name: (A (r, D), B (O, r))}."""
+    """Write a standard PEFT LoRA adapter folder from {module name: (A (r, D), B (O, r))}; its
+    `target_modules` match exactly these modules when PEFT loads the adapter alone."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, (a, b) in pairs.items():
@@ -93,7 +95,7 @@ def save_lora_adapter(
         "lora_alpha": alpha,
         "lora_dropout": 0.0,
         "bias": "none",
-        "target_modules": target_modules,
+        "target_modules": peft_target_modules(model_type, target_modules),
         "fan_in_fan_out": fan_in_fan_out,
         "base_model_name_or_path": None,
         "inference_mode": True,
@@ -110,6 +112,7 @@ def save_expert(mocae: MoCaEModel, k: int, folder: Path) -> None:
         alpha=mocae.config.alpha,
         target_modules=mocae.config.target_modules,
         fan_in_fan_out=mocae.config.base_model_type == "gpt2",
+        model_type=mocae.config.base_model_type,
     )
 
 
@@ -158,7 +161,7 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     _require(path, what)
     try:
         return load_file(str(path))
@@ -166,7 +169,7 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint file is corrupt: {path} ({what}): {err}") from err
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str) -> dict:
     _require(path, what)
     try:
         data = json.loads(path.read_text())
@@ -182,8 +185,8 @@ CPU_4BIT_BLOCK_OUT, CPU_4BIT_BLOCK_IN = 32, 64
 quantisation blocks span 64 input features."""
 
 
-def quantization_config(device: str, skip: list[str] | None = None):
-    """NF4 with double quantisation; lm_head (and `skip`) stay unquantised (routers come later)."""
+def quantization_config(device: str, skip: list[str] | None = None, head: str = "lm_head"):
+    """NF4 with double quantisation; the output head (and `skip`) stay unquantised (routers come later)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -191,7 +194,7 @@ def quantization_config(device: str, skip: list[str] | None = None):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-        llm_int8_skip_modules=["lm_head", *(skip or [])],
+        llm_int8_skip_modules=[head, *(skip or [])],
     )
 
 
@@ -206,7 +209,7 @@ def cpu_unpackable_linears(config) -> list[str]:
         for name, module in skeleton.named_modules()
         if isinstance(module, torch.nn.Linear)
         and (module.out_features % CPU_4BIT_BLOCK_OUT or module.in_features % CPU_4BIT_BLOCK_IN)
-        and not name.endswith("lm_head")
+        and name != output_head(config.model_type)
     })
 
 
@@ -214,7 +217,7 @@ def four_bit_kwargs(config, device: str) -> tuple[dict, list[str]]:
     """`from_pretrained` keyword arguments that load a base in NF4 on `device`, and the linears left in
     full precision because bitsandbytes' CPU kernels cannot pack their widths."""
     skip = cpu_unpackable_linears(config) if device == "cpu" else []
-    return {"quantization_config": quantization_config(device, skip), "device_map": device}, skip
+    return {"quantization_config": quantization_config(device, skip, output_head(config.model_type)), "device_map": device}, skip
 
 
 def bitsandbytes_problem() -> str | None:
@@ -250,7 +253,7 @@ def load_base(
     try:
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers' config parsing raises many types for a malformed config.json
-        raise CheckpointError(f"cannot read base model config from {source}: {_reason(err)}") from err
+        raise CheckpointError(f"cannot read base model config from {source}: {error_reason(err)}") from err
     from alignx_demo.modeling.families import check_supported
 
     check_supported(config.model_type)
@@ -287,24 +290,24 @@ def load_base(
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except Exception as err:  # the tokenizers library raises bare Exception/KeyError for a malformed tokenizer.json
-        raise CheckpointError(f"cannot load the tokenizer from {source}: {_reason(err)}") from err
+        raise CheckpointError(f"cannot load the tokenizer from {source}: {error_reason(err)}") from err
     return model, tokenizer, quantized, notices
 
 
-def _reason(err: Exception) -> str:
+def error_reason(err: Exception) -> str:
     """The error's message, with its type where the message alone is a bare key or empty."""
     return str(err) if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {err}"
 
 
 def load_expert_tensors(folder: Path, config: MoCaEConfig) -> dict[str, torch.Tensor]:
     """Read one PEFT adapter folder, checking that it matches the MoCaE structure."""
-    adapter = _read_json(folder / ADAPTER_CONFIG, f"expert {folder.name} config")
+    adapter = read_json(folder / ADAPTER_CONFIG, f"expert {folder.name} config")
     if adapter.get("r") != config.rank or float(adapter.get("lora_alpha", -1)) != float(config.alpha):
         raise CheckpointError(
             f"{folder / ADAPTER_CONFIG}: rank/alpha {adapter.get('r')}/{adapter.get('lora_alpha')} "
             f"differ from mocae_config.json {config.rank}/{config.alpha}"
         )
-    return _read_safetensors(folder / ADAPTER_WEIGHTS, f"expert {folder.name} weights")
+    return read_safetensors(folder / ADAPTER_WEIGHTS, f"expert {folder.name} weights")
 
 
 def load_mocae(
@@ -314,14 +317,19 @@ def load_mocae(
     device: str | None = None,
     trust_remote_code: bool = False,
     base_model: str | Path | None = None,
+    allow_untrained: bool = False,
 ) -> LoadedModel:
     """Load a MoCaE checkpoint folder. `base_model` loads the base from elsewhere (a hub id or
-    path) instead of `path/base`, for checkpoints trained on a real base that is not copied."""
+    path) instead of `path/base`, for checkpoints trained on a real base that is not copied.
+    Routers that were never trained, or calibration not fitted for the routers, are refused in one
+    sentence (`modeling.provenance.untrained_problem`) unless `allow_untrained` (for `train router`)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
+    if not allow_untrained and (problem := untrained_problem(path)):
+        raise CheckpointError(problem)
     try:
-        config = MoCaEConfig.from_dict(_read_json(path / CONFIG_FILE, "MoCaE config"))
+        config = MoCaEConfig.from_dict(read_json(path / CONFIG_FILE, "MoCaE config"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint file is corrupt: {path / CONFIG_FILE} (MoCaE config): {err}") from err
     base_model = base_model or (None if (path / "base").exists() else config.base_model or None)
@@ -338,7 +346,7 @@ def load_mocae(
         )
     calibration = None
     if (path / CALIBRATION_FILE).exists():
-        _read_safetensors(path / CALIBRATION_FILE, "calibration")
+        read_safetensors(path / CALIBRATION_FILE, "calibration")
         try:
             calibration = CalibrationStack.load(path / CALIBRATION_FILE)
         except (KeyError, ValueError) as err:
@@ -359,7 +367,7 @@ def load_mocae(
                     )
                 a.copy_(tensors[a_key])
                 b.copy_(tensors[b_key])
-    routers = _read_safetensors(path / ROUTER_FILE, "routers")
+    routers = read_safetensors(path / ROUTER_FILE, "routers")
     try:
         mocae.routers.load_state_dict({k.removeprefix("routers."): v for k, v in routers.items()})
     except RuntimeError as err:
@@ -367,186 +375,3 @@ def load_mocae(
     mocae.eval()
     log.info("loaded %s", path)
     return LoadedModel(mocae, tokenizer, path, quantized, notices)
-
-
-# ---------------------------------------------------------------- bring your own experts
-
-class AdapterError(CheckpointError):
-    """Three PEFT LoRA adapters that cannot become one MoCaE; the message says why in one sentence."""
-
-
-_UNMIXABLE = {
-    "use_dora": "uses DoRA (a magnitude vector per module)",
-    "lora_bias": "trains a bias on B (lora_bias)",
-    "modules_to_save": "saves whole modules (modules_to_save)",
-    "layer_replication": "replicates layers (layer_replication)",
-    "trainable_token_indices": "trains token embeddings (trainable_token_indices)",
-    "target_parameters": "adapts parameters rather than modules (target_parameters)",
-    "use_qalora": "is a QA-LoRA adapter",
-    "alora_invocation_tokens": "is an activated LoRA (alora_invocation_tokens)",
-}
-"""PEFT LoRA options whose effect is more than a low-rank delta B·A on a linear: MoCaE cannot mix them."""
-
-
-@dataclass
-class LoraAdapter:
-    """One PEFT LoRA adapter folder as MoCaE reads it: per module (A (r, D), B (O, r), scaling)."""
-
-    folder: Path
-    base: str
-    modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
-
-
-def _pattern_value(patterns: dict, name: str, default):
-    """PEFT's rank_pattern/alpha_pattern lookup: the first key matching the end of the module name."""
-    import re
-
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return default
-
-
-def read_lora_adapter(folder: str | Path) -> LoraAdapter:
-    """Read a PEFT LoRA adapter folder, refusing anything that is not a plain low-rank delta."""
-    import math
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterError(f"adapter folder not found: {folder}")
-    config = _read_json(folder / ADAPTER_CONFIG, "PEFT adapter config")
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise AdapterError(f"{folder} is a {config.get('peft_type')!r} adapter; MoCaE mixes PEFT LoRA adapters only")
-    for key, what in _UNMIXABLE.items():
-        if config.get(key):
-            raise AdapterError(f"{folder} {what}, which MoCaE cannot mix: it needs plain LoRA adapters")
-    if config.get("bias", "none") != "none":
-        raise AdapterError(f"{folder} trains biases (bias={config['bias']!r}), which MoCaE cannot mix: it needs bias='none'")
-    tensors = _read_safetensors(folder / ADAPTER_WEIGHTS, "PEFT adapter weights")
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        stem = key.removeprefix("base_model.model.").replace(".default.", ".")
-        for part in ("lora_A", "lora_B"):
-            if stem.endswith(f".{part}.weight"):
-                pairs.setdefault(stem.removesuffix(f".{part}.weight"), {})[part] = value
-                break
-        else:
-            raise AdapterError(f"{folder / ADAPTER_WEIGHTS} holds {key}, which is not a LoRA A or B weight MoCaE can mix")
-    modules = {}
-    for name, pair in pairs.items():
-        if set(pair) != {"lora_A", "lora_B"} or pair["lora_A"].shape[0] != pair["lora_B"].shape[1]:
-            raise AdapterError(f"{folder / ADAPTER_WEIGHTS}: {name} lacks a matching lora_A/lora_B pair")
-        r = int(pair["lora_A"].shape[0])
-        alpha = float(_pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", r)))
-        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-        modules[name] = (pair["lora_A"].float(), pair["lora_B"].float(), scaling)
-    if not modules:
-        raise AdapterError(f"{folder / ADAPTER_WEIGHTS} holds no LoRA weights")
-    return LoraAdapter(folder, str(config.get("base_model_name_or_path") or ""), modules)
-
-
-def import_adapters(
-    out: str | Path, base_model: str | Path, adapters: dict[str, str | Path], *, trust_remote_code: bool = False
-) -> dict:
-    """Write a MoCaE checkpoint in `out` whose three experts are existing PEFT LoRA adapters of `base_model`.
-
-    The base is not copied (`mocae_config.json` records `base_model`); the routers start at zero
-    (uniform routing) for `train router`, and there is no calibration until `train calibrate`.
-    Adapters may have different ranks and alphas: every expert is stored at the largest rank R,
-    a smaller adapter's A padded with zero rows and its B with zero columns — the padded ranks add
-    B·A = 0, so each expert's delta is exactly its adapter's — and each module's B is multiplied by
-    its own scaling over the checkpoint's (alpha / r, or alpha / √r with rsLoRA), so one scaling
-    serves all. A module an adapter leaves out (e.g. `layers_to_transform`) gets a zero expert.
-    Returns a summary (also written to `out/logs/imported_experts.json`).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from alignx_demo.modeling.families import check_supported
-    from alignx_demo.modeling.layer import _in_out_features
-
-    missing = [axis for axis in AXES if axis not in adapters]
-    if missing:
-        raise AdapterError(f"no adapter for {', '.join(missing)}: give one PEFT LoRA adapter folder for each of {', '.join(AXES)}")
-    unknown = sorted(set(adapters) - set(AXES))
-    if unknown:
-        raise AdapterError(f"unknown axis {', '.join(unknown)}: the axes are {', '.join(AXES)}")
-    out = Path(out)
-    if (out / "base").exists():
-        raise AdapterError(f"{out / 'base'} exists, but a checkpoint of your own experts loads its base from "
-                           f"{base_model}: use an empty --out")
-    read = {axis: read_lora_adapter(adapters[axis]) for axis in AXES}
-    recorded = {axis: a.base for axis, a in read.items() if a.base}
-    if len(set(recorded.values())) > 1:
-        raise AdapterError("the adapters were trained on different bases: "
-                           + ", ".join(f"{axis} on {base}" for axis, base in recorded.items()))
-    source = str(Path(base_model).resolve()) if Path(base_model).exists() else str(base_model)
-    try:
-        base_config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except Exception as err:  # transformers raises many types for a missing or malformed config
-        raise CheckpointError(f"cannot read base model config from {base_model}: {_reason(err)}") from err
-    check_supported(base_config.model_type)
-    with torch.device("meta"):  # names and shapes only: nothing of the base is loaded
-        skeleton = AutoModelForCausalLM.from_config(base_config, trust_remote_code=trust_remote_code)
-    layers_path, _ = decoder_layers(skeleton)
-    linears = dict(skeleton.named_modules())
-    targets: dict[str, list[str]] = {}
-    for axis, adapter in read.items():
-        suffixes = []
-        for name, (a, b, _) in adapter.modules.items():
-            if name not in linears:
-                raise AdapterError(f"{adapter.folder} adapts {name}, which {base_model} does not have: "
-                                   "the adapter was made for a different base")
-            try:
-                d_in, d_out = _in_out_features(linears[name])
-            except TypeError:
-                raise AdapterError(f"{adapter.folder} adapts {name}, which is not a linear layer of {base_model}") from None
-            if (a.shape[1], b.shape[0]) != (d_in, d_out):
-                raise AdapterError(f"{adapter.folder}: {name} maps {a.shape[1]}→{b.shape[0]} in the adapter but "
-                                   f"{d_in}→{d_out} in {base_model}: the adapter was made for a different base")
-            head, _, rest = name.removeprefix(layers_path + ".").partition(".")
-            if not name.startswith(layers_path + ".") or not head.isdigit():
-                raise AdapterError(f"{adapter.folder} adapts {name}, outside the decoder layers ({layers_path}); "
-                                   "MoCaE routes within each decoder layer")
-            if rest not in suffixes:
-                suffixes.append(rest)
-        targets[axis] = suffixes
-    if len({frozenset(t) for t in targets.values()}) > 1:
-        raise AdapterError("the adapters target different modules ("
-                           + "; ".join(f"{axis}: {', '.join(sorted(t))}" for axis, t in targets.items())
-                           + "): MoCaE needs the same target modules in all three")
-    rank = max(a.shape[0] for adapter in read.values() for a, _, _ in adapter.modules.values())
-    scaling = next(iter(read[AXES[0]].modules.values()))[2]
-    config = MoCaEConfig(rank=rank, alpha=scaling * rank, target_modules=targets[AXES[0]], router_context=True,
-                         base_model=source)
-    mocae = MoCaEModel(skeleton, config)  # on the meta device: the expert names and the router shapes
-    out.mkdir(parents=True, exist_ok=True)
-    for k, axis in enumerate(AXES):
-        pairs = {}
-        for name, module in mocae.expert_modules.items():
-            a_pad, b_pad = torch.zeros(rank, module.in_features), torch.zeros(module.out_features, rank)
-            if name in read[axis].modules:
-                a, b, own = read[axis].modules[name]
-                a_pad[: a.shape[0]] = a
-                b_pad[:, : b.shape[1]] = b * (own / scaling)
-            pairs[name] = (a_pad, b_pad)
-        save_lora_adapter(out / "experts" / axis, pairs, rank=rank, alpha=config.alpha,
-                          target_modules=config.target_modules, fan_in_fan_out=base_config.model_type == "gpt2")
-    routers = {f"routers.{key}": torch.zeros(value.shape) for key, value in mocae.routers.state_dict().items()}
-    save_file(routers, str(out / ROUTER_FILE), metadata={"format": "pt"})
-    (out / CALIBRATION_FILE).unlink(missing_ok=True)  # fitted for other experts, if any
-    (out / CONFIG_FILE).write_text(json.dumps(mocae.config.to_dict(), indent=2))
-    summary = {
-        "base_model": source,
-        "rank": rank,
-        "alpha": config.alpha,
-        "target_modules": config.target_modules,
-        "experts": {axis: {"folder": str(Path(adapters[axis]).resolve()), "recorded_base": read[axis].base or None,
-                           "ranks": sorted({int(a.shape[0]) for a, _, _ in read[axis].modules.values()}),
-                           "scalings": sorted({s for _, _, s in read[axis].modules.values()}),
-                           "modules": len(read[axis].modules)} for axis in AXES},
-        "notices": [f"the adapters record base {b!r}, not {base_model!r}; their module names and shapes fit it"
-                    for b in sorted(set(recorded.values())) if b not in (str(base_model), source)],
-    }
-    (out / "logs").mkdir(exist_ok=True)
-    (out / "logs" / "imported_experts.json").write_text(json.dumps(summary, indent=1))
-    return summary

@@ -59,7 +59,7 @@ def compute_dtype(base: nn.Module) -> torch.dtype:
 
 def expert_dtype(base: nn.Module, device: torch.device) -> torch.dtype:
     """Experts compute in the base's compute dtype, except half precision on the CPU, where fp32 is
-    both faster and exact (the README's rule: bf16 on CUDA for a bf16 or 4-bit base, fp32 on CPU)."""
+    both faster and exact (docs/api.md's rule: bf16 on CUDA for a bf16 or 4-bit base, fp32 on CPU)."""
     dtype = compute_dtype(base)
     return torch.float32 if device.type == "cpu" and dtype in HALF else dtype
 

@@ -15,7 +15,7 @@ layer elsewhere hands it its logits and features (a few hundred bytes per token)
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from alignx_demo.config import MoCaEConfig, RoutingSettings
 from alignx_demo.modeling.calibration import CalibrationStack
-from alignx_demo.modeling.families import decoder_layers, default_targets
+from alignx_demo.modeling.families import decoder_layers, default_targets, matches_target
 from alignx_demo.modeling.layer import CausalMean, MoCaELinear, Router, RoutingSlot, module_device
 
 _CONTEXT_ATTR = "alignx_router_context"
@@ -60,6 +60,9 @@ class RoutingRecord:
         return torch.stack([w if w.device == device else w.to(device) for w in layers])
 
 
+RoutingTransform = Callable[[int, torch.Tensor], torch.Tensor]
+"""(layer index, routing weights (B, T, K)) → the weights that layer's experts use instead."""
+
 _PRIOR_CACHE_SIZE = 32
 """Axis-prior tensors kept per (prior, device, dtype), so a forward creates none."""
 
@@ -92,6 +95,8 @@ class MoCaEModel(nn.Module):
         self.routing = RoutingSettings()
         self.lock = threading.RLock()
         self._record: RoutingRecord | None = None
+        self._transforms: tuple[RoutingTransform, ...] = ()
+        self._prompt_mask: torch.Tensor | None = None
         self._bypass = False
         self._priors: dict[tuple, torch.Tensor] = {}
         for p in model.parameters():
@@ -118,7 +123,7 @@ class MoCaEModel(nn.Module):
 
     def _inject(self, prefix: str, layer: nn.Module, slot: RoutingSlot, dtype: torch.dtype | None) -> None:
         for name, module in list(layer.named_modules()):
-            if not any(name == t or name.endswith("." + t) for t in self.config.target_modules):
+            if not any(matches_target(name, t) for t in self.config.target_modules):
                 continue
             parent_name, _, leaf = name.rpartition(".")
             parent = layer.get_submodule(parent_name) if parent_name else layer
@@ -137,7 +142,18 @@ class MoCaEModel(nn.Module):
         mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
         context = getattr(cache, _CONTEXT_ATTR, None) if continued else None
         self._context = context or CausalMean(self.n_layers)
-        self._context.mask = mask
+        self._context.mask = self._summary_mask(mask, continued, kwargs.get("input_ids", args[0] if args else None))
+
+    def _summary_mask(self, mask: torch.Tensor | None, continued: bool, input_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Which positions of this forward join the routers' running mean (None: all valid ones)."""
+        if self.config.context_scope != "prompt":
+            return mask
+        if continued and isinstance(input_ids, torch.Tensor):  # a cached continuation is answer: it reads the summary only
+            return torch.zeros(input_ids.shape[:2], dtype=torch.long, device=input_ids.device)
+        if self._prompt_mask is None:
+            return mask
+        span = self._prompt_mask.to(mask.device) if mask is not None else self._prompt_mask
+        return span if mask is None else mask * span
 
     def _end_forward(self, _module: nn.Module, args: tuple, kwargs: dict, output) -> None:
         cache = getattr(output, "past_key_values", None)
@@ -175,6 +191,8 @@ class MoCaEModel(nn.Module):
             weights = torch.zeros_like(weights).scatter_(-1, weights.argmax(dim=-1, keepdim=True), 1.0)
         if self._record is not None:
             self._record.add(index, logits, weights, features)
+        for transform in self._transforms:
+            weights = transform(index, weights)
         return weights
 
     def _calibrated(self, index: int, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -212,6 +230,31 @@ class MoCaEModel(nn.Module):
             yield
         finally:
             self.routing = previous
+
+    @contextmanager
+    def transformed(self, transform: RoutingTransform) -> Iterator[None]:
+        """Run the enclosed forwards with `transform(layer, weights)` applied to each layer's routing weights
+        (B, T, K) after the model's own routing (calibration, prior, top-1), e.g. to remove or force an
+        expert per batch row. `record()` keeps the model's own weights. Holds the lock; nested transforms
+        apply outermost first."""
+        with self.lock:
+            previous = self._transforms
+            self._transforms = (*previous, transform)
+            try:
+                yield
+            finally:
+                self._transforms = previous
+
+    @contextmanager
+    def prompt_span(self, mask: torch.Tensor) -> Iterator[None]:
+        """Mark the prompt's positions (B, T; 1 = prompt) of the enclosed fresh forwards over prompt and
+        answer together, so that with `context_scope="prompt"` they route exactly as a streamed run
+        (prefill, then cached steps) does. Without that scope it changes nothing."""
+        previous, self._prompt_mask = self._prompt_mask, mask
+        try:
+            yield
+        finally:
+            self._prompt_mask = previous
 
     @contextmanager
     def base_only(self) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""Pre-training of the small demo base model (a LlamaForCausalLM) from scratch, on the train split.
+"""Pre-training of the small demo base model on the train split: from scratch or warm-started.
 
 Recipe (DESIGN.md section 5):
 
@@ -29,6 +29,9 @@ Recipe (DESIGN.md section 5):
   model folder with the tokenizer) so later stages can use the latest base while training runs.
   `resume=True` continues from the checkpoint (exact optimizer state; batches are a pure function
   of seed and step). `max_steps` and `max_minutes` are totals across resumes.
+- Initialisation: from scratch (a Llama with this project's byte-level BPE tokenizer), or warm-started
+  from a pretrained BERT encoder turned causal decoder (`warm_start`, `init="minilm"`), with its
+  own WordPiece tokenizer written to the tokenizer folder.
 - Device placement through `accelerate.Accelerator`, so the same command uses a GPU when present
   (fp32 everywhere; on CPU `threads` sets torch's thread count).
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +50,7 @@ import torch
 
 from alignx_demo.config import AXES
 from alignx_demo.data import roles
-from alignx_demo.training import common
+from alignx_demo.training import common, warm_start
 
 BASE_DIR = "base"
 CHECKPOINT_DIR = "checkpoints/base"
@@ -77,6 +81,12 @@ class BaseTrainConfig:
         seed: seed of weights init and batch sampling.
         max_per_source: cap on examples per source file (None: all).
         quick: the tiny smoke-test recipe (data sample, tiny model).
+        init: "scratch" (a Llama of the sizes above, random init) or a pretrained BERT encoder to
+            warm-start from ("minilm" or a folder, `warm_start`): its sizes and tokenizer replace the
+            ones above.
+        clock: what `max_minutes` and the logged minutes count: "wall" seconds, or "cpu" seconds
+            of this process divided by `threads` (equal on a quiet machine; "cpu" keeps a
+            comparison at equal CPU time fair when other work shares the cores).
     """
 
     hidden_size: int = 256
@@ -104,6 +114,8 @@ class BaseTrainConfig:
     seed: int = 0
     max_per_source: int | None = None
     quick: bool = False
+    init: str = "scratch"
+    clock: str = "wall"
 
     @classmethod
     def quick_recipe(cls, **overrides: Any) -> BaseTrainConfig:
@@ -169,6 +181,211 @@ def prepare_blocks(tokenizer: Any, examples: list, cfg: BaseTrainConfig) -> tupl
     return common.AxisBlocks(train, cfg.axis_weights), heldout, counts
 
 
+def _open_checkpoint(ckpt_dir: Path, base_dir: Path, cfg: BaseTrainConfig, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The trainer state to resume from (its sizes adopted into `cfg`), or None after clearing an old run."""
+    state = common.read_trainer_state(ckpt_dir)
+    if state is not None and not resume and not overwrite:
+        raise FileExistsError(
+            f"a base checkpoint exists in {ckpt_dir} (step {state.get('step')}); pass --resume to continue it "
+            f"or --overwrite to start over"
+        )
+    if resume and state is None:
+        print(f"[base] --resume: no checkpoint in {ckpt_dir}; starting from scratch")
+    if state is not None and resume:
+        saved = state.get("config", {})
+        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "context", "init", "clock"):
+            if name in saved and saved[name] != getattr(cfg, name):
+                print(f"[base] --resume: using the checkpoint's {name}={saved[name]} (not {getattr(cfg, name)})")
+                setattr(cfg, name, saved[name])
+        return state
+    for path in (ckpt_dir, base_dir / LOG_FILE, base_dir / SUMMARY_FILE):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    return None
+
+
+def _load_tokenizer(cfg: BaseTrainConfig, tok_dir: Path, ckpt_dir: Path | None) -> Any:
+    """The run's tokenizer: the checkpoint's when resuming (`ckpt_dir`), else the trained BPE one, or
+    the warm start's (written to `tok_dir`)."""
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    if ckpt_dir is not None and (ckpt_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(ckpt_dir))
+    if cfg.init != "scratch":
+        return warm_start.save_chat_tokenizer(cfg.init, tok_dir, cfg.context)
+    if not (tok_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"no tokenizer in {tok_dir}: run `python -m alignx_demo train tokenizer --out {tok_dir.parent}` first "
+            f"(or pass --tokenizer PATH)"
+        )
+    return AutoTokenizer.from_pretrained(str(tok_dir))
+
+
+def _build_model(cfg: BaseTrainConfig, tokenizer: Any, state: dict[str, Any] | None, ckpt_dir: Path) -> Any:
+    """The checkpoint's model when resuming; else a random Llama, or the warm-started BERT decoder."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: PLC0415
+
+    if state is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt_dir), dtype=torch.float32)  # fp16 files upcast
+    elif cfg.init == "scratch":
+        model = LlamaForCausalLM(_model_config(cfg, tokenizer))
+    else:
+        model = warm_start.bert_decoder(cfg.init, tokenizer, cfg.context)
+        c = model.config  # the run's record states the sizes trained, not the Llama defaults
+        cfg.hidden_size, cfg.num_layers, cfg.intermediate_size = c.hidden_size, c.num_hidden_layers, c.intermediate_size
+        cfg.num_heads = cfg.num_kv_heads = c.num_attention_heads
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(tokenizer, name))
+    return model
+
+
+class _BaseRun:
+    """The state of one training session: counters carried across resumes, the log, checkpoints."""
+
+    def __init__(self, cfg: BaseTrainConfig, out: Path, state: dict[str, Any] | None, parts: dict[str, Any]) -> None:
+        self.cfg, self.state = cfg, state or {}
+        self.base_dir, self.ckpt_dir = out / BASE_DIR, out / CHECKPOINT_DIR
+        self.accelerator, self.model, self.optimizer = parts["accelerator"], parts["model"], parts["optimizer"]
+        self.tokenizer, self.heldout, self.counts, self.axis_tokens = (
+            parts["tokenizer"], parts["heldout"], parts["counts"], parts["axis_tokens"])
+        self.n_params = parts["n_params"]
+        self.step = int(self.state.get("step", 0))
+        self.tokens_seen = int(self.state.get("tokens_seen", 0))
+        self.axis_tokens_seen = dict(self.state.get("axis_tokens_seen", {a: 0 for a in AXES}))
+        self.timer = common.Timer(float(self.state.get("train_seconds", 0.0)),
+                                  cpu_threads=torch.get_num_threads() if cfg.clock == "cpu" else None)
+        self.initial_heldout = self.state.get("initial_heldout")
+        self.last_heldout = self.state.get("last_heldout")
+        self.log = common.JsonlLog(self.base_dir / LOG_FILE)
+        self.session_tokens, self.session_t0 = 0, time.time()
+        self.stop_reason = "max_steps"
+
+    def progress_fraction(self) -> float:
+        """How far through the budget (steps or minutes, whichever is further): drives the cosine."""
+        fr = self.step / self.cfg.max_steps if self.cfg.max_steps else 0.0
+        if self.cfg.max_minutes:
+            fr = max(fr, self.timer.elapsed / (self.cfg.max_minutes * 60))
+        return fr
+
+    def budget_spent(self) -> str | None:
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            return "max_steps"
+        if self.cfg.max_minutes is not None and self.timer.elapsed >= self.cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
+    def tokens_per_s(self) -> float:
+        return self.session_tokens / max(time.time() - self.session_t0, 1e-9)
+
+    def summary(self, finished: bool) -> dict[str, Any]:
+        return {
+            "finished": finished and self.stop_reason in ("max_steps", "max_minutes"),
+            "stopped": finished,
+            "stop_reason": self.stop_reason if finished else None,
+            "params": self.n_params,
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "axis_tokens_seen": self.axis_tokens_seen,
+            "axis_train_tokens": self.axis_tokens,
+            "axis_epochs": {a: round(self.axis_tokens_seen.get(a, 0) / max(self.axis_tokens.get(a, 1), 1), 3) for a in AXES},
+            "train_seconds": round(self.timer.elapsed, 1),
+            "clock": self.cfg.clock,
+            "tokens_per_s_session": round(self.tokens_per_s(), 1),
+            "tokens_per_s": round(self.tokens_seen / max(self.timer.elapsed, 1e-9), 1),
+            "initial_heldout_loss": self.initial_heldout,
+            "final_heldout_loss": self.last_heldout,
+            "examples": self.counts,
+            "vocab_size": len(self.tokenizer),
+            "device": str(self.accelerator.device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def checkpoint(self, finished: bool = False) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = {
+            "step": self.step, "tokens_seen": self.tokens_seen, "axis_tokens_seen": self.axis_tokens_seen,
+            "train_seconds": self.timer.elapsed, "initial_heldout": self.initial_heldout,
+            "last_heldout": self.last_heldout, "config": self.cfg.to_dict(),
+        }
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        common.save_checkpoint(self.ckpt_dir, self.accelerator.unwrap_model(self.model), optimizer, state, self.tokenizer)
+        common.export_model_folder(self.ckpt_dir, self.base_dir)
+        (self.base_dir / SUMMARY_FILE).write_text(json.dumps(self.summary(finished), indent=2))
+
+    def evaluate(self) -> dict[str, float]:
+        losses = {a: round(v, 4) for a, v in common.heldout_loss(self.model, self.heldout, self.accelerator.device).items()}
+        self.last_heldout = losses
+        if self.initial_heldout is None:
+            self.initial_heldout = losses
+        self.log.write({"type": "eval", "step": self.step, "tokens_seen": self.tokens_seen,
+                        "train_seconds": round(self.timer.elapsed, 1), "heldout_loss": losses})
+        return losses
+
+    def train_step(self, sampler: common.AxisBlocks) -> tuple[float, float]:
+        """One optimiser step on a batch drawn from (seed, step); returns (loss, lr)."""
+        cfg = self.cfg
+        lr = common.lr_at(self.progress_fraction(), self.step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        x, axes = sampler.batch(cfg.seed, self.step, cfg.batch_size)
+        x = x.to(self.accelerator.device)
+        loss = self.model(input_ids=x, labels=x).loss
+        self.accelerator.backward(loss)
+        if cfg.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += x.numel()
+        self.session_tokens += x.numel()
+        for a in axes:
+            self.axis_tokens_seen[a] = self.axis_tokens_seen.get(a, 0) + cfg.context
+        return float(loss.detach()), lr
+
+    def loop(self, sampler: common.AxisBlocks, stop: common.StopFlag, stop_at_step: int | None, progress: bool) -> None:
+        """Train until the budget is spent or a stop arrives; log, evaluate and checkpoint on schedule."""
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        cfg = self.cfg
+        if self.step == 0:
+            self.evaluate()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="base", unit="step", disable=not progress,
+                   mininterval=2.0, dynamic_ncols=True)
+        ema = None
+        try:
+            while True:
+                if stop_at_step is not None and self.step >= stop_at_step:
+                    stop.reason = stop.reason or "stop_at_step"
+                reason = self.budget_spent() or stop.reason
+                if reason:
+                    self.stop_reason = reason
+                    break
+                lv, lr = self.train_step(sampler)
+                ema = lv if ema is None else 0.95 * ema + 0.05 * lv
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens_per_s():.0f}", refresh=False)
+                if self.step % cfg.log_every == 0:
+                    self.log.write({"type": "train", "step": self.step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": lr,
+                                    "tokens_seen": self.tokens_seen, "train_seconds": round(self.timer.elapsed, 1),
+                                    "tokens_per_s": round(self.tokens_per_s(), 1)})
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    losses = self.evaluate()
+                    bar.write(f"[base] step {self.step}: held-out loss " + ", ".join(f"{a} {v:.3f}" for a, v in losses.items())
+                              + f" | train loss {ema:.3f} | {self.tokens_per_s():.0f} tok/s")
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.checkpoint()
+        except KeyboardInterrupt:
+            self.stop_reason = "interrupted"
+        finally:
+            bar.close()
+
+
 def train_base(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -185,215 +402,56 @@ def train_base(
     `stop_at_step` stops after that step as SIGTERM would (checkpoint, resumable), keeping the LR
     schedule of the full budget; a resumed run then matches an uninterrupted one.
 
-    Raises FileNotFoundError when the tokenizer folder is missing, FileExistsError when a
-    checkpoint exists and neither `resume` nor `overwrite` is set.
+    Raises FileNotFoundError when the tokenizer folder is missing (from-scratch runs),
+    FileExistsError when a checkpoint exists and neither `resume` nor `overwrite` is set.
     """
     from accelerate import Accelerator  # noqa: PLC0415
-    from tqdm.auto import tqdm  # noqa: PLC0415
-    from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: PLC0415
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
     from alignx_demo.data.readers import load_axis_data  # noqa: PLC0415
-
-    from transformers.utils import logging as hf_logging  # noqa: PLC0415
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bars at every checkpoint
     cfg = cfg or BaseTrainConfig()
     if cfg.max_steps is None and cfg.max_minutes is None:
         raise ValueError("set max_steps or max_minutes (or both): the run needs a budget")
     out = Path(out_dir)
-    base_dir, ckpt_dir = out / BASE_DIR, out / CHECKPOINT_DIR
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else out / TOKENIZER_DIR
-    if not (tok_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(
-            f"no tokenizer in {tok_dir}: run `python -m alignx_demo train tokenizer --out {out}` first "
-            f"(or pass --tokenizer PATH)"
-        )
-    state = common.read_trainer_state(ckpt_dir)
-    if state is not None and not resume and not overwrite:
-        raise FileExistsError(
-            f"a base checkpoint exists in {ckpt_dir} (step {state.get('step')}); pass --resume to continue it "
-            f"or --overwrite to start over"
-        )
-    if resume and state is None:
-        print(f"[base] --resume: no checkpoint in {ckpt_dir}; starting from scratch")
-    if state is not None and resume:
-        saved = state.get("config", {})
-        for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "context"):
-            if name in saved and saved[name] != getattr(cfg, name):
-                print(f"[base] --resume: using the checkpoint's {name}={saved[name]} (not {getattr(cfg, name)})")
-                setattr(cfg, name, saved[name])
-    else:
-        state = None
-        for path in (ckpt_dir, base_dir / LOG_FILE, base_dir / SUMMARY_FILE):
-            if path.is_dir():
-                import shutil  # noqa: PLC0415
-
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-
+    if cfg.init == "scratch" and not resume and not (tok_dir / "tokenizer.json").is_file():
+        _load_tokenizer(cfg, tok_dir, None)  # raises the one-sentence error before anything is cleared
+    state = _open_checkpoint(out / CHECKPOINT_DIR, out / BASE_DIR, cfg, resume, overwrite)
     common.set_threads(cfg.threads)
     common.set_seed(cfg.seed)
     accelerator = Accelerator()
     if accelerator.num_processes > 1:
         raise ValueError("`train base` runs in one process (a GPU when present); start it without `accelerate launch` "
                          "— the experts, router and baselines stages run data-parallel")
-    device = accelerator.device
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = _load_tokenizer(cfg, tok_dir, out / CHECKPOINT_DIR if state is not None else None)
     t_data = time.time()
     data = load_axis_data(data_dir, quick=cfg.quick, max_per_source=cfg.max_per_source)
     for w in data.warnings[:20]:
         print(f"[data] warning: {w}")
     sampler, heldout, counts = prepare_blocks(tokenizer, data.examples, cfg)
-    axis_tokens = sampler.tokens()
-    print(f"[base] data: {counts}; train tokens per axis {axis_tokens} ({time.time() - t_data:.1f}s)")
+    print(f"[base] data: {counts}; train tokens per axis {sampler.tokens()} ({time.time() - t_data:.1f}s)")
 
-    if state is not None:
-        model = LlamaForCausalLM.from_pretrained(str(ckpt_dir), torch_dtype=torch.float32)
-    else:
-        model = LlamaForCausalLM(_model_config(cfg, tokenizer))
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model = _build_model(cfg, tokenizer, state, out / CHECKPOINT_DIR)
     n_params = common.count_parameters(model)
     optimizer = _optimizer(model, cfg)
-    if state is not None and (ckpt_dir / common.OPTIMIZER_FILE).is_file():
-        optimizer_meta = state.get("optimizer")
-        if optimizer_meta:
-            common.optimizer_from_safetensors(optimizer, ckpt_dir / common.OPTIMIZER_FILE, optimizer_meta)
+    optimizer_meta = (state or {}).get("optimizer")
+    if optimizer_meta and (out / CHECKPOINT_DIR / common.OPTIMIZER_FILE).is_file():
+        common.optimizer_from_safetensors(optimizer, out / CHECKPOINT_DIR / common.OPTIMIZER_FILE, optimizer_meta)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-
-    step = int(state["step"]) if state else 0
-    tokens_seen = int(state["tokens_seen"]) if state else 0
-    axis_tokens_seen = dict(state.get("axis_tokens_seen", {})) if state else {a: 0 for a in AXES}
-    timer = common.Timer(float(state["train_seconds"]) if state else 0.0)
-    initial_heldout = state.get("initial_heldout") if state else None
-    last_heldout = state.get("last_heldout") if state else None
-    log = common.JsonlLog(base_dir / LOG_FILE)
-    session_tokens, session_t0 = 0, time.time()
+    run = _BaseRun(cfg, out, state, dict(accelerator=accelerator, model=model, optimizer=optimizer, tokenizer=tokenizer,
+                                         heldout=heldout, counts=counts, axis_tokens=sampler.tokens(), n_params=n_params))
     stop = common.StopFlag().install()
-    stop_reason = "max_steps"
-
-    def progress_fraction() -> float:
-        fr = 0.0
-        if cfg.max_steps:
-            fr = max(fr, step / cfg.max_steps)
-        if cfg.max_minutes:
-            fr = max(fr, timer.elapsed / (cfg.max_minutes * 60))
-        return fr
-
-    def summary(finished: bool) -> dict[str, Any]:
-        session_s = max(time.time() - session_t0, 1e-9)
-        return {
-            "finished": finished and stop_reason in ("max_steps", "max_minutes"),
-            "stopped": finished,
-            "stop_reason": stop_reason if finished else None,
-            "params": n_params,
-            "steps": step,
-            "tokens_seen": tokens_seen,
-            "axis_tokens_seen": axis_tokens_seen,
-            "axis_train_tokens": axis_tokens,
-            "axis_epochs": {a: round(axis_tokens_seen.get(a, 0) / max(axis_tokens.get(a, 1), 1), 3) for a in AXES},
-            "train_seconds": round(timer.elapsed, 1),
-            "tokens_per_s_session": round(session_tokens / session_s, 1),
-            "tokens_per_s": round(tokens_seen / max(timer.elapsed, 1e-9), 1),
-            "initial_heldout_loss": initial_heldout,
-            "final_heldout_loss": last_heldout,
-            "examples": counts,
-            "vocab_size": len(tokenizer),
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "config": cfg.to_dict(),
-        }
-
-    def checkpoint(finished: bool = False) -> None:
-        if not accelerator.is_main_process:
-            return
-        unwrapped = accelerator.unwrap_model(model)
-        st = {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "axis_tokens_seen": axis_tokens_seen,
-            "train_seconds": timer.elapsed,
-            "initial_heldout": initial_heldout,
-            "last_heldout": last_heldout,
-            "config": cfg.to_dict(),
-        }
-        common.save_checkpoint(ckpt_dir, unwrapped, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, st, tokenizer)
-        common.export_model_folder(ckpt_dir, base_dir)
-        (base_dir / SUMMARY_FILE).write_text(json.dumps(summary(finished), indent=2))
-
-    def evaluate() -> dict[str, float]:
-        nonlocal last_heldout, initial_heldout
-        losses = common.heldout_loss(model, heldout, device)
-        losses = {a: round(v, 4) for a, v in losses.items()}
-        last_heldout = losses
-        if initial_heldout is None:
-            initial_heldout = losses
-        log.write({"type": "eval", "step": step, "tokens_seen": tokens_seen, "train_seconds": round(timer.elapsed, 1), "heldout_loss": losses})
-        return losses
-
-    if step == 0:
-        evaluate()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="base", unit="step", disable=not progress, mininterval=2.0, dynamic_ncols=True)
-    ema = None
     try:
-        while True:
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                stop_reason = "max_steps"
-                break
-            if cfg.max_minutes is not None and timer.elapsed >= cfg.max_minutes * 60:
-                stop_reason = "max_minutes"
-                break
-            if stop_at_step is not None and step >= stop_at_step:
-                stop.reason = stop.reason or "stop_at_step"
-            if stop.reason:
-                stop_reason = stop.reason
-                break
-            lr = common.lr_at(progress_fraction(), step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x, axes = sampler.batch(cfg.seed, step, cfg.batch_size)
-            x = x.to(device)
-            loss = model(input_ids=x, labels=x).loss
-            accelerator.backward(loss)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            n_tok = x.numel()
-            tokens_seen += n_tok
-            session_tokens += n_tok
-            for a in axes:
-                axis_tokens_seen[a] = axis_tokens_seen.get(a, 0) + cfg.context
-            lv = float(loss.detach())
-            ema = lv if ema is None else 0.95 * ema + 0.05 * lv
-            tps = session_tokens / max(time.time() - session_t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}", refresh=False)
-            if step % cfg.log_every == 0:
-                log.write({"type": "train", "step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": lr,
-                           "tokens_seen": tokens_seen, "train_seconds": round(timer.elapsed, 1), "tokens_per_s": round(tps, 1)})
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                losses = evaluate()
-                bar.write(f"[base] step {step}: held-out loss " + ", ".join(f"{a} {v:.3f}" for a, v in losses.items())
-                          + f" | train loss {ema:.3f} | {tps:.0f} tok/s")
-            if cfg.save_every and step % cfg.save_every == 0:
-                checkpoint()
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
+        run.loop(sampler, stop, stop_at_step, progress)
     finally:
-        bar.close()
         stop.restore()
-    if not last_heldout or (cfg.eval_every and step % cfg.eval_every != 0) or not cfg.eval_every:
-        evaluate()
-    checkpoint(finished=True)
-    result = summary(True)
-    print(f"[base] stopped ({stop_reason}) at step {step}: {tokens_seen} tokens, "
-          f"{result['tokens_per_s_session']} tok/s this session; held-out loss {last_heldout}; saved {base_dir}")
+    if not run.last_heldout or not cfg.eval_every or run.step % cfg.eval_every != 0:
+        run.evaluate()
+    run.checkpoint(finished=True)
+    result = run.summary(True)
+    print(f"[base] stopped ({run.stop_reason}) at step {run.step}: {run.tokens_seen} tokens, "
+          f"{result['tokens_per_s_session']} tok/s this session; held-out loss {run.last_heldout}; saved {out / BASE_DIR}")
     return result

@@ -70,6 +70,7 @@ def _adapter(mocae: MoCaEModel, folder: Path, pairs: dict[str, tuple[torch.Tenso
     save_lora_adapter(
         folder, pairs, rank=rank, alpha=mocae.config.scaling * rank,
         target_modules=mocae.config.target_modules, fan_in_fan_out=mocae.config.base_model_type == "gpt2",
+        model_type=mocae.config.base_model_type,
     )
 
 
@@ -81,7 +82,7 @@ def train_baselines(
     del load_in_4bit
     out = Path(out)
     folder = out / "baselines"
-    experts = load_mocae(out, load_in_4bit=False)
+    experts = load_mocae(out, load_in_4bit=False, allow_untrained=True)  # only the experts are used: routers may come later
     base_source = experts.mocae.config.base_model or out / "base"
     config = MoCaEConfig(rank=experts.mocae.config.rank, alpha=experts.mocae.config.alpha)
     tokenizer, pad = experts.tokenizer, experts.tokenizer.pad_token_id

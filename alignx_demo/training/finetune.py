@@ -117,7 +117,8 @@ def train_loop(
         batch = {k: v.to(device) for k, v in make_batch(data, indices, pad_id).items()}
         recording = mocae.record(detach=False) if loss_weights else nullcontext()
         answered = bool((batch["labels"] != -100).any())  # a batch of prompt-only examples has no LM loss
-        with mocae.routed(routing), recording as record:
+        summary_span = batch["attention_mask"] - batch["response_mask"]  # the prompt, template included
+        with mocae.routed(routing), mocae.prompt_span(summary_span), recording as record:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         labels=batch["labels"] if answered else None)
         losses = {"lm": out.loss if answered else out.logits.sum() * 0.0}
@@ -158,7 +159,8 @@ def response_loss(mocae: MoCaEModel, data: EncodedSet, routing: RoutingSettings,
     for first in range(0, len(data), batch_size):
         batch = {k: v.to(device) for k, v in make_batch(data, range(first, min(first + batch_size, len(data))), pad_id).items()}
         with mocae.routed(routing):
-            logits = mocae(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            with mocae.prompt_span(batch["attention_mask"] - batch["response_mask"]):
+                logits = mocae(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
         total, count = total + float(loss), count + int((labels != -100).sum())

@@ -3,14 +3,24 @@
 OUT/base (from `train base`, or `--base-model`) → experts (Stage 1) → router (Stage 2) →
 calibrate → baselines. Each stage reads what the previous ones wrote, so a stage can be rerun on
 its own; `stage_done` tells `train all --resume` which ones to skip.
+
+The router and calibration stages write their files into a temporary folder beside OUT (`staged`) and
+move them into place only when the stage has finished, so a stage that fails leaves OUT as it was; the
+files carry a "trained" marker (`modeling.provenance`) that the loader checks.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alignx_demo.data.readers import load_axis_data
+from alignx_demo.modeling.provenance import untrained_problem
 from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
 
 STAGES = ("experts", "router", "calibrate", "baselines")
@@ -23,7 +33,36 @@ _OUTPUTS = {
 
 
 def stage_done(out: Path, stage: str) -> bool:
-    return (out / _OUTPUTS[stage]).exists()
+    """Whether a stage's output is in place — for the router and calibration, also trained for what is
+    beside it (`modeling.provenance`): a rerun of the experts resets the routers, whatever logs remain."""
+    if not (out / _OUTPUTS[stage]).exists():
+        return False
+    if stage in ("router", "calibrate"):
+        return untrained_problem(out) is None
+    return True
+
+
+@contextmanager
+def staged(out: str | Path, stage: str, remove: Sequence[str] = ()) -> Iterator[Path]:
+    """A temporary folder beside `out` (on the same filesystem) for a stage's outputs. When the block
+    completes, the files `remove` names (relative to `out`: outputs this stage makes stale) are deleted,
+    then every file written in the folder is moved to the same place under `out` (`os.replace`, atomic
+    per file) and the folder is removed; when the block raises, the folder is removed and `out` is left
+    untouched."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{stage}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        for name in remove:
+            (out / name).unlink(missing_ok=True)
+        for file in files:
+            target = out / file.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_stages(
@@ -39,8 +78,9 @@ def run_stages(
     seed: int = 0,
     max_per_source: int | None = None,
     progress: bool = True,
+    router_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the named stages; return {stage: summary}."""
+    """Run the named stages; return {stage: summary}. `router_options` sets `RouterConfig` fields."""
     from alignx_demo.training.baselines import BaselinesConfig, train_baselines
     from alignx_demo.training.calibrate import CalibrationConfig, calibrate
     from alignx_demo.training.experts import ExpertsConfig, train_experts
@@ -63,7 +103,8 @@ def run_stages(
             cfg.steps, cfg.seed = steps or cfg.steps, seed
             summaries[name] = train_experts(out, examples, cfg, base_model=base_model, load_in_4bit=load_in_4bit, progress=progress)
         elif name == "router":
-            cfg = RouterConfig.quick_recipe() if quick else RouterConfig()
+            options = router_options or {}
+            cfg = RouterConfig.quick_recipe(**options) if quick else RouterConfig(**options)
             cfg.steps, cfg.seed = steps or cfg.steps, seed
             summaries[name] = train_router(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress)
         elif name == "calibrate":

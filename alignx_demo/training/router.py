@@ -24,14 +24,17 @@ from safetensors.torch import save_file
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.data.records import AxisExample
 from alignx_demo.data.roles import router_examples
-from alignx_demo.modeling.checkpoint import ROUTER_FILE, load_mocae
+from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, CONFIG_FILE, ROUTER_FILE, load_mocae
+from alignx_demo.modeling.provenance import trained_metadata
 from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.finetune import encode_set, train_loop
 
 
 @dataclass
 class RouterConfig:
-    """Stage 2 settings: steps, batch size, learning rate, loss weights, max tokens per example."""
+    """Stage 2 settings: steps, batch size, learning rate, loss weights, max tokens per example;
+    `context_scope` ("sequence" or "prompt": what the routers' running mean covers, `MoCaEConfig`)
+    and `match_phrasing` (repeat the prompts whose opening another axis owns, `data.roles`)."""
 
     steps: int = 1600
     batch_size: int = 8
@@ -41,23 +44,32 @@ class RouterConfig:
     balance_weight: float = 0.01
     max_len: int = 256
     seed: int = 0
+    context_scope: str = "sequence"
+    match_phrasing: bool = False
 
     @classmethod
-    def quick_recipe(cls) -> RouterConfig:
-        return cls(steps=15, batch_size=6, max_len=128)
+    def quick_recipe(cls, **overrides: Any) -> RouterConfig:
+        return cls(**({"steps": 15, "batch_size": 6, "max_len": 128} | overrides))
 
 
 def train_router(
     out: str | Path, examples: list[AxisExample], cfg: RouterConfig, *, load_in_4bit: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train the routers of the checkpoint in `out` and rewrite its router.safetensors."""
+    """Train the routers of the checkpoint in `out` and rewrite its router.safetensors (marked trained,
+    `modeling.provenance`) and logs/router_summary.json, deleting the calibration fitted for the old
+    routers — all only once training has finished (`pipeline.staged`): a run that fails changes nothing."""
+    from alignx_demo.training.pipeline import staged
+
     out = Path(out)
-    loaded = load_mocae(out, load_in_4bit=load_in_4bit)
+    loaded = load_mocae(out, load_in_4bit=load_in_4bit, allow_untrained=True)  # the routers are reset below
     mocae, tokenizer = loaded.mocae, loaded.tokenizer
     mocae.calibration = None  # calibration is fitted afterwards, on the new routers
     for param in mocae.routers.parameters():  # from the zero init (uniform routing), so a rerun reproduces
         torch.nn.init.zeros_(param)
-    train = [e for axis in AXES for e in router_examples(tokenizer, examples, axis)]
+    if cfg.context_scope not in ("sequence", "prompt"):
+        raise ValueError(f"context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
+    mocae.config.context_scope = cfg.context_scope  # the routers learn the scope they will be served with
+    train = [e for axis in AXES for e in router_examples(tokenizer, examples, axis, match_phrasing=cfg.match_phrasing)]
     data = encode_set(tokenizer, train, cfg.max_len)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)
@@ -72,7 +84,10 @@ def train_router(
     summary = {"config": asdict(cfg), "examples": len(data)} | result
     if is_main_process():
         routers = {f"routers.{k}": v.detach().float().cpu().contiguous() for k, v in mocae.routers.state_dict().items()}
-        save_file(routers, str(out / ROUTER_FILE), metadata={"format": "pt"})
-        (out / "calibration.safetensors").unlink(missing_ok=True)  # fitted for the old routers
-        (out / "logs" / "router_summary.json").write_text(json.dumps(summary, indent=1))
+        with staged(out, "router", remove=[CALIBRATION_FILE]) as tmp:  # the calibration was fitted for the old routers
+            marker = trained_metadata("router", steps=cfg.steps, examples=len(data))
+            save_file(routers, str(tmp / ROUTER_FILE), metadata={"format": "pt", **marker})
+            (tmp / CONFIG_FILE).write_text(json.dumps(mocae.config.to_dict(), indent=2))
+            (tmp / "logs").mkdir()
+            (tmp / "logs" / "router_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -122,7 +122,7 @@ BUNDLE_RECIPE = (
     "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json   # on a copy of runs/teach",
     "python -m alignx_demo release --run runs/teach --to assets/demo-model --eval-report precomputed/eval.json",
 )
-"""The commands that built the bundled model (the README's Training section lists the same lines; a test checks)."""
+"""The commands that built the bundled model (docs/training.md lists the same lines; a test checks)."""
 
 
 def model_card(context: ModelContext) -> str | None:

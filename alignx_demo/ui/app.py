@@ -16,7 +16,7 @@ from alignx_demo.ui.compare import build_compare_tab
 from alignx_demo.ui.live import build_live_tab
 from alignx_demo.ui.results import build_results_tab
 from alignx_demo.ui.routing_analysis import build_analysis_tab
-from alignx_demo.ui.runner import serve
+from alignx_demo.ui.served import serve
 from alignx_demo.ui.theme import CSS
 from alignx_demo.ui.tradeoff import build_tradeoff_tab
 
@@ -81,6 +81,6 @@ def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None
 
 
 LAUNCH_KWARGS = {"css": CSS, "theme": gr.themes.Soft(), "show_error": True}
-"""`show_error`: the endpoints raise only gr.Error with sentences of their own (`runner.visitor_errors`); this
+"""`show_error`: the endpoints raise only gr.Error with sentences of their own (`validation.visitor_errors`); this
 lets the few errors Gradio raises itself before they run (too few inputs in a raw API call, a file path
 outside the upload folder) reach the caller as Gradio's message instead of an empty error."""

@@ -19,17 +19,9 @@ from alignx_demo.analysis.regimes import EXPERT_FORCED, INSTRUCTED, REGIME_LABEL
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.plots import empty_figure, map_figure
-from alignx_demo.ui.runner import (
-    MODEL_EVENT,
-    SERVED,
-    GenerationError,
-    check_prompt,
-    gpu,
-    gpu_seconds,
-    limits_of,
-    visitor_errors,
-)
+from alignx_demo.ui.served import MODEL_EVENT, SERVED, gpu, gpu_seconds, limits_of
 from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR
+from alignx_demo.ui.validation import GenerationError, check_prompt, visitor_errors
 
 _REGIME_SETS: dict[int, RegimeSet] = {}
 _LOCK = threading.Lock()

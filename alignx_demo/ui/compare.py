@@ -16,19 +16,10 @@ from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.plots import empty_figure, reliability_figure, shares_figure
-from alignx_demo.ui.runner import (
-    MODEL_EVENT,
-    MODES,
-    TEMPERATURE_RANGE,
-    TOP_P_RANGE,
-    one_of,
-    settings_from,
-    shares,
-    stream_runs,
-    token_cap,
-    visitor_errors,
-)
+from alignx_demo.ui.runner import shares, stream_runs
+from alignx_demo.ui.served import MODEL_EVENT, token_cap
 from alignx_demo.ui.theme import AXIS_LABELS
+from alignx_demo.ui.validation import MODES, TEMPERATURE_RANGE, TOP_P_RANGE, one_of, settings_from, visitor_errors
 
 RUNS = ("calibrated", "uncalibrated")
 

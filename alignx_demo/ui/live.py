@@ -32,8 +32,11 @@ from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import write_exports
 from alignx_demo.ui.plots import effects_figure, heatmap_figure, settle_figure, weights_figure
 from alignx_demo.ui.research import attribute_run, load_saved, rerun_and_diff, settle_view
-from alignx_demo.ui.runner import (
-    MODEL_EVENT,
+from alignx_demo.ui.runner import shares, stream_trace
+from alignx_demo.ui.served import MODEL_EVENT, token_cap
+from alignx_demo.ui.stories import build_stories_panel
+from alignx_demo.ui.theme import AXIS_LABELS
+from alignx_demo.ui.validation import (
     MODES,
     TEMPERATURE_RANGE,
     TOP_P_RANGE,
@@ -41,13 +44,8 @@ from alignx_demo.ui.runner import (
     flag,
     one_of,
     settings_from,
-    shares,
-    stream_trace,
-    token_cap,
     visitor_errors,
 )
-from alignx_demo.ui.stories import build_stories_panel
-from alignx_demo.ui.theme import AXIS_LABELS
 
 EMPTY_CHIPS = "Tokens appear here, coloured by routing, as they are generated."
 STOPS: dict[str, threading.Event] = {}
@@ -140,10 +138,73 @@ class LiveTab:
     run_after: Callable[[Any], Any]
 
 
-def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab:
-    """The components and events of the live tab (inside an open gr.Blocks/gr.Tab)."""
-    build_stories_panel(artefacts)
-    gr.HTML(legend_html())
+@dataclass
+class _Controls:
+    """The prompt column and the settings column: what a run reads."""
+
+    prompt: gr.Textbox
+    run_btn: gr.Button
+    stop_btn: gr.Button
+    example_pick: gr.Dropdown
+    calibrated: gr.Checkbox
+    mode: gr.Radio
+    max_new: gr.Slider
+    do_sample: gr.Checkbox
+    temperature: gr.Slider
+    top_p: gr.Slider
+    seed: gr.Number
+
+    def inputs(self) -> list[Any]:
+        """The inputs of `generate`, in its argument order."""
+        return [self.prompt, self.max_new, self.do_sample, self.temperature, self.top_p, self.seed, self.calibrated, self.mode]
+
+
+@dataclass
+class _Views:
+    """What a run draws: chips, summary, plots, the research tools' outputs, the downloads, and the JSON
+    and state behind them."""
+
+    chips: gr.HTML
+    summary: gr.Markdown
+    weights_plot: gr.Plot
+    heat_axis: gr.Radio
+    heatmap: gr.Plot
+    settle_plot: gr.Plot
+    settle_text: gr.Markdown
+    attribute_btn: gr.Button
+    attribution_text: gr.Markdown
+    effects_plot: gr.Plot
+    csv_file: gr.File
+    json_file: gr.File
+    trace: gr.JSON | None = None
+    attribution: gr.JSON | None = None
+    state: gr.State | None = None
+
+
+@dataclass
+class _SavedPanel:
+    """A saved trace: its file, what it holds, and the controls that show it or diff it against a new run."""
+
+    file: gr.File
+    text: gr.Markdown
+    show_btn: gr.Button
+    diff_btn: gr.Button
+    diff_chips: gr.HTML
+    diff_text: gr.Markdown
+    diff_json: gr.JSON
+    state: gr.State | None = None
+
+
+def _example_choices(artefacts: Artefacts) -> list[str]:
+    """The labels of the precomputed example traces, as `show_example` matches them."""
+    if not artefacts.get("examples"):
+        return []
+    return [f"{'calibrated' if t['settings']['routing']['calibrated'] else 'uncalibrated'} · {t['prompt']}"
+            for t in artefacts.get("examples")["traces"]]
+
+
+def _controls(key: int, artefacts: Artefacts, model_ready: bool) -> _Controls:
+    """The prompt with its examples and buttons, beside the routing and generation settings."""
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder="Ask something…", elem_id="live-prompt")
@@ -154,12 +215,7 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="live-stop")
             if not model_ready and artefacts.get("examples"):
                 gr.Markdown("No model is loaded, but you can look at precomputed example generations:")
-            example_choices = []
-            if artefacts.get("examples"):
-                example_choices = [
-                    f"{'calibrated' if t['settings']['routing']['calibrated'] else 'uncalibrated'} · {t['prompt']}"
-                    for t in artefacts.get("examples")["traces"]
-                ]
+            example_choices = _example_choices(artefacts)
             example_pick = gr.Dropdown(example_choices, value=None, label="…or show a precomputed example trace",
                                        visible=bool(example_choices))
         with gr.Column(scale=1, min_width=240):
@@ -172,6 +228,11 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
             temperature = gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature")
             top_p = gr.Slider(*TOP_P_RANGE, value=1.0, step=0.05, label="Top-p")
             seed = gr.Number(0, precision=0, label="Seed")
+    return _Controls(prompt, run_btn, stop_btn, example_pick, calibrated, mode, max_new, do_sample, temperature, top_p, seed)
+
+
+def _views() -> _Views:
+    """Chips and summary, the weights plot and heatmap, the settle curve and attribution, the downloads."""
     chips = gr.HTML(chips_html([], empty=EMPTY_CHIPS), label="Chips HTML", elem_id="live-chips")
     summary = gr.Markdown(label="Summary", elem_id="live-summary")
     with gr.Row():
@@ -203,6 +264,12 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
                            elem_classes=["ax-download"])
         json_file = gr.File(label="Download trace (JSON)", interactive=False, visible=False, min_width=260, elem_id="live-json",
                             elem_classes=["ax-download"])
+    return _Views(chips, summary, weights_plot, heat_axis, heatmap, settle_plot, settle_text, attribute_btn, attribution_text,
+                  effects_plot, csv_file, json_file)
+
+
+def _saved_panel() -> _SavedPanel:
+    """The accordion that loads a saved trace, shows it, or diffs it against a new run of its prompt."""
     with gr.Accordion("Saved traces: load one, show it, or diff it against a new run of its prompt", open=False,
                       elem_id="live-saved"):
         saved_file = gr.File(label="Trace JSON (the download above, or `generate --json`)", file_types=[".json"],
@@ -216,15 +283,32 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
         diff_text = gr.Markdown(elem_id="live-diff-summary")
         with gr.Accordion("Diff (JSON)", open=False):
             diff_json = gr.JSON(label="Diff")
+    return _SavedPanel(saved_file, saved_text, show_btn, diff_btn, diff_chips, diff_text, diff_json)
+
+
+def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab:
+    """The components and events of the live tab (inside an open gr.Blocks/gr.Tab)."""
+    build_stories_panel(artefacts)
+    gr.HTML(legend_html())
+    controls = _controls(key, artefacts, model_ready)
+    views = _views()
+    saved = _saved_panel()
     with gr.Accordion("Trace (JSON, as returned by the API)", open=False):
-        trace = gr.JSON(label="Trace")
+        views.trace = gr.JSON(label="Trace")
     with gr.Accordion("Attribution (JSON, as returned by the API)", open=False):
-        attribution = gr.JSON(label="Attribution")
-    state = gr.State(None)
-    saved = gr.State(None)
+        views.attribution = gr.JSON(label="Attribution")
+    views.state = gr.State(None)
+    saved.state = gr.State(None)
     if artefacts.notice("examples") and not model_ready:
         gr.HTML(notice_html(artefacts.notice("examples")))
+    run_chain = _wire_run(key, controls, views)
+    _wire_views(key, artefacts, controls, views, saved)
+    return LiveTab(controls.prompt, controls.calibrated, lambda dependency: run_chain(dependency.success))
 
+
+def _wire_run(key: int, controls: _Controls, views: _Views) -> Callable[..., Any]:
+    """The page's run (Generate, Enter in the prompt: clear, then stream) and Stop; returns `run_chain`,
+    which chains that run after any event."""
     def generate(prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, seed: int,
                  calibrated: bool, mode: str, request: gr.Request) -> Iterator[tuple[str, str, Any]]:
         session = getattr(request, "session_hash", None)
@@ -235,47 +319,54 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
             if stop is not None and STOPS.get(session) is stop:
                 del STOPS[session]
 
-    def attribute_this(trace: dict[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
-        return attribute_run(key, trace)
-
-    def diff_again(saved: dict[str, Any] | None) -> Iterator[tuple[str, str, Any]]:
-        yield from rerun_and_diff(key, saved)
-
-    inputs = [prompt, max_new, do_sample, temperature, top_p, seed, calibrated, mode]
-    cleared = [chips, summary, trace, state, csv_file, json_file]
+    cleared = [views.chips, views.summary, views.trace, views.state, views.csv_file, views.json_file]
     description = "Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has the full trace."
 
     def run_chain(trigger: Callable[..., Any], **api: Any) -> Any:
         """`trigger` (an event method, e.g. a button's click) clears the outputs, then streams the run."""
-        return trigger(start_run, inputs=prompt, outputs=cleared, api_visibility="private", show_progress="hidden").success(
-            generate, inputs=inputs, outputs=[chips, summary, trace], **(api or {"api_visibility": "private"}),
-            **MODEL_EVENT, api_description=description)
+        return trigger(start_run, inputs=controls.prompt, outputs=cleared, api_visibility="private", show_progress="hidden").success(
+            generate, inputs=controls.inputs(), outputs=[views.chips, views.summary, views.trace],
+            **(api or {"api_visibility": "private"}), **MODEL_EVENT, api_description=description)
 
-    run_chain(run_btn.click, api_name="generate")
-    run_chain(prompt.submit)
-    stop_btn.click(stop_run, api_visibility="private", queue=False, show_progress="hidden")
-    trace.change(visitor_errors(render_views), inputs=[trace, heat_axis], outputs=[weights_plot, heatmap, state, csv_file, json_file],
-                 api_visibility="private", trigger_mode="always_last", show_progress="hidden")
-    heat_axis.change(visitor_errors(lambda t, a: heatmap_figure(t, a)), inputs=[state, heat_axis], outputs=heatmap,
-                     api_visibility="private", show_progress="hidden")
-    example_pick.change(visitor_errors(lambda c: show_example(artefacts, c)), inputs=example_pick, outputs=[chips, summary, trace],
-                        api_visibility="private")
-    state.change(lambda: ("", effects_figure(None), None), outputs=[attribution_text, effects_plot, attribution],
-                 api_visibility="private", queue=False, show_progress="hidden").then(
-        visitor_errors(lambda t: settle_view(key, t)), inputs=state, outputs=[settle_plot, settle_text],
+    run_chain(controls.run_btn.click, api_name="generate")
+    run_chain(controls.prompt.submit)
+    controls.stop_btn.click(stop_run, api_visibility="private", queue=False, show_progress="hidden")
+    return run_chain
+
+
+def _wire_views(key: int, artefacts: Artefacts, controls: _Controls, views: _Views, saved: _SavedPanel) -> None:
+    """What follows from a trace: plots, state and downloads, the settle curve, attribution (the named
+    endpoint `attribute`), precomputed examples, and saved traces shown or diffed."""
+    shown = [views.chips, views.summary, views.trace]
+
+    def attribute_this(trace: dict[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
+        return attribute_run(key, trace)
+
+    def diff_again(trace: dict[str, Any] | None) -> Iterator[tuple[str, str, Any]]:
+        yield from rerun_and_diff(key, trace)
+
+    views.trace.change(visitor_errors(render_views), inputs=[views.trace, views.heat_axis],
+                       outputs=[views.weights_plot, views.heatmap, views.state, views.csv_file, views.json_file],
+                       api_visibility="private", trigger_mode="always_last", show_progress="hidden")
+    views.heat_axis.change(visitor_errors(lambda t, a: heatmap_figure(t, a)), inputs=[views.state, views.heat_axis],
+                           outputs=views.heatmap, api_visibility="private", show_progress="hidden")
+    controls.example_pick.change(visitor_errors(lambda c: show_example(artefacts, c)), inputs=controls.example_pick,
+                                 outputs=shown, api_visibility="private")
+    views.state.change(lambda: ("", effects_figure(None), None), outputs=[views.attribution_text, views.effects_plot, views.attribution],
+                       api_visibility="private", queue=False, show_progress="hidden").then(
+        visitor_errors(lambda t: settle_view(key, t)), inputs=views.state, outputs=[views.settle_plot, views.settle_text],
         api_visibility="private", trigger_mode="always_last", show_progress="hidden", **MODEL_EVENT)
-    attribute_btn.click(visitor_errors(attribute_this), inputs=trace, outputs=[chips, attribution_text, attribution],
-                        api_name="attribute", **MODEL_EVENT,
-                        api_description="Counterfactual attribution of a trace's generated tokens (remove or force each "
-                                        "expert, one forward): (chips HTML with weight and effect in each hover, summary "
-                                        "markdown, attribution JSON).")
-    attribution.change(visitor_errors(effects_figure), inputs=attribution, outputs=effects_plot, api_visibility="private",
-                       show_progress="hidden")
-    saved_file.change(visitor_errors(load_saved), inputs=saved_file, outputs=[saved, saved_text], api_visibility="private")
-    show_btn.click(visitor_errors(show_saved), inputs=saved, outputs=[chips, summary, trace], api_visibility="private")
-    diff_btn.click(visitor_errors(diff_again), inputs=saved, outputs=[diff_chips, diff_text, diff_json],
-                   api_visibility="private", **MODEL_EVENT)
-    return LiveTab(prompt, calibrated, lambda dependency: run_chain(dependency.success))
+    views.attribute_btn.click(visitor_errors(attribute_this), inputs=views.trace,
+                              outputs=[views.chips, views.attribution_text, views.attribution], api_name="attribute", **MODEL_EVENT,
+                              api_description="Counterfactual attribution of a trace's generated tokens (remove or force each "
+                                              "expert, one forward): (chips HTML with weight and effect in each hover, summary "
+                                              "markdown, attribution JSON).")
+    views.attribution.change(visitor_errors(effects_figure), inputs=views.attribution, outputs=views.effects_plot,
+                             api_visibility="private", show_progress="hidden")
+    saved.file.change(visitor_errors(load_saved), inputs=saved.file, outputs=[saved.state, saved.text], api_visibility="private")
+    saved.show_btn.click(visitor_errors(show_saved), inputs=saved.state, outputs=shown, api_visibility="private")
+    saved.diff_btn.click(visitor_errors(diff_again), inputs=saved.state, outputs=[saved.diff_chips, saved.diff_text, saved.diff_json],
+                         api_visibility="private", **MODEL_EVENT)
 
 
 def show_saved(trace: dict[str, Any] | None) -> tuple[str, str, Any]:

@@ -24,22 +24,10 @@ from alignx_demo.analysis.traces import diff_traces, load_trace, validate_trace
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.ui.chips import chips_html
 from alignx_demo.ui.plots import settle_figure
-from alignx_demo.ui.runner import (
-    MODES,
-    GenerationError,
-    flag,
-    gpu,
-    gpu_seconds,
-    model_ready,
-    number,
-    one_of,
-    prior_from,
-    served_model,
-    settings_from,
-    stream_trace,
-    token_cap,
-)
+from alignx_demo.ui.runner import stream_trace
+from alignx_demo.ui.served import gpu, gpu_seconds, model_ready, served_model, token_cap
 from alignx_demo.ui.theme import AXIS_LABELS
+from alignx_demo.ui.validation import MODES, GenerationError, flag, number, one_of, prior_from, settings_from
 
 DRIFT = 0.01
 """A recomputed routing weight further than this from the trace's own says the trace came from elsewhere."""

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from alignx_demo.ui.plots import Figure, _layout, empty_figure
-from alignx_demo.ui.runner import visitor_errors
+from alignx_demo.ui.validation import visitor_errors
 
 EVAL_FILE, BENCH_FILE = "eval.json", "bench.json"
 BENCH_RUNS = (

@@ -17,29 +17,22 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from alignx_demo.analysis.artefacts import HOW_TO_BUILD, Artefacts
-from alignx_demo.analysis.failures import analysis_csv, analyze_prompts
+from alignx_demo.analysis.failures import analysis_csv, analyze_prompts, level_figures
 from alignx_demo.analysis.prompt_files import parse_prompt_file
 from alignx_demo.config import RoutingSettings
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.exports import write_downloads
 from alignx_demo.ui.plots import confusion_figure
-from alignx_demo.ui.runner import (
-    MODEL_EVENT,
-    GenerationError,
-    flag,
-    gpu,
-    gpu_seconds,
-    limits_of,
-    served_model,
-    visitor_errors,
-)
+from alignx_demo.ui.served import MODEL_EVENT, gpu, gpu_seconds, limits_of, served_model
 from alignx_demo.ui.theme import AXIS_LABELS
+from alignx_demo.ui.validation import GenerationError, flag, visitor_errors
 
 SHOWN_PROBLEMS = 5
 """Bad-row sentences shown in the summary (all of them are in the JSON's "problems")."""
@@ -63,13 +56,15 @@ def _ci(ci: list[float] | None) -> str:
 # the model work ---------------------------------------------------------------------------------------------
 
 @gpu(duration=gpu_seconds)
-def analyze_plain(key: int, rows: list[dict[str, Any]], calibrated: bool, progress: Progress | None = None) -> dict[str, Any]:
-    """`analyze_prompts` on the served model under the operator's row and time limits (plain data in and out)."""
+def analyze_plain(key: int, rows: list[dict[str, Any]], calibrated: bool, progress: Progress | None = None,
+                  rejected: list[str] | None = None) -> dict[str, Any]:
+    """`analyze_prompts` on the served model under the operator's row and time limits (plain data in and out):
+    both routing levels, the file's rejected rows counted (`rejected`, one sentence each)."""
     context = served_model(key)
     limits = limits_of(key)
     return analyze_prompts(context.loaded, None, rows, routing=RoutingSettings(mode="soft", calibrated=calibrated),
                            max_rows=limits.max_analysis_rows, max_seconds=limits.request_seconds, progress=progress,
-                           model_name=context.name)
+                           model_name=context.name, rejected=rejected or ())
 
 
 def uploaded(prompts_file: Any) -> tuple[Path, str]:
@@ -90,10 +85,7 @@ def analyze(key: int, prompts_file: Any, calibrated: Any, progress: Progress | N
         rows, problems = parse_prompt_file(path, name=name)
     except ValueError as err:
         raise GenerationError(str(err).replace(str(path), name)) from None
-    result = analyze_plain(key, rows, calibrated, progress)
-    result["problems"] = problems + result["problems"]
-    if problems:
-        result["notices"].append(f"{len(problems)} row(s) of the file could not be used (see problems)")
+    result = analyze_plain(key, rows, calibrated, progress, rejected=problems)
     result["prompts_file"] = name
     return summary_markdown(result), result
 
@@ -105,7 +97,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
     routing = result["routing"]
     how = ("calibrated" if routing["calibrated"] else "uncalibrated") + f" {routing['mode']} routing"
     source = f" of **{plain(result['prompts_file'])}**" if result.get("prompts_file") else ""
-    lines = [f"Analysed **{result['analysed']} of {result['rows_given']} usable rows**{source} in {result['seconds']:.1f} s "
+    given = result["rows_given"]
+    lines = [f"Analysed **{result['analysed']} of {given} rows**{source} in {result['seconds']:.1f} s "
              f"({how}; a prompt is routed by the mean of its routing weights over its tokens and layers)."]
     problems = result.get("problems") or []
     for problem in problems[:SHOWN_PROBLEMS]:
@@ -113,17 +106,23 @@ def summary_markdown(result: dict[str, Any]) -> str:
     if len(problems) > SHOWN_PROBLEMS:
         lines.append(f"⚠ …and {len(problems) - SHOWN_PROBLEMS} more rows left out (all listed in the JSON download).")
     for notice in result.get("notices") or []:
-        if "could not be used" not in notice:
-            lines.append(f"⚠ {plain(notice)}")
-    level = result["levels"]["prompt"]
-    overall = level["slices"].get("all", {}).get("all")
-    if overall is None:
+        lines.append(f"⚠ {plain(notice)}")
+    figures = level_figures(result) if "levels" in result else []
+    if any(f.get("skipped") == "no labelled rows" for f in figures):
         lines.append("No row has an axis label, so there is no accuracy or confusion matrix: add an `axis` column "
                      "(helpful, harmless or honest) to measure them.")
-    else:
-        lines.append(f"**Accuracy {overall['accuracy']:.2f}{_ci(overall['accuracy_ci95'])}, ECE {overall['ece']:.3f}"
-                     f"{_ci(overall['ece_ci95'])}** on {overall['n']} labelled prompts (95 % bootstrap intervals); "
-                     f"{len(level['misrouted'])} misrouted, listed below most confident first.")
+    for f in figures:
+        if f.get("skipped"):
+            if f["skipped"] != "no labelled rows":
+                lines.append(f"{f['level'].capitalize()} level: {plain(f['skipped'])}.")
+            continue
+        debiased = f" (debiased {f['ece_debiased']:.3f})" if f.get("ece_debiased") is not None else ""
+        lines.append(f"**{f['level'].capitalize()} level** ({plain(f['what'])}): **accuracy {f['accuracy']:.2f}"
+                     f"{_ci(f['accuracy_ci95'])}, ECE {f['ece']:.3f}{_ci(f['ece_ci95'])}**{debiased} on {f['n']} labelled "
+                     f"prompts, mean confidence {f['mean_confidence']:.2f}; {f['misrouted']} misrouted.")
+    if figures:
+        lines.append("Intervals: 95 %, Wilson for accuracy, BCa bootstrap for ECE. The table below lists the prompt "
+                     "level's misrouted prompts, most confident first.")
     return "\n\n".join(lines)
 
 
@@ -203,14 +202,38 @@ def shipped(artefacts: Artefacts) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in slices.items() if isinstance(v, dict) and "result" in v} if isinstance(slices, dict) else {}
 
 
-def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any) -> None:
-    """The tab's components and events; `live` is the live tab's handles (`live.LiveTab`), `tabs` the page's tabs."""
-    slices = shipped(artefacts)
-    gr.Markdown("**Where does routing fail?** Route a whole prompt set at once: upload a CSV or JSONL file with a "
-                "`prompt` column, optionally an `axis` column (helpful, harmless or honest) and any further columns "
-                "to slice by (e.g. `source`) — or open a slice this project ships results for. Each prompt's routing "
-                "is the mean of its routing weights over its tokens; a click on a misrouted prompt runs it in Live "
-                "routing.")
+@dataclass
+class _Inputs:
+    """What an analysis reads: the uploaded file and calibration (the Analyze button runs it), or a shipped slice."""
+
+    prompts_file: gr.File
+    calibrated: gr.Checkbox
+    run_btn: gr.Button
+    pick: gr.Dropdown
+
+
+@dataclass
+class _Views:
+    """What a result draws: summary, confusion matrix, slices and settle tables, the misrouted table and its
+    rows, the downloads, and the result JSON itself."""
+
+    summary: gr.Markdown
+    confusion: gr.Plot
+    slices_md: gr.Markdown
+    settle_md: gr.Markdown
+    table: gr.Dataframe
+    csv_file: gr.File
+    json_file: gr.File
+    result: gr.JSON
+    rows: gr.State
+
+    def drawn(self) -> list[Any]:
+        """The outputs of `render`, in its order."""
+        return [self.confusion, self.slices_md, self.settle_md, self.table, self.rows, self.csv_file, self.json_file]
+
+
+def _inputs(key: int, artefacts: Artefacts, slices: dict[str, dict[str, Any]]) -> _Inputs:
+    """The upload with its calibration and Analyze button, beside the shipped slices (or a notice why there are none)."""
     with gr.Row():
         with gr.Column(scale=3, min_width=280):
             prompts_file = gr.File(label="Prompt file (CSV, JSONL or JSON)", file_types=[".csv", ".jsonl", ".json", ".ndjson"],
@@ -234,7 +257,11 @@ def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any)
             else:
                 gr.HTML(notice_html(artefacts.notice("analysis")
                                     or f"No shipped slices in the routing analysis file; rebuild it with `{HOW_TO_BUILD}`."))
-    first = next(iter(slices.values()))["result"] if slices else None
+    return _Inputs(prompts_file, calibrated, run_btn, pick)
+
+
+def _views(first: dict[str, Any] | None) -> _Views:
+    """The result's summary, plots, tables, downloads and JSON, drawn from `first` (a shipped slice) if any."""
     summary = gr.Markdown(summary_markdown(first) if first else "", label="Summary", elem_id="analysis-summary")
     initial = views(first)
     files = downloads(first, keep=True) if first else (None, None)
@@ -259,8 +286,25 @@ def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any)
                             elem_id="analysis-json", elem_classes=["ax-download"])
     with gr.Accordion("Analysis (JSON, as returned by the API)", open=False):
         result = gr.JSON(first, label="Analysis")
-    rows_state = gr.State(initial[4])
+    return _Views(summary, confusion, slices_md, settle_md, table, csv_file, json_file, result, gr.State(initial[4]))
 
+
+def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any) -> None:
+    """The tab's components and events; `live` is the live tab's handles (`live.LiveTab`), `tabs` the page's tabs."""
+    slices = shipped(artefacts)
+    gr.Markdown("**Where does routing fail?** Route a whole prompt set at once: upload a CSV or JSONL file with a "
+                "`prompt` column, optionally an `axis` column (helpful, harmless or honest) and any further columns "
+                "to slice by (e.g. `source`) — or open a slice this project ships results for. Each prompt's routing "
+                "is the mean of its routing weights over its tokens; a click on a misrouted prompt runs it in Live "
+                "routing.")
+    inputs = _inputs(key, artefacts, slices)
+    shown = _views(next(iter(slices.values()))["result"] if slices else None)
+    _wire(key, slices, inputs, shown, tabs, live)
+
+
+def _wire(key: int, slices: dict[str, dict[str, Any]], inputs: _Inputs, shown: _Views, tabs: gr.Tabs, live: Any) -> None:
+    """Analyze (the named endpoint `analyze`), opening a shipped slice, drawing a result, and a click on a
+    misrouted row running its prompt in Live routing."""
     def run_analysis(prompts_file: Any, calibrated: bool, progress: gr.Progress = gr.Progress()) -> tuple[str, dict[str, Any]]:
         return analyze(key, prompts_file, calibrated, lambda done, total: progress((done, total), desc="routing prompts",
                                                                                    unit="prompts"))
@@ -271,21 +315,22 @@ def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any)
         chosen = slices[name]["result"]
         return summary_markdown(chosen), chosen
 
-    def open_row(rows: list[dict[str, Any]], shown: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, ...]:
+    def open_row(rows: list[dict[str, Any]], result: dict[str, Any] | None, evt: gr.SelectData) -> tuple[Any, ...]:
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not rows or not isinstance(index, int) or not 0 <= index < len(rows):
             raise GenerationError("that row is not in the table any more; analyse again")
-        calibrated_run = bool((shown or {}).get("routing", {}).get("calibrated", True))
+        calibrated_run = bool((result or {}).get("routing", {}).get("calibrated", True))
         return rows[index]["prompt"], calibrated_run, gr.Tabs(selected="live")
 
-    run_btn.click(visitor_errors(run_analysis), inputs=[prompts_file, calibrated], outputs=[summary, result], api_name="analyze",
-                  api_description="Route every prompt of a CSV/JSONL file (optional axis label per row): (summary markdown, "
-                                  "analysis JSON with the confusion matrix, accuracy and ECE per slice, misrouted rows, "
-                                  "settle points).", **MODEL_EVENT)
-    pick.change(visitor_errors(open_slice), inputs=pick, outputs=[summary, result], api_visibility="private", queue=False)
-    result.change(visitor_errors(render), inputs=result,
-                  outputs=[confusion, slices_md, settle_md, table, rows_state, csv_file, json_file],
-                  api_visibility="private", show_progress="hidden")
-    opened = table.select(visitor_errors(open_row), inputs=[rows_state, result], outputs=[live.prompt, live.calibrated, tabs],
-                          api_visibility="private", queue=False)
+    inputs.run_btn.click(visitor_errors(run_analysis), inputs=[inputs.prompts_file, inputs.calibrated],
+                         outputs=[shown.summary, shown.result], api_name="analyze",
+                         api_description="Route every prompt of a CSV/JSONL file (optional axis label per row): (summary "
+                                         "markdown, analysis JSON with the confusion matrix, accuracy and ECE per slice, "
+                                         "misrouted rows, settle points).", **MODEL_EVENT)
+    inputs.pick.change(visitor_errors(open_slice), inputs=inputs.pick, outputs=[shown.summary, shown.result],
+                       api_visibility="private", queue=False)
+    shown.result.change(visitor_errors(render), inputs=shown.result, outputs=shown.drawn(), api_visibility="private",
+                        show_progress="hidden")
+    opened = shown.table.select(visitor_errors(open_row), inputs=[shown.rows, shown.result],
+                                outputs=[live.prompt, live.calibrated, tabs], api_visibility="private", queue=False)
     live.run_after(opened)

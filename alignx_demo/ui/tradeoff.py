@@ -17,17 +17,9 @@ from alignx_demo.config import PRESETS, preset_routing
 from alignx_demo.ui.chips import chips_html, legend_html
 from alignx_demo.ui.live import summary_markdown
 from alignx_demo.ui.plots import empty_figure, shares_figure
-from alignx_demo.ui.runner import (
-    MODEL_EVENT,
-    flag,
-    prior_from,
-    settings_from,
-    shares,
-    stream_runs,
-    stream_trace,
-    token_cap,
-    visitor_errors,
-)
+from alignx_demo.ui.runner import shares, stream_runs, stream_trace
+from alignx_demo.ui.served import MODEL_EVENT, token_cap
+from alignx_demo.ui.validation import flag, prior_from, settings_from, visitor_errors
 
 EVEN = round(1 / 3, 2)
 """The sliders' even prior (0.33 each; the prior is normalised, so it is exactly 1/3 each)."""

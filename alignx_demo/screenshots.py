@@ -1,6 +1,6 @@
 """Drive the app in a real headless Chromium (Selenium) and save a screenshot of every tab.
 
-    python -m alignx_demo.ui.screenshots --model assets/demo-model [--precomputed precomputed] [--out assets/screenshots]
+    python -m alignx_demo.screenshots --model assets/demo-model [--precomputed precomputed] [--out assets/screenshots]
 
 Used by the README (the screenshots) and by `tests/test_ui_browser.py` (the same steps on a tiny
 model). Needs Debian's `chromium` and `chromium-driver` and the `selenium` package; nothing is
