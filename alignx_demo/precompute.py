@@ -15,7 +15,8 @@ calibrated and uncalibrated routing (from --eval-report, which must carry this m
 or computed here on the evaluation split of --data-dir); example traces of the curated prompts; the
 routing analysis of the map prompts, calibrated and raw (`failures.analyze_prompts`, the Routing
 analysis tab's shipped slices); the first-visit stories (`analysis.stories`, labelled from what each
-run did).
+run did); what the answers are worth under each preset (`analysis.answers`: on topic, refusing,
+hedging, on the map prompts). `--only STEP,…` rebuilds some of them in place.
 
 Provenance: every artefact carries "version", "command", "created", "model", "model_path" and
 "model_fingerprint"; figures taken from another file are stamped only when that file names the same
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from alignx_demo.analysis.artefacts import (
     ARTEFACT_VERSION, DEFAULT_DIR, FEATURES_FILE, check_provenance, header, model_fingerprint, write_json,
 )
+from alignx_demo.analysis.answers import answer_quality
 from alignx_demo.analysis.map_prompts import example_prompts, map_prompts
 from alignx_demo.analysis.metrics import (
     KNN_K, METRIC_SENTENCES, VISIBLE, choose_representation, forgetting, measure, regime_sentence, representation_score,
@@ -281,6 +283,11 @@ def example_traces(loaded: Any, quick: bool) -> list[dict[str, Any]]:
     return traces
 
 
+STEPS = ("map", "reliability", "examples", "analysis", "stories", "answers")
+"""What precompute builds, in order; `only` rebuilds a subset in place (the map step writes map.json, its
+features and collapse_metrics.json)."""
+
+
 def run_precompute(
     model_dir: str | Path,
     data_dir: str | Path | None,
@@ -296,10 +303,12 @@ def run_precompute(
     progress: bool = True,
     threads: int | None = 1,
     load_in_4bit: bool = True,
+    only: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Build all artefacts into `out`; return a summary (files written, seconds, notes)."""
+    """Build the artefacts (every step, or the `only` ones) into `out`; return a summary (seconds, notes)."""
     from alignx_demo.modeling.checkpoint import load_mocae
 
+    steps = [s for s in STEPS if only is None or s in only]
     if threads:
         torch.set_num_threads(threads)
     start = time.time()
@@ -311,42 +320,51 @@ def run_precompute(
     out.mkdir(parents=True, exist_ok=True)
     projection = projection or ("pca" if quick else "umap")
     command = command or "python -m alignx_demo precompute --model " + shlex.quote(str(model_dir))
-    bar = tqdm(total=len(REGIMES) * 2 + 6, desc="precompute", disable=not progress)
-
+    bar = tqdm(total=len(steps) + 1 + (len(REGIMES) * 2 if "map" in steps else 0), desc="precompute", disable=not progress)
     loaded = load_mocae(model_dir, load_in_4bit=load_in_4bit)
     head = header(command, loaded.description, model_dir, fingerprint)
-    regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, model_dir)
-    notes = [f"{r}: {why}" for r, why in regimes.missing.items()]
+    pairs = map_prompts(per_axis or (12 if quick else None))
+    summary: dict[str, Any] = {"out": str(out), "steps": steps, "projection": projection, "points": len(pairs), "notes": []}
     bar.update()
+    for step in steps:
+        bar.set_postfix_str(step)
+        if step == "map":
+            found = _map_step(loaded, model_dir, out, head, pairs, projection, representation, k, bar)
+            summary["notes"] += found.pop("notes")
+            summary |= found
+        elif step == "reliability":
+            reliability = reliability_artefact(loaded, report, eval_report, data_dir, quick)
+            if reliability is None:
+                summary["notes"].append("no --eval-report and no --data-dir: reliability not built")
+            else:
+                write_json(out, "reliability", head | reliability)
+        elif step == "examples":
+            write_json(out, "examples", head | {"traces": example_traces(loaded, quick)})
+        elif step == "analysis":
+            write_json(out, "analysis", head | shipped_analysis(loaded, pairs))
+        elif step == "stories":
+            write_json(out, "stories", head | build_stories(loaded, max_new_tokens=16 if quick else 48,
+                                                             candidates=3 if quick else None, progress=bar.set_postfix_str))
+        elif step == "answers":
+            write_json(out, "answers", head | answer_quality(loaded, per_axis or (12 if quick else None),
+                                                               max_new_tokens=8 if quick else 24, progress=bar.set_postfix_str))
+        bar.update()
+    bar.close()
+    return summary | {"seconds": round(time.time() - start, 1)}
 
-    points = regime_points(regimes, map_prompts(per_axis or (12 if quick else None)), loaded.mocae.n_layers, bar)
+
+def _map_step(loaded: Any, model_dir: Path, out: Path, head: dict[str, Any], pairs: list[tuple[str, str]], projection: str,
+              representation: str | None, k: int, bar: tqdm) -> dict[str, Any]:
+    """The Axis Collapse map, its features and metrics: every regime's points, the chosen representation."""
+    regimes = RegimeSet.from_checkpoint(loaded.mocae, loaded.tokenizer, model_dir)
+    points = regime_points(regimes, pairs, loaded.mocae.n_layers, bar)
     figures = collapse_figures(points.features, points.weights, points.labels, representation)
     chosen = Representation.parse(figures["chosen"])
     feature = feature_description(chosen, loaded.mocae.n_layers, figures["why"])
     write_map(out, head, map_artefact(points, figures, feature, projection, k, regimes.missing, bar), points.features, chosen)
-
-    bar.set_postfix_str("reliability")
-    reliability = reliability_artefact(loaded, report, eval_report, data_dir, quick)
-    if reliability is None:
-        notes.append("no --eval-report and no --data-dir: reliability not built")
-    bar.update()
-    if reliability is not None:
-        write_json(out, "reliability", head | reliability)
     write_json(out, "collapse", head | collapse_artefact(figures, feature, model_dir, len(points.pairs), projection))
-    bar.update()
-
-    bar.set_postfix_str("example traces")
-    write_json(out, "examples", head | {"traces": example_traces(loaded, quick)})
-    bar.update()
-    bar.set_postfix_str("routing analysis")
-    write_json(out, "analysis", head | shipped_analysis(loaded, points.pairs))
-    bar.update()
-    write_json(out, "stories", head | build_stories(loaded, max_new_tokens=16 if quick else 48, candidates=3 if quick else None,
-                                                     progress=bar.set_postfix_str))
-    bar.update()
-    bar.close()
-    return {"out": str(out), "seconds": round(time.time() - start, 1), "projection": projection,
-            "representation": chosen.name, "points": len(points.pairs), "regimes": list(points.features), "notes": notes}
+    return {"representation": chosen.name, "regimes": list(points.features),
+            "notes": [f"{r}: {why}" for r, why in regimes.missing.items()]}
 
 
 SHIPPED_SLICES = {"map_prompts_calibrated": True, "map_prompts_uncalibrated": False}
@@ -395,6 +413,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours used to place a visitor's prompt")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch default)")
     p.add_argument("--full-precision", action="store_true", help="build in fp32 instead of as the app serves the model (4-bit NF4)")
+    p.add_argument("--only", default=None, help=f"comma-separated steps to rebuild in place, of: {', '.join(STEPS)} (default all)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
@@ -415,6 +434,8 @@ def _command(args: argparse.Namespace) -> str:
             parts += [flag, rel(value) if isinstance(value, Path) else str(value)]
     if args.k != DEFAULT_K:
         parts += ["--k", str(args.k)]
+    if args.only:
+        parts += ["--only", args.only]
     if args.quick:
         parts.append("--quick")
     if args.full_precision:
@@ -425,11 +446,14 @@ def _command(args: argparse.Namespace) -> str:
 def _run(args: argparse.Namespace) -> int:
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise FileNotFoundError(f"data directory not found: {args.data_dir}")
+    only = {s.strip() for s in args.only.split(",")} if args.only else None
+    if only and not only <= set(STEPS):
+        raise ValueError(f"--only takes steps of {', '.join(STEPS)}; got {', '.join(sorted(only - set(STEPS)))}")
     summary = run_precompute(
         args.model, args.data_dir, args.out, quick=args.quick, eval_report=args.eval_report, projection=args.projection,
         representation=args.representation, per_axis=args.per_axis, k=args.k, command=_command(args),
         progress=not args.no_progress, threads=args.threads or None,
-        load_in_4bit=not args.full_precision,
+        load_in_4bit=not args.full_precision, only=only,
     )
     print(json.dumps(summary, indent=1))
     return 0

@@ -211,6 +211,27 @@ def _download_href(driver: Any, elem_id: str) -> str | None:
     return links[0].get_attribute("href") if links else None
 
 
+def download(driver: Any, elem_id: str, folder: Path, timeout: float = 60.0) -> Path:
+    """Click a download button (or the link inside a file component) as a visitor would; return the file the
+    browser saved in `folder`. Gradio's DownloadButton has no href to fetch, so the browser must do it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder.resolve())})
+    before = set(folder.iterdir())
+    shown = wait_for(driver, lambda: [b for b in _css(driver, f"#{elem_id}") if b.is_displayed()], timeout, f"the {elem_id} download")
+    target = (_css(driver, f"#{elem_id} a[href]") or shown)[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", target)
+    saved = wait_for(driver, lambda: [p for p in folder.iterdir() if p not in before and p.suffix != ".crdownload"],
+                     timeout, f"the {elem_id} file")
+    return saved[0]
+
+
+def save_download(driver: Any, elem_id: str, path: Path, timeout: float = 60.0) -> Path:
+    """Save the file a download button offers (e.g. a run exported for slides) to `path`."""
+    with tempfile.TemporaryDirectory(prefix="alignx-download-") as folder:
+        shutil.move(str(download(driver, elem_id, Path(folder), timeout)), path)
+    return path
+
+
 def tour(driver: Any, url: str, out: Path | None, prompt: str, timeout: float = 120.0) -> dict[str, Any]:
     """Load the page, run every tab's main action and (when `out` is given) screenshot each tab."""
     report: dict[str, Any] = {"screenshots": []}
@@ -243,6 +264,7 @@ def tour(driver: Any, url: str, out: Path | None, prompt: str, timeout: float = 
     time.sleep(1.5)
     if out:
         report["screenshots"].append(screenshot(driver, out / "tradeoff.png"))
+        report["screenshots"].append(save_download(driver, "presets-png", out / "export-presets.png", timeout))
 
     open_tab(driver, "analysis")
     wait_for(driver, lambda: _css(driver, "#analysis-file input[type='file']"), timeout, "the analysis tab")

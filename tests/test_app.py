@@ -336,6 +336,50 @@ def test_stop_ends_a_run_with_finish_reason_stopped(checkpoint):
     assert trace["notices"] == ["generation stopped with Stop after 0 new token(s)"]
 
 
+def test_stop_ends_a_comparison_and_the_presets_where_they_are(checkpoint):
+    """Stop on Compare and Trade-off: the run in progress ends marked "stopped", later runs never start and say
+    so, and no comparison is drawn from half of it; a Stop set mid-way keeps the finished runs whole."""
+    from alignx_demo.config import PRESETS, preset_routing
+    from alignx_demo.ui.compare import stream_compare
+    from alignx_demo.ui.runner import stream_stoppable
+    from alignx_demo.ui.served import serve
+    from alignx_demo.ui.tradeoff import stream_presets
+
+    key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False)))
+    stop = threading.Event()
+    stop.set()
+    *_, (_, unc, summary, result) = stream_compare(key, "Tell me a long story.", 20, *GEN, "soft", stop)
+    assert result["calibrated"]["finish_reason"] == "stopped" and "uncalibrated" not in result and result["summary"] is None
+    assert summary.startswith("**Stopped**") and "not run: stopped" in unc
+    *_, last = stream_presets(key, "Tell me a long story.", 20, 0, stop)
+    assert list(last[-1]) == ["too helpful"] and last[-1]["too helpful"]["trace"]["finish_reason"] == "stopped"
+    assert all("not run: stopped" in html for html in last[1:4])
+    stop = threading.Event()
+    runs = []
+    for index, trace in stream_stoppable(key, "Tell me a long story.", {"max_new_tokens": 20}, [preset_routing(n) for n in PRESETS], stop):
+        if index == 1:
+            stop.set()
+        runs.append((index, trace["finish_reason"]))
+    # the first update after Stop ends the run it belongs to: run 1, or run 2 when run 1's first update was already
+    # its last (a tiny random model can emit eos at once); the run before it stays whole, none after it starts
+    stopped = runs[-1][0]
+    assert runs[-1][1] == "stopped" and stopped in (1, 2) and max(i for i, _ in runs) == stopped
+    assert all([r for i, r in runs if i == j][-1] in ("length", "eos") for j in range(stopped))
+
+
+def test_the_settle_sentence_names_its_level_when_the_answer_moved_the_routing():
+    from alignx_demo.ui.research import levels_sentence
+
+    def token(axis: str, is_prompt: bool) -> dict:
+        return {"is_prompt": is_prompt, "weights": {a: float(a == axis) for a in ("helpful", "harmless", "honest")}}
+
+    trace = {"axes": ["helpful", "harmless", "honest"], "tokens": [token("helpful", True), token("harmless", False)]}
+    settle = {"settle": {"axis": "helpful"}}
+    assert "over the **generated tokens** the summary's top expert is **Harmless** (100%)" in levels_sentence(settle, trace)
+    assert levels_sentence({"settle": {"axis": "harmless"}}, trace) == ""
+    assert levels_sentence(settle, dict(trace, tokens=trace["tokens"][:1])) == ""
+
+
 def test_chip_text_meets_wcag_aa_on_every_chip_colour():
     from alignx_demo.ui.chips import chips_html
     from alignx_demo.ui.theme import contrast
@@ -619,7 +663,7 @@ def test_settle_and_a_saved_trace_rerun_and_diffed(checkpoint, tmp_path):
     key = serve(ModelContext(load_mocae(checkpoint, load_in_4bit=False)))
     *_, (_, _, trace) = stream_generate(key, "Tell me about bread.", 5, *GEN, True, "soft")
     figure, sentence = settle_view(key, trace)
-    assert sentence.startswith("Routing commits to **") and len(figure.data) == 3
+    assert sentence.startswith("At prompt level, routing commits to **") and len(figure.data) == 3
     path = tmp_path / "saved.json"
     path.write_text(json.dumps(trace), encoding="utf-8")
     saved, line = load_saved(str(path))

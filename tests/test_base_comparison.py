@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from alignx_demo import cli
+from alignx_demo.data import behaviour
 from alignx_demo.evaluation import base_comparison as bc
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -20,11 +21,11 @@ from test_bert_family import bert_config  # noqa: E402
 
 
 def test_content_words_and_on_topic():
-    assert bc.content_words("How do I make a cup of Tea?") == {"cup", "tea"}
-    assert bc.content_words("Plants, glasses, berries and the bus") == {"plant", "glass", "berry", "bus"}
-    assert bc.on_topic("Give me a recipe for banana bread", "Mash two bananas, add flour.")
-    assert not bc.on_topic("Give me a recipe for banana bread", "Keep 1: Sedge and Sedge 2")
-    assert not bc.on_topic("How do I make tea?", "I do not know how to help with that.")
+    assert behaviour.content_words("How do I make a cup of Tea?") == {"cup", "tea"}
+    assert behaviour.content_words("Plants, glasses, berries and the bus") == {"plant", "glass", "berry", "bus"}
+    assert behaviour.on_topic("Give me a recipe for banana bread", "Mash two bananas, add flour.")
+    assert not behaviour.on_topic("Give me a recipe for banana bread", "Keep 1: Sedge and Sedge 2")
+    assert not behaviour.on_topic("How do I make tea?", "I do not know how to help with that.")
 
 
 def test_bits_per_character_is_answer_bits_over_answer_characters(tokenizer):

@@ -29,6 +29,7 @@ from alignx_demo.screenshots import (
     browser_problem,
     chromium,
     click,
+    download,
     no_alert,
     open_tab,
     run_live,
@@ -84,7 +85,7 @@ def test_every_tab_works_and_is_screenshotted(app_url, driver, tmp_path):
     assert report["live"]["chips"] > report["live"]["first_chips"] or report["live"]["chips"] > 0
     assert report["tabs"] == list(TABS.values())
     names = sorted(p.name for p in report["screenshots"])
-    assert names == sorted(f"{t}.png" for t in TABS)
+    assert names == sorted([*(f"{t}.png" for t in TABS), "export-presets.png"])
     for path in report["screenshots"]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert set(report["tab_render_s"]) == {"collapse", "benchmarks", "about"}  # timings are the benchmark's, not asserted
@@ -222,7 +223,7 @@ def test_stories_attribution_saved_traces_and_analysis_rows(app_url, driver, tmp
     assert len(_css(driver, "#story-shares .js-plotly-plot")) == 1
 
     run_live(driver, "Is the moon made of cheese?")  # the settle curve follows every finished run
-    wait_for(driver, lambda: "Routing commits to" in _text(driver, "#live-settle"), 60, "the settle sentence")
+    wait_for(driver, lambda: "routing commits to" in _text(driver, "#live-settle"), 60, "the settle sentence")
     assert driver.execute_script(SETTLE_LINES) == 3
     trace = _page_trace(driver)
     generated = sum(not t["is_prompt"] for t in trace["tokens"])
@@ -340,3 +341,174 @@ def test_chip_text_contrast_meets_wcag_aa(app_url, driver, theme):
     assert colours and all(opacity == 1 for *_, opacity in colours)  # opaque: the page behind never shows through
     worst = min(contrast(_hex(fg), _hex(bg)) for fg, bg, _ in colours)
     assert worst >= 4.5, f"lowest chip contrast {worst:.2f}:1 in the {theme} theme"
+
+
+# the educator's page: links, exports for slides, the honest notice, the phone, Stop everywhere ----------------------
+
+VIEWS = [(1280, "light"), (420, "dark")]
+"""Each teaching check runs at desktop width in the light theme and at a true phone width in the dark one."""
+
+
+def _open(driver, url: str, width: int, theme: str, query: str = "") -> None:
+    viewport(driver, width, 1000 if width > 500 else 900)
+    joiner = "&" if query else ""
+    driver.get(f"{url}?{query}{joiner}__theme={theme}")
+
+
+def _value(driver, elem_id: str) -> str:
+    return wait_for(driver, lambda: _css(driver, f"#{elem_id} textarea, #{elem_id} input"), 30, elem_id)[0].get_attribute("value")
+
+
+@pytest.mark.parametrize("width, theme", VIEWS)
+def test_a_link_opens_its_tab_fills_it_and_runs_it(app_url, driver, width, theme):
+    try:
+        _open(driver, app_url, width, theme, "tab=trade-off&prompt=Name%20a%20fruit.&preset=too-harmless&tokens=6&seed=2&run=1")
+        wait_for(driver, lambda: _tab_selected(driver, "tradeoff"), 30, "the linked tab")
+        wait_for(driver, lambda: "axis prior 0.00/1.00/0.00" in _text(driver, "#tradeoff-summary")
+                 and "finish: running" not in _text(driver, "#tradeoff-summary"), 60, "the linked run")
+        assert _value(driver, "tradeoff-prompt") == "Name a fruit." and _css(driver, "#tradeoff-chips .ax-chip")
+        click(driver, "tradeoff-copy-link")
+        link = wait_for(driver, lambda: _value(driver, "tradeoff-link").startswith("http") and _value(driver, "tradeoff-link"),
+                        30, "the copied link")
+        assert "prompt=Name+a+fruit." in link and "harmless=1" in link and "tokens=6" in link and "run=" not in link
+        driver.get(link)  # without run=1: the inputs are there, one click away, nothing has run
+        wait_for(driver, lambda: _tab_selected(driver, "tradeoff") and _value(driver, "tradeoff-prompt") == "Name a fruit.", 30,
+                 "the reopened link")
+        time.sleep(1.0)
+        assert not _css(driver, "#tradeoff-chips .ax-chip")
+        click(driver, "tradeoff-run")
+        wait_for(driver, lambda: "axis prior 0.00/1.00/0.00" in _text(driver, "#tradeoff-summary"), 60, "the one-click run")
+        _open(driver, app_url, width, theme, "tab=live&tokens=100000&run=1")
+        wait_for(driver, lambda: "This link cannot be opened: tokens must be from 1 to" in driver.find_element("tag name", "body").text,
+                 30, "the one-sentence refusal")
+        assert _tab_selected(driver, "live") and not _css(driver, "#live-chips .ax-chip:not(.ax-prompt)")
+    finally:
+        viewport(driver, 1280, 1000)
+
+
+@pytest.mark.parametrize("width, theme", VIEWS)
+def test_the_presets_export_for_slides_opens_offline_with_its_chips(app_url, driver, width, theme, tmp_path):
+    try:
+        _open(driver, app_url, width, theme)
+        wait_for(driver, lambda: _css(driver, "#live-prompt textarea"), 60, "the page to load")
+        open_tab(driver, "tradeoff")
+        type_into(driver, "tradeoff-prompt", EXPORT_PROMPT)
+        click(driver, "tradeoff-all")
+        page = download(driver, "presets-html", tmp_path)
+        picture = download(driver, "presets-png", tmp_path)
+        table = download(driver, "presets-csv", tmp_path)
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert [row.split(",")[0] for row in table.read_text(encoding="utf-8").splitlines()[:1]] == ["run"]
+        assert {"Too helpful", "Too harmless", "Too honest", "Just right"} <= {r.split(",")[0] for r in table.read_text().splitlines()}
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": 0,
+                                                                     "uploadThroughput": 0})
+        try:
+            driver.get(page.as_uri())
+            wait_for(driver, lambda: _css(driver, ".sl-figure .main-svg"), 30, "the embedded plot, offline")
+            assert len(_css(driver, ".sl-panel")) == 4 and _css(driver, ".ax-chip")
+            assert no_alert(driver) and driver.execute_script(INJECTED) == 0
+            assert all(c.get_attribute("title") for c in _css(driver, ".ax-chip"))  # hover data kept
+        finally:
+            driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
+                                                                         "uploadThroughput": -1})
+    finally:
+        viewport(driver, 1280, 1000)
+
+
+def _serve(loaded, artefacts):
+    from alignx_demo.serving import ModelContext
+    from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
+
+    demo = build_demo(ModelContext(loaded), artefacts)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
+    return demo
+
+
+@pytest.mark.parametrize("width, theme", VIEWS)
+def test_the_notice_shows_for_a_small_model_and_not_for_a_large_one(trained_run, driver, width, theme, monkeypatch):
+    from alignx_demo.analysis.artefacts import Artefacts, model_fingerprint
+    from alignx_demo.modeling import load_mocae
+    from alignx_demo.ui import notice
+
+    run, _ = trained_run
+    loaded = load_mocae(run, load_in_4bit=False)
+    helpful = {"n": 40, "on_topic": {"count": 7, "rate": 0.175, "interval": None}}
+    measured = Artefacts(Path("."), {"answers": {"model_fingerprint": model_fingerprint(run),
+                                                  "presets": {"just right": {"by_axis": {"helpful": helpful}}}}})
+    demo = _serve(loaded, measured)
+    try:
+        _open(driver, demo.local_url, width, theme)
+        shown = wait_for(driver, lambda: [e for e in _css(driver, "#tab-live .ax-worth") if e.is_displayed()], 60, "the notice")
+        assert "only 18% of its calibrated answers to 40 everyday requests" in shown[0].text
+        fg, bg = driver.execute_script(OWN_COLOURS, shown[0])
+        assert contrast(_hex(fg), _hex(bg)) >= 4.5
+    finally:
+        demo.close()
+    monkeypatch.setattr(notice, "LARGE", 1)  # a stand-in for a large base: unmeasured, as large as an assistant
+    demo = _serve(loaded, Artefacts(Path(".")))
+    try:
+        _open(driver, demo.local_url, width, theme)
+        wait_for(driver, lambda: _css(driver, "#live-prompt textarea"), 60, "the page to load")
+        assert not _css(driver, ".ax-worth")
+    finally:
+        demo.close()
+        viewport(driver, 1280, 1000)
+
+
+OWN_COLOURS = """
+const e = arguments[0]; let b = e;
+while (b && getComputedStyle(b).backgroundColor.match(/rgba\\(.*, 0\\)|transparent/)) b = b.parentElement;
+return [getComputedStyle(e).color, b ? getComputedStyle(b).backgroundColor : 'rgb(255, 255, 255)'];
+"""
+"""An element's text colour and the first opaque background behind it."""
+CELL_NUMBERS = """
+return [...document.querySelectorAll(arguments[0] + ' .js-plotly-plot')].flatMap(plot => {
+  const texts = [...plot.querySelectorAll('.annotation-text')];
+  return texts.map(t => [getComputedStyle(t).fill, t.textContent]);
+});
+"""
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_on_a_phone_the_prompt_comes_first_and_everything_reads(app_url, driver, theme):
+    try:
+        _open(driver, app_url, 420, theme)
+        assert driver.execute_script("return window.innerWidth;") == 420
+        prompt = wait_for(driver, lambda: _css(driver, "#live-prompt textarea"), 60, "the prompt")[0]
+        assert prompt.rect["y"] < _css(driver, "#stories")[0].rect["y"]  # the prompt before the stories
+        for selector in ("#live-intro", "#live-summary", ".ax-legend"):
+            for element in _css(driver, selector)[:1]:
+                fg, bg = driver.execute_script(OWN_COLOURS, element)
+                assert contrast(_hex(fg), _hex(bg)) >= 4.5, (selector, fg, bg)
+        open_tab(driver, "analysis")
+        combos = wait_for(driver, lambda: [c for c in _css(driver, "#tab-analysis input[role='combobox']") if c.is_displayed()], 30,
+                          "a dropdown")
+        for combo in combos:  # the text stops before the arrow
+            text_right, arrow_left = driver.execute_script(
+                "const i = arguments[0], s = getComputedStyle(i), a = i.parentElement.parentElement.querySelector('.icon-wrap');"
+                "return [i.getBoundingClientRect().right - parseFloat(s.paddingRight), a.getBoundingClientRect().left];", combo)
+            assert text_right <= arrow_left + 1
+        open_tab(driver, "benchmarks")
+        assert any(h.is_displayed() for h in _css(driver, ".ax-scroll-hint"))  # wide tables say they scroll
+    finally:
+        viewport(driver, 1280, 1000)
+
+
+def test_stop_ends_a_comparison_and_the_presets_on_the_page(app_url, driver):
+    driver.get(app_url)
+    wait_for(driver, lambda: _css(driver, "#live-prompt textarea"), 60, "the page to load")
+    SLOW["seconds"] = 0.15
+    try:
+        open_tab(driver, "compare")
+        click(driver, "compare-run")
+        wait_for(driver, lambda: _css(driver, "#compare-calibrated .ax-chip:not(.ax-prompt)"), 60, "a generated token")
+        click(driver, "compare-stop")
+        wait_for(driver, lambda: _text(driver, "#compare-summary").startswith("Stopped"), 30, "the stopped comparison")
+        open_tab(driver, "tradeoff")
+        click(driver, "tradeoff-all")
+        wait_for(driver, lambda: _css(driver, "#preset-too-helpful .ax-chip:not(.ax-prompt)"), 60, "the first preset's tokens")
+        click(driver, "tradeoff-stop")
+        wait_for(driver, lambda: "not run: stopped" in _text(driver, "#preset-just-right"), 30, "the presets stopped")
+    finally:
+        SLOW["seconds"] = 0.0

@@ -17,6 +17,8 @@
     routing_analysis.json       `failures.analyze_prompts` of the map prompts (written for this project),
                                 calibrated and uncalibrated: the held-out slices the Routing analysis tab
                                 shows without any model work
+    answers.json                what the answers are worth (`analysis.answers`): per preset and prompt axis,
+                                how often the greedy answers to the map prompts are on topic, refuse, hedge
     stories.json                the first-visit stories (`analysis.stories`): per story the prompt, its
                                 runs (full traces) and the sentence computed from what they did
 
@@ -46,6 +48,7 @@ FILES = {
     "examples": "example_traces.json",
     "analysis": "routing_analysis.json",
     "stories": "stories.json",
+    "answers": "answers.json",
 }
 FEATURES_FILE = "map_features.safetensors"
 HOW_TO_BUILD = "python -m alignx_demo precompute --model MODEL_DIR --data-dir ../shared/data"

@@ -1,4 +1,5 @@
-"""Text detectors for the behaviours the HHH axes are about: refusing and hedging.
+"""Text detectors for the behaviours the HHH axes are about: refusing and hedging, and whether an answer
+is on its request's topic.
 
 Shared by the data layer (the base is pre-trained on general answers only, so examples whose
 answer refuses or hedges are left to the experts) and by evaluation (refusal and hedge rates per
@@ -58,3 +59,41 @@ def is_hedge(response: str) -> bool:
 def rate(flags: Iterable[bool]) -> float:
     values = [bool(f) for f in flags]
     return sum(values) / len(values) if values else float("nan")
+
+
+# on topic ------------------------------------------------------------------------------------------------
+
+STOP_WORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before being below between
+both but by can could did do does doing down during each few for from further had has have having he her here
+hers herself him himself his how however i if in into is it its itself just like make many may me might more most
+much must my myself no nor not now of off on once only or other our ours ourselves out over own please same she
+should so some such tell than that the their theirs them themselves then there these they this those through to
+too under until up very was way we well were what when where which while who whom why will with would you your
+yours yourself yourselves give write explain describe list name suggest help want need know get good best one two
+three use using used new
+""".split())
+"""Words that say nothing of a request's topic (function words and the verbs every request uses)."""
+
+_WORD = re.compile(r"[a-z]{3,}")
+
+
+def singular(word: str) -> str:
+    """English plural endings removed: berries → berry, glasses → glass, dishes → dish, plants → plant."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    """Lowercased words of 3+ letters that are not stop words, in the singular."""
+    return {singular(w) for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}
+
+
+def on_topic(prompt: str, answer: str) -> bool:
+    """Whether the answer shares a content word with the prompt."""
+    return bool(content_words(prompt) & content_words(answer))

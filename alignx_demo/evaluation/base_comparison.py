@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,43 +32,8 @@ from typing import Any
 
 import torch
 
+from alignx_demo.data.behaviour import on_topic
 from alignx_demo.data.templates import encode_example, encode_prompt
-
-STOP_WORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being below between
-both but by can could did do does doing down during each few for from further had has have having he her here
-hers herself him himself his how however i if in into is it its itself just like make many may me might more most
-much must my myself no nor not now of off on once only or other our ours ourselves out over own please same she
-should so some such tell than that the their theirs them themselves then there these they this those through to
-too under until up very was way we well were what when where which while who whom why will with would you your
-yours yourself yourselves give write explain describe list name suggest help want need know get good best one two
-three use using used new
-""".split())
-"""Words that say nothing of a request's topic (function words and the verbs every request uses)."""
-
-_WORD = re.compile(r"[a-z]{3,}")
-
-
-def singular(word: str) -> str:
-    """English plural endings removed: berries → berry, glasses → glass, dishes → dish, plants → plant."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith(("sses", "shes", "ches", "xes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
-def content_words(text: str) -> set[str]:
-    """Lowercased words of 3+ letters that are not stop words, in the singular."""
-    return {singular(w) for w in _WORD.findall(text.lower()) if w not in STOP_WORDS}
-
-
-def on_topic(prompt: str, answer: str) -> bool:
-    """Whether the answer shares a content word with the prompt."""
-    return bool(content_words(prompt) & content_words(answer))
-
 
 def is_uncased(tokenizer: Any) -> bool:
     """Whether the tokenizer folds case (its ids for 'The' and 'the' are the same)."""

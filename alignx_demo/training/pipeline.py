@@ -95,7 +95,10 @@ def run_stages(
     out = Path(out)
     if base_model is None and not (out / "base" / "config.json").exists():
         raise FileNotFoundError(f"no base model in {out / 'base'}: run `train base --out {out}` first, or pass --base-model")
-    examples = load_axis_data(data_dir, quick=quick, max_per_source=max_per_source).examples
+    # TruthfulQA's held-out categories stay unseen by every stage, so the out-of-distribution slice
+    # `truthfulqa_heldout` measures new categories for every bundle trained from here on
+    examples = load_axis_data(data_dir, quick=quick, max_per_source=max_per_source,
+                              exclude_heldout_categories=True).examples
     summaries: dict[str, Any] = {}
     for name in names:
         if name == "experts":

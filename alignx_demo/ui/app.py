@@ -13,10 +13,12 @@ from alignx_demo.serving import ModelContext
 from alignx_demo.ui.about import build_about_tab
 from alignx_demo.ui.collapse import build_collapse_tab
 from alignx_demo.ui.compare import build_compare_tab
+from alignx_demo.ui.links import copy_link_row, wire_links
 from alignx_demo.ui.live import build_live_tab
+from alignx_demo.ui.notice import experts_markdown, honest_notice, live_intro, served_fingerprint
 from alignx_demo.ui.results import build_results_tab
 from alignx_demo.ui.routing_analysis import build_analysis_tab
-from alignx_demo.ui.served import serve
+from alignx_demo.ui.served import serve, token_cap
 from alignx_demo.ui.theme import CSS
 from alignx_demo.ui.tradeoff import build_tradeoff_tab
 
@@ -52,30 +54,45 @@ class AppBlocks(gr.Blocks):
                        "send them all, in this order.", print_exception=False)
 
 
+def _tab(items: dict[str, gr.Tab], label: str, tab_id: str) -> gr.Tab:
+    """A page tab, remembered by id (links select tabs and name them in the address bar)."""
+    items[tab_id] = gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}")
+    return items[tab_id]
+
+
 def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None = None) -> gr.Blocks:
     """The whole app for one served model, under the operator's `context.limits`; `precomputed` is the
     artefact folder (default `precomputed/`)."""
     artefacts = precomputed if isinstance(precomputed, Artefacts) else load_artefacts(precomputed)
     key = serve(context)
     limits = context.limits
+    worth = honest_notice(context, artefacts)
     with AppBlocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{HEADER}")
         gr.HTML(status_html(context), elem_id="model-status")
+        items: dict[str, gr.Tab] = {}
         with gr.Tabs(overflow_behavior="wrap", elem_id="tabs") as tabs:
-            with gr.Tab("Live routing", id="live", elem_id="tab-live"):
-                live = build_live_tab(key, artefacts, context.loaded is not None)
-            with gr.Tab("Calibrated vs uncalibrated", id="compare", elem_id="tab-compare"):
-                build_compare_tab(key, artefacts)
-            with gr.Tab("Axis Collapse", id="collapse", elem_id="tab-collapse"):
+            with _tab(items, "Live routing", "live"):
+                live = build_live_tab(key, artefacts, context.loaded is not None, worth,
+                                      live_intro(artefacts.get("answers"), served_fingerprint(context)))
+            with _tab(items, "Calibrated vs uncalibrated", "compare"):
+                compare = build_compare_tab(key, artefacts, worth)
+            with _tab(items, "Axis Collapse", "collapse"):
+                copy_link_row("collapse")
                 build_collapse_tab(key, artefacts)
-            with gr.Tab("Trade-off", id="tradeoff", elem_id="tab-tradeoff"):
-                build_tradeoff_tab(key)
-            with gr.Tab("Routing analysis", id="analysis", elem_id="tab-analysis"):
+            with _tab(items, "Trade-off", "tradeoff"):
+                tradeoff = build_tradeoff_tab(key, worth, experts_markdown(artefacts.get("answers"), served_fingerprint(context)))
+            with _tab(items, "Routing analysis", "analysis"):
+                copy_link_row("analysis")
                 build_analysis_tab(key, artefacts, tabs, live)
-            with gr.Tab("Benchmarks", id="benchmarks", elem_id="tab-benchmarks"):
+            with _tab(items, "Benchmarks", "benchmarks"):
+                copy_link_row("benchmarks")
                 build_results_tab(artefacts.folder)
-            with gr.Tab("About", id="about", elem_id="tab-about"):
+            with _tab(items, "About", "about"):
+                copy_link_row("about")
                 build_about_tab(context, artefacts)
+        caps = {"live": token_cap(key), "compare": token_cap(key, several=True), "tradeoff": token_cap(key, several=True)}
+        wire_links(demo, tabs, items, {"live": live.link, "compare": compare, "tradeoff": tradeoff}, caps)
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     return demo
 

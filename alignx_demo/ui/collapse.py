@@ -1,5 +1,9 @@
 """Axis Collapse tab: the precomputed 2-D maps per regime, their figures, and the visitor's prompt placed on them.
 
+It opens on plain words computed from the artefacts (what the maps show, the two marks of Axis Collapse, what
+this model shows), the small maps of every regime side by side and sequential SFT's forgetting as bars; the
+measures, intervals, UMAP settings and commands are folded under Details, and one regime's map up close follows.
+
 The named endpoint `place_prompt` takes a prompt and returns JSON
 {"prompt", "k", "router_axis", "router_weights", "method", "regimes": {regime: {"x", "y", "neighbours": [...]}}}.
 No projection is fitted at request time (see `analysis.placement`).
@@ -9,16 +13,19 @@ from __future__ import annotations
 
 import html
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from alignx_demo.analysis.artefacts import FILES, HOW_TO_BUILD, Artefacts, model_fingerprint
 from alignx_demo.analysis.placement import DEFAULT_K, place
-from alignx_demo.analysis.regimes import EXPERT_FORCED, INSTRUCTED, REGIME_LABELS, REGIMES, ROUTED, RegimeSet
+from alignx_demo.analysis.regimes import (
+    EXPERT_FORCED, INSTRUCTED, REGIME_LABELS, REGIME_SETUPS, REGIMES, ROUTED, RegimeSet,
+)
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import notice_html
-from alignx_demo.ui.plots import empty_figure, map_figure
+from alignx_demo.ui.plots import empty_figure, forgetting_figure, map_figure, regimes_figure
 from alignx_demo.ui.served import MODEL_EVENT, SERVED, gpu, gpu_seconds, limits_of
 from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR
 from alignx_demo.ui.validation import GenerationError, check_prompt, visitor_errors
@@ -240,65 +247,219 @@ def place_prompt(key: int, artefacts: Artefacts, prompt: str) -> dict[str, Any]:
     return place_plain(key, str(artefacts.folder), text, k)
 
 
+PANELS: tuple[tuple[str, str], ...] = (
+    ("base", "Base<br>model"), ("joint_sft", "Joint<br>SFT"), ("sequential_sft", "Sequential<br>SFT"),
+    ("mocae", "MoCaE<br>routing"), ("stage1_uninstructed", "Stage 1<br>experts"),
+    ("stage1_experts", "Stage 1 experts<br>+ instruction"), ("base_instructed", "Base model<br>+ instruction"),
+)
+"""The small maps in reading order: first the models a prompt meets as it is typed (one model, or the router's
+mix of experts); then Stage 1, which hands each prompt its own expert, and the instruction-only control."""
+MARKS = ("Axis Collapse leaves two marks. **Interference and forgetting:** one model trained on all three axes "
+         "blends them, and training one axis after another degrades the earlier ones, because later training "
+         "overwrites what earlier training taught. **Misrouting:** a mixture of experts keeps one expert per axis "
+         "to avoid that, but then a router must choose the expert for each prompt — and when it sends a prompt to "
+         "the wrong expert, the wrong skill answers it.")
+FORGETTING_COMMAND = "python -m alignx_demo train baselines"
+"""The stage that measures sequential SFT's forgetting (into the model's `logs/baselines_summary.json`)."""
+CHANCE = 1 / len(AXES)
+
+
+def looking_at(artefacts: Artefacts) -> str:
+    """What the small maps show and what to look for, with the artefact's own prompt counts."""
+    map_data = current(artefacts, "map")
+    prompts = f"the same {len(map_data['prompts'])} prompts ({_per_axis(map_data)})" if map_data else "the same prompts"
+    return (f"**What you are looking at:** {prompts}, written for this demo, as the model of each training regime "
+            "sees them — one small map per regime, a dot per prompt, coloured by the axis it was written for. "
+            "**What to notice:** where a colour gathers apart from the others, that model keeps the axis distinct; "
+            "where the colours mix, the axes run together.")
+
+
+def forgetting_of(artefacts: Artefacts) -> tuple[dict[str, dict[str, Any]] | None, str]:
+    """Sequential SFT's forgetting per axis from the artefact (or None), and its note: where it comes from or
+    why there is none."""
+    data = current(artefacts, "collapse")
+    if data is None:
+        return None, "not shown: the Axis Collapse metrics are missing or stale (see the notice above)"
+    row = data["regimes"].get("sequential_sft") or {}
+    return row.get("forgetting"), row.get("forgetting_note") or "not measured"
+
+
+def on_this_model(artefacts: Artefacts) -> str:
+    """Both marks of Axis Collapse as this model shows them, read from `collapse_metrics.json` (or why not)."""
+    data = current(artefacts, "collapse")
+    if data is None:
+        why = stale_notice(artefacts) or artefacts.notice("collapse") or "no Axis Collapse metrics"
+        return f"**On this model:** nothing to report — {why}"
+    forgotten, note = forgetting_of(artefacts)
+    if forgotten:
+        said = " and ".join(f"{AXIS_LABELS[a]} by {v['forgetting']:+.2f}" for a, v in forgotten.items())
+        parts = [f"training the axes one after another made the model forget {said} (the rise in held-out loss, "
+                 "in nats: the bar chart)"]
+    else:
+        parts = [f"forgetting is {note}"]
+    mocae = data["regimes"].get("mocae") or {}
+    if mocae.get("routing_accuracy") is None:
+        parts.append("this build has no MoCaE map, so misrouting is not measured here")
+    else:
+        wrong = mocae.get("misrouted")
+        parts.append(f"the router sends {mocae['routing_accuracy']:.0%} of the {data['points']} prompts to their own "
+                     "axis's expert" + (f" and {wrong} to another (ringed on its map)" if wrong is not None else ""))
+    return "**On this model:** " + "; ".join(parts) + "."
+
+
+def intro_markdown(artefacts: Artefacts) -> str:
+    """The tab's opening: what the maps show, the two marks of Axis Collapse, and what this model shows."""
+    return "\n\n".join((looking_at(artefacts), MARKS, on_this_model(artefacts)))
+
+
+def grid_caption(artefacts: Artefacts) -> str:
+    """Why the Stage 1 maps separate the axes, and what the MoCaE map has to show instead (its figure computed)."""
+    text = ("The two Stage 1 maps separate the axes by construction: each axis's prompts pass through a different "
+            "expert, so their colours split whatever the prompts say. The question is whether the router recovers "
+            "the axis from features the three axes share")
+    rows = (current(artefacts, "collapse") or {}).get("regimes") or {}
+    mocae, stage1 = rows.get("mocae"), rows.get("stage1_uninstructed")
+    if mocae and stage1:
+        text += (f": on the MoCaE map {mocae['knn_purity']:.0%} of each prompt's nearest neighbours share its axis, "
+                 f"against {stage1['knn_purity']:.0%} on Stage 1's and {CHANCE:.0%} by chance")
+    return text + "."
+
+
+def forgetting_caption(artefacts: Artefacts) -> str:
+    """How to read the forgetting bars, and which axis has none."""
+    forgotten, _ = forgetting_of(artefacts)
+    if not forgotten:
+        return ""
+    text = ("Each bar: how much worse the model got at an axis — its held-out loss, in nats — between right after "
+            "that axis's own training stage and the end of sequential training; above 0 means it was forgotten.")
+    missing = [AXIS_LABELS[a] for a in AXES if a not in forgotten]
+    if len(missing) == 1:
+        text += f" {missing[0]} has no bar: it was trained last, so nothing came after it."
+    elif missing:
+        text += f" No figure for {' or '.join(missing)}."
+    return text
+
+
+def regime_line(artefacts: Artefacts, regime: str) -> str:
+    """One regime in plain words: what it runs and how often a prompt's nearest neighbours share its axis."""
+    text = f"**{REGIME_LABELS[regime]}** — {REGIME_SETUPS[regime]}."
+    data = current(artefacts, "collapse")
+    row = (data or {}).get("regimes", {}).get(regime)
+    if row:
+        text += (f" {row['knn_purity']:.0%} of each prompt's {data.get('knn_k', 10)} nearest neighbours share its axis "
+                 f"({CHANCE:.0%} would be chance).")
+        if row.get("routing_accuracy") is not None:
+            text += f" The router sends {row['routing_accuracy']:.0%} of the prompts to their own axis's expert"
+            text += f"; it sends the {row['misrouted']} ringed ones elsewhere." if row.get("misrouted") is not None else "."
+    return text
+
+
+def details_markdown(artefacts: Artefacts) -> str:
+    """The Details fold: how the maps were made, what each measure means, and every regime's figures with intervals."""
+    lines = []
+    map_data = current(artefacts, "map")
+    if map_data:
+        feature = map_data["feature"]
+        lines.append(f"Maps: {html.escape(map_data['projection_note'])}; features: {html.escape(feature['what'])} "
+                     f"(`{html.escape(feature['representation'])}`). Built by `{map_data['command']}` on "
+                     f"{map_data['created']} for {map_data['model']}.")
+    data = current(artefacts, "collapse")
+    if data:
+        lines.append("\n".join(f"- {s}" for s in data["sentences"].values()))
+        lines.append(f"Forgetting is measured during training by `{FORGETTING_COMMAND}`, which writes the model's "
+                     "`logs/baselines_summary.json`; `precompute` copies it here.")
+        lines.append(all_regimes_table(artefacts))
+    return "\n\n".join(lines)
+
+
+@dataclass
+class _UpClose:
+    """The single-regime map and its controls: regime, axes shown, the map, its plain line and its figures."""
+
+    regime: gr.Dropdown
+    axes: gr.CheckboxGroup
+    plot: gr.Plot
+    line: gr.Markdown
+    figures: gr.Markdown
+
+
+def _overview(artefacts: Artefacts, map_data: dict[str, Any] | None) -> gr.Plot:
+    """The opening: plain words, the small maps of every regime beside the forgetting bars, then the Details fold."""
+    gr.Markdown(intro_markdown(artefacts), elem_id="collapse-intro")
+    gr.HTML(legend())
+    stale = stale_notice(artefacts)
+    if stale or map_data is None:
+        gr.HTML(notice_html(stale or artefacts.notice("map")))
+    with gr.Row():
+        with gr.Column(scale=3, min_width=300):
+            grid = gr.Plot(regimes_figure(map_data, list(PANELS)) if map_data else empty_figure("No precomputed map."),
+                           show_label=False, elem_id="collapse-regimes", elem_classes=["ax-plot"])
+            gr.Markdown(grid_caption(artefacts), elem_classes=["ax-caption"])
+        with gr.Column(scale=2, min_width=260):
+            gr.Plot(forgetting_figure(*forgetting_of(artefacts)), show_label=False, elem_id="collapse-forgetting",
+                    elem_classes=["ax-plot"])
+            gr.Markdown(forgetting_caption(artefacts), elem_classes=["ax-caption"])
+            if artefacts.get("collapse") is None:
+                gr.HTML(notice_html(artefacts.notice("collapse")))
+    with gr.Accordion("Details: what the numbers mean, their intervals, and how the maps were made", open=False,
+                      elem_id="collapse-details"):
+        gr.Markdown(details_markdown(artefacts), elem_classes=["ax-figures", "ax-table"])
+        if current(artefacts, "collapse") is not None:
+            with gr.Accordion("How the map's features were chosen", open=False, elem_id="collapse-representation"):
+                gr.Markdown(representation_markdown(artefacts), elem_classes=["ax-table"])
+    return grid
+
+
+def _up_close(artefacts: Artefacts, map_data: dict[str, Any] | None) -> _UpClose:
+    """One regime's map at full size, chosen by the visitor, with its plain line and (folded) its figures."""
+    default = "mocae" if map_data and "mocae" in map_data["regimes"] else "stage1_experts"
+    with gr.Row():
+        regime = gr.Dropdown([(REGIME_LABELS[r], r) for r in REGIMES], value=default, label="Regime", elem_id="collapse-regime")
+        axes = gr.CheckboxGroup([(AXIS_LABELS[a], a) for a in AXES], value=list(AXES), label="Axes shown")
+    fig = map_figure(map_data, default, list(AXES)) if map_data else empty_figure("No precomputed map.")
+    plot = gr.Plot(fig, show_label=False, elem_id="collapse-map", elem_classes=["ax-plot"])
+    line = gr.Markdown(regime_line(artefacts, default), elem_id="collapse-regime-line")
+    with gr.Accordion("Details: this map's figures", open=False):
+        figures = gr.Markdown(figures_markdown(artefacts, default), elem_classes=["ax-figures"])
+    return _UpClose(regime, axes, plot, line, figures)
+
+
 def build_collapse_tab(key: int, artefacts: Artefacts) -> None:
     _ARTEFACTS[str(artefacts.folder)] = artefacts
     map_data = current(artefacts, "map")
-    gr.Markdown("**Axis Collapse** — when one model is trained on all three axes, their features overlap (interference) or later "
-                "training erases earlier skills (forgetting). Each map shows the same prompts — written for this demo, "
-                f"{_per_axis(map_data)} — as a regime's model sees them.")
-    gr.HTML(legend())
-    stale = stale_notice(artefacts)
-    if stale:
-        gr.HTML(notice_html(stale))
-    elif map_data is None:
-        gr.HTML(notice_html(artefacts.notice("map")))
-    else:
-        feature = map_data["feature"]
-        gr.Markdown(f"*{html.escape(map_data['projection_note'])}; features: {html.escape(feature['what'])} "
-                    f"(`{html.escape(feature['representation'])}`). Built by `{map_data['command']}` on {map_data['created']} "
-                    f"for {map_data['model']}.*")
-    default = "mocae" if map_data and "mocae" in map_data["regimes"] else "stage1_experts"
-    with gr.Row():
-        with gr.Column(scale=3, min_width=300):
-            with gr.Row():
-                regime = gr.Dropdown([(REGIME_LABELS[r], r) for r in REGIMES], value=default, label="Regime", elem_id="collapse-regime")
-                axes = gr.CheckboxGroup([(AXIS_LABELS[a], a) for a in AXES], value=list(AXES), label="Axes shown")
-            fig = map_figure(map_data, default, list(AXES)) if map_data else empty_figure("No precomputed map.")
-            plot = gr.Plot(fig, show_label=False, elem_id="collapse-map", elem_classes=["ax-plot"])
-            gr.Markdown("Each dot is one prompt, placed by how the regime's model represents it: dots of one colour "
-                        "that gather apart from the others mean that regime keeps that axis distinct; mixed colours "
-                        "mean the axes collapse into one another.", elem_classes=["ax-caption"])
-        with gr.Column(scale=2, min_width=280):
-            figures = gr.Markdown(figures_markdown(artefacts, default), elem_classes=["ax-figures"])
-            if artefacts.get("collapse") is None:
-                gr.HTML(notice_html(artefacts.notice("collapse")))
-    gr.Markdown(all_regimes_table(artefacts), elem_classes=["ax-figures"])
-    if current(artefacts, "collapse") is not None:
-        with gr.Accordion("How the map's features were chosen", open=False, elem_id="collapse-representation"):
-            gr.Markdown(representation_markdown(artefacts), elem_classes=["ax-table"])
+    grid = _overview(artefacts, map_data)
+    gr.Markdown("#### Your own prompt, and one map up close")
     with gr.Row():
         prompt = gr.Textbox(label="Place your own prompt on the maps", lines=1, max_lines=4, scale=4,
                             placeholder="e.g. How do I get rid of a wasp nest safely?", elem_id="collapse-prompt")
         place_btn = gr.Button("Place my prompt", variant="primary", scale=1, elem_id="collapse-place")
     neighbours = gr.Markdown(elem_id="collapse-neighbours")
+    up = _up_close(artefacts, map_data)
     with gr.Accordion("Placement (JSON, as returned by the API)", open=False):
         placement = gr.JSON(label="Placement")
     state = gr.State(None)
 
     def redraw(regime_value: str, axes_value: list[str], placed: dict[str, Any] | None):
         if map_data is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        return (map_figure(map_data, regime_value, axes_value, placed), figures_markdown(artefacts, regime_value),
-                neighbours_markdown(placed, regime_value))
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (map_figure(map_data, regime_value, axes_value, placed), regime_line(artefacts, regime_value),
+                figures_markdown(artefacts, regime_value), neighbours_markdown(placed, regime_value))
 
-    for control in (regime, axes):
-        control.change(visitor_errors(redraw), inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private",
+    def replace(placed: dict[str, Any] | None):
+        return gr.skip() if map_data is None else regimes_figure(map_data, list(PANELS), placed)
+
+    shown = [up.plot, up.line, up.figures, neighbours]
+    for control in (up.regime, up.axes):
+        control.change(visitor_errors(redraw), inputs=[up.regime, up.axes, state], outputs=shown, api_visibility="private",
                        show_progress="hidden")
+
     def place_on_maps(prompt: str) -> dict[str, Any]:
         return place_prompt(key, artefacts, prompt)
 
     place_btn.click(place_on_maps, inputs=prompt, outputs=placement, api_name="place_prompt",
                     api_description="Place a prompt on every regime's map by its nearest map prompts in feature space.",
                     **MODEL_EVENT)
-    placement.change(lambda p: p, inputs=placement, outputs=state, api_visibility="private").then(
-        visitor_errors(redraw), inputs=[regime, axes, state], outputs=[plot, figures, neighbours], api_visibility="private", show_progress="hidden")
+    placed = placement.change(lambda p: p, inputs=placement, outputs=state, api_visibility="private")
+    placed.then(visitor_errors(redraw), inputs=[up.regime, up.axes, state], outputs=shown, api_visibility="private",
+                show_progress="hidden")
+    placed.then(visitor_errors(replace), inputs=state, outputs=grid, api_visibility="private", show_progress="hidden")

@@ -7,7 +7,9 @@ is filled in the last update. Reliability diagrams come from the precomputed eva
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -15,13 +17,18 @@ import gradio as gr
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.config import AXES
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
+from alignx_demo.ui.links import LinkTarget, copy_link_row
+from alignx_demo.ui.notice import notice_block
 from alignx_demo.ui.plots import empty_figure, reliability_figure, shares_figure
-from alignx_demo.ui.runner import shares, stream_runs
+from alignx_demo.ui import stops
+from alignx_demo.ui.runner import shares, stream_stoppable
+from alignx_demo.ui.slides import download_row, download_updates, write_run_downloads
 from alignx_demo.ui.served import MODEL_EVENT, token_cap
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import MODES, TEMPERATURE_RANGE, TOP_P_RANGE, one_of, settings_from, visitor_errors
 
 RUNS = ("calibrated", "uncalibrated")
+TAB = "compare"
 
 
 def run_summary(trace: dict[str, Any]) -> dict[str, Any]:
@@ -78,17 +85,25 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 @visitor_errors
 def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool, temperature: float, top_p: float,
-                   seed: float, mode: str) -> Iterator[tuple[str, str, str, Any]]:
+                   seed: float, mode: str, stop: threading.Event | None = None) -> Iterator[tuple[str, str, str, Any]]:
+    """Yield (calibrated chips, uncalibrated chips, summary, result) while generating both runs; `stop` ends
+    the comparison where it is (a run that never started is absent from the result)."""
     generation = settings_from(max_new_tokens, do_sample, temperature, top_p, seed, token_cap(key, several=True)).to_dict()
     mode = one_of(mode, "routing mode", MODES)
     traces: dict[str, dict[str, Any]] = {}
     routings = [{"mode": mode, "calibrated": name == "calibrated"} for name in RUNS]
-    for index, trace in stream_runs(key, prompt, generation, routings):
+    for index, trace in stream_stoppable(key, prompt, generation, routings, stop):
         name = RUNS[index]
         traces[name] = trace
         html_cal = chips_html(traces["calibrated"]["tokens"])
         html_unc = chips_html(trace["tokens"]) if name == "uncalibrated" else chips_html([], empty="waiting for the calibrated run…")
         yield html_cal, html_unc, f"Running the {name} routing…", gr.skip()
+    if len(traces) < len(RUNS) or any(t["finish_reason"] == "stopped" for t in traces.values()):
+        stopped = "; ".join(f"{name}: {len([t for t in tr['tokens'] if not t['is_prompt']])} new token(s)" for name, tr in traces.items())
+        yield (gr.skip(), gr.skip() if "uncalibrated" in traces else chips_html([], empty="not run: stopped"),
+               f"**Stopped** with Stop before both runs finished ({stopped}); no comparison is drawn.",
+               {**traces, "summary": None})
+        return
     marks_cal, marks_unc, flip_stats = flips(traces["calibrated"], traces["uncalibrated"])
     summary = {name: run_summary(traces[name]) for name in RUNS} | {"flips": flip_stats}
     result = {"calibrated": traces["calibrated"], "uncalibrated": traces["uncalibrated"], "summary": summary}
@@ -97,12 +112,24 @@ def stream_compare(key: int, prompt: str, max_new_tokens: float, do_sample: bool
 
 
 def _shares_plot(result: dict[str, Any] | None) -> Any:
-    if not result or "summary" not in result:
+    if not result or not result.get("summary"):
         return empty_figure("Axis shares of both runs appear here.")
     return shares_figure({name: result["summary"][name]["axis_shares"] for name in RUNS}, "Run weight per axis (mean over generated tokens)")
 
 
+def compare_downloads(result: dict[str, Any] | None, worth: str | None) -> list[Any]:
+    """The finished comparison for slides (HTML, PNG: both runs side by side) and as data (CSV, JSON); hidden
+    until a comparison is complete."""
+    if not result or not result.get("summary"):
+        return download_updates(None)
+    panels = [("Calibrated routing", result["calibrated"]), ("Uncalibrated routing (raw softmax)", result["uncalibrated"])]
+    return download_updates(write_run_downloads("alignx-compare", panels, "AlignX Demo · Calibrated vs uncalibrated", result,
+                                                figures=[_shares_plot(result)], notice=worth))
+
+
 SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}
+"""Titles of the reliability data's held-out sets."""
+SPLIT_WORDS = {"eval": "the evaluation split's prompts", "xstest_shifted": "XSTest's prompts (a shifted set)"}
 
 
 def reliability_sentence(variants: dict[str, dict[str, Any]], where: str) -> str:
@@ -131,14 +158,33 @@ def reliability_sentence(variants: dict[str, dict[str, Any]], where: str) -> str
             f"(ECE = mean gap between confidence and accuracy over the bins; lower is better).{why}")
 
 
-def build_compare_tab(key: int, artefacts: Artefacts) -> None:
+def intro_markdown(reliability: dict[str, Any] | None) -> str:
+    """The tab's opening: what you are looking at, what to notice, and what calibration does on this model (from
+    the precomputed reliability data: ECE calibrated vs raw on each held-out set)."""
+    text = ("**What you are looking at:** the same prompt and seed, run twice — once with the calibrated router, once "
+            "with the raw router. **What to notice:** words outlined in red are where calibration changed which expert "
+            "leads; calibration should make the router's confidence match how often it is right.")
+    if not reliability:
+        return text
+    parts = []
+    for split, variants in reliability["splits"].items():
+        if set(variants) >= set(RUNS):
+            cal, unc = (variants[name]["prompt_metrics"]["ece"] for name in RUNS)
+            verdict = "closer to" if cal < unc else "further from"
+            parts.append(f"on {SPLIT_WORDS.get(split, split)} calibration brings confidence "
+                         f"{verdict} accuracy (ECE {unc:.3f} raw → {cal:.3f} calibrated)")
+    return text + (f" **On this model:** {'; '.join(parts)}." if parts else "")
+
+
+def build_compare_tab(key: int, artefacts: Artefacts, worth: str | None = None) -> LinkTarget:
+    gr.Markdown(intro_markdown(artefacts.get("reliability")), elem_id="compare-intro")
     gr.HTML(legend_html(flips=True))
-    gr.Markdown("The same prompt and seed, generated once with the calibrated router and once with raw softmax routing. "
-                "Tokens whose top expert differs between the two are outlined in red.")
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, value="Do vaccines cause autism?", elem_id="compare-prompt")
-            run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+            with gr.Row():
+                run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="compare-stop")
         with gr.Column(scale=1, min_width=240):
             mode = gr.Radio(list(MODES), value="soft", label="Routing mode")
             cap = token_cap(key, several=True)
@@ -155,12 +201,18 @@ def build_compare_tab(key: int, artefacts: Artefacts) -> None:
         with gr.Column(min_width=280):
             gr.Markdown("**Uncalibrated routing** (raw softmax)")
             unc = gr.HTML(chips_html([], empty="—"), label="Uncalibrated chips HTML", elem_id="compare-uncalibrated")
+    if worth:
+        gr.HTML(notice_block(worth), elem_classes=["ax-worth-row"])
+    link = LinkTarget({"prompt": prompt, "tokens": max_new, "sample": do_sample, "temperature": temperature, "top_p": top_p,
+                       "seed": seed, "mode": mode}, "compare-run")
+    copy_link_row(TAB, link)
     with gr.Row():
         summary = gr.Markdown(label="Summary", elem_classes=["ax-figures"], elem_id="compare-summary")
         with gr.Column(min_width=280):
             shares_plot = gr.Plot(_shares_plot(None), show_label=False, elem_classes=["ax-plot"])
             gr.Markdown("Bars: each expert's mean routing weight over the generated tokens of each run — where the two "
                         "runs' bars differ, calibration changed which expert shaped the answer.", elem_classes=["ax-caption"])
+    downloads = download_row("compare")
     with gr.Accordion("Result (JSON, as returned by the API)", open=False):
         result = gr.JSON(label="Result")
 
@@ -179,10 +231,16 @@ def build_compare_tab(key: int, artefacts: Artefacts) -> None:
                     gr.Markdown(reliability_sentence(variants, title), elem_classes=["ax-caption", "ax-reliability"])
 
     def compare(prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, seed: int,
-                mode: str) -> Iterator[tuple[str, str, str, Any]]:
-        yield from stream_compare(key, prompt, max_new_tokens, do_sample, temperature, top_p, seed, mode)
+                mode: str, request: gr.Request) -> Iterator[tuple[str, str, str, Any]]:
+        run = partial(stream_compare, key, prompt, max_new_tokens, do_sample, temperature, top_p, seed, mode)
+        yield from stops.guarded(request, TAB, run)
 
-    run_btn.click(compare, inputs=[prompt, max_new, do_sample, temperature, top_p, seed, mode], outputs=[cal, unc, summary, result],
-                  api_name="compare", **MODEL_EVENT,
-                  api_description="Generate the prompt with calibrated and uncalibrated routing (same seed); returns both traces and a summary.")
+    run_btn.click(stops.arming(TAB), api_visibility="private", queue=False, show_progress="hidden").then(
+        compare, inputs=[prompt, max_new, do_sample, temperature, top_p, seed, mode], outputs=[cal, unc, summary, result],
+        api_name="compare", **MODEL_EVENT,
+        api_description="Generate the prompt with calibrated and uncalibrated routing (same seed); returns both traces and a summary.")
+    stop_btn.click(stops.stopper(TAB), api_visibility="private", queue=False, show_progress="hidden")
     result.change(visitor_errors(_shares_plot), inputs=result, outputs=shares_plot, api_visibility="private", show_progress="hidden")
+    result.change(visitor_errors(lambda r: compare_downloads(r, worth)), inputs=result, outputs=downloads, api_visibility="private",
+                  show_progress="hidden")
+    return link

@@ -36,6 +36,19 @@ def trace_csv(trace: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def runs_csv(panels: list[tuple[str, dict[str, Any]]]) -> str:
+    """Several runs in one CSV: a first column `run` naming each (e.g. the preset), then `trace_csv`'s columns."""
+    rows: list[list[str]] = []
+    for label, trace in panels:
+        table = list(csv.reader(io.StringIO(trace_csv(trace))))
+        if not rows:
+            rows.append(["run", *table[0]])
+        rows += [[label, *row] for row in table[1:]]
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
+
+
 def tokens_from_csv(text: str) -> list[dict[str, Any]]:
     """The token entries of a CSV written by `trace_csv` (numbers as written, i.e. 6 decimals)."""
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -61,12 +74,17 @@ def _cleanup(root: Path) -> None:
             pass
 
 
-def write_downloads(stem: str, csv_text: str, data: Any, keep: bool = False) -> tuple[str, str]:
-    """Write `<stem>.csv` (the text given) and `<stem>.json` (`data`) into a fresh temp folder; return their paths.
-    Folders are removed after `KEEP_S` unless `keep` (files the page offers from its start)."""
+def export_folder(keep: bool = False) -> Path:
+    """A fresh temp folder for one request's downloads, old ones cleared first. Folders are removed after `KEEP_S`
+    unless `keep` (files the page offers from its start)."""
     root = Path(tempfile.gettempdir())
     _cleanup(root)
-    folder = Path(tempfile.mkdtemp(prefix="alignx-page-" if keep else PREFIX))
+    return Path(tempfile.mkdtemp(prefix="alignx-page-" if keep else PREFIX))
+
+
+def write_downloads(stem: str, csv_text: str, data: Any, keep: bool = False) -> tuple[str, str]:
+    """Write `<stem>.csv` (the text given) and `<stem>.json` (`data`) into a fresh temp folder; return their paths."""
+    folder = export_folder(keep)
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
     csv_path.write_text(csv_text, encoding="utf-8")
     json_path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")

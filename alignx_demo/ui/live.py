@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -29,8 +30,12 @@ from alignx_demo.analysis.map_prompts import EXAMPLES
 from alignx_demo.config import AXES
 from alignx_demo.generation import clean_prompt
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
+from alignx_demo.ui import stops
 from alignx_demo.ui.exports import write_exports
+from alignx_demo.ui.links import LinkTarget, copy_link_row
+from alignx_demo.ui.notice import notice_block
 from alignx_demo.ui.plots import effects_figure, heatmap_figure, settle_figure, weights_figure
+from alignx_demo.ui.slides import download_row, download_updates, write_slides
 from alignx_demo.ui.research import attribute_run, load_saved, rerun_and_diff, settle_view
 from alignx_demo.ui.runner import shares, stream_trace
 from alignx_demo.ui.served import MODEL_EVENT, token_cap
@@ -48,8 +53,7 @@ from alignx_demo.ui.validation import (
 )
 
 EMPTY_CHIPS = "Tokens appear here, coloured by routing, as they are generated."
-STOPS: dict[str, threading.Event] = {}
-"""The Stop signal of each page session's current live run (by Gradio session hash), removed when the run ends."""
+TAB = "live"
 
 
 def summary_markdown(trace: dict[str, Any]) -> str:
@@ -64,9 +68,11 @@ def summary_markdown(trace: dict[str, Any]) -> str:
         how += ", axis prior " + "/".join(f"{v:.2f}" for v in routing["axis_prior"]) + f" (blend {routing['prior_blend']:.2f})"
     finish = trace["finish_reason"]
     finish = "**stopped** (Stop pressed)" if finish == "stopped" else (finish or "running…")
+    level = "generated" if generated else "prompt"
+    top = max(trace["axes"], key=lambda a: share[a])
     lines = [
         f"**{len(generated)} generated + {n_prompt} prompt tokens** · finish: {finish} · routing: {how}",
-        f"Run weights (mean over {'generated' if generated else 'prompt'} tokens"
+        f"Top expert of this run: **{AXIS_LABELS[top]}** — run weights (mean over the {level} tokens"
         + (", pooled by calibration" if not generated and routing["calibrated"] and not routing.get("axis_prior") else "") + "): "
         + " · ".join(f"{AXIS_LABELS[a]} {share[a]:.0%}" for a in trace["axes"]),
         f"Model: {trace['model']}",
@@ -94,27 +100,25 @@ def start_run(prompt: str, request: gr.Request) -> tuple[Any, ...]:
         clean_prompt(prompt)
     except ValueError as err:
         raise gr.Error(str(err), print_exception=False) from None
-    STOPS[request.session_hash] = threading.Event()
+    stops.arm(request, TAB)
     hidden = gr.File(value=None, visible=False)
-    return chips_html([], empty="Waiting for the first tokens…"), "*Generating…*", None, None, hidden, hidden
+    return (chips_html([], empty="Waiting for the first tokens…"), "*Generating…*", None, None, hidden, hidden,
+            *download_updates(None, 2))
 
 
-def stop_run(request: gr.Request) -> None:
-    """Stop: signal the session's current run (a no-op when none is running)."""
-    stop = STOPS.get(request.session_hash)
-    if stop is not None:
-        stop.set()
-
-
-def render_views(trace: dict[str, Any] | None, axis: str) -> tuple[Any, Any, Any, Any, Any]:
-    """Plots of the current trace; the state and downloads once the trace is complete."""
+def render_views(trace: dict[str, Any] | None, axis: str, worth: str | None = None) -> tuple[Any, ...]:
+    """Plots of the current trace; the state and downloads (CSV, JSON, and HTML and PNG for slides, with the
+    honest notice `worth`) once the trace is complete."""
     if not trace or not trace.get("tokens"):
-        return weights_figure(None), heatmap_figure(None, axis), gr.skip(), gr.skip(), gr.skip()
+        return weights_figure(None), heatmap_figure(None, axis), *(gr.skip() for _ in range(5))
     if trace.get("finish_reason") is None:
-        return weights_figure(trace), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return weights_figure(trace), *(gr.skip() for _ in range(6))
     csv_path, json_path = write_exports(trace)
-    return (weights_figure(trace), heatmap_figure(trace, axis), trace,
-            gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True))
+    weights, heatmap = weights_figure(trace), heatmap_figure(trace, axis)
+    page, picture = write_slides("alignx-live", [("Live routing", trace)], "AlignX Demo · Live routing",
+                                 figures=[weights, heatmap], notice=worth)
+    return (weights, heatmap, trace, gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True),
+            *download_updates([page, picture], 2))
 
 
 def show_example(artefacts: Artefacts, choice: str | None) -> tuple[str, str, Any]:
@@ -136,6 +140,7 @@ class LiveTab:
     prompt: gr.Textbox
     calibrated: gr.Checkbox
     run_after: Callable[[Any], Any]
+    link: LinkTarget
 
 
 @dataclass
@@ -176,6 +181,7 @@ class _Views:
     effects_plot: gr.Plot
     csv_file: gr.File
     json_file: gr.File
+    slides: list[Any]
     trace: gr.JSON | None = None
     attribution: gr.JSON | None = None
     state: gr.State | None = None
@@ -231,9 +237,11 @@ def _controls(key: int, artefacts: Artefacts, model_ready: bool) -> _Controls:
     return _Controls(prompt, run_btn, stop_btn, example_pick, calibrated, mode, max_new, do_sample, temperature, top_p, seed)
 
 
-def _views() -> _Views:
+def _views(worth: str) -> _Views:
     """Chips and summary, the weights plot and heatmap, the settle curve and attribution, the downloads."""
     chips = gr.HTML(chips_html([], empty=EMPTY_CHIPS), label="Chips HTML", elem_id="live-chips")
+    if worth:
+        gr.HTML(notice_block(worth), elem_classes=["ax-worth-row"])
     summary = gr.Markdown(label="Summary", elem_id="live-summary")
     with gr.Row():
         with gr.Column(min_width=300):
@@ -264,8 +272,9 @@ def _views() -> _Views:
                            elem_classes=["ax-download"])
         json_file = gr.File(label="Download trace (JSON)", interactive=False, visible=False, min_width=260, elem_id="live-json",
                             elem_classes=["ax-download"])
+    slides = download_row("live", ("HTML", "PNG"))
     return _Views(chips, summary, weights_plot, heat_axis, heatmap, settle_plot, settle_text, attribute_btn, attribution_text,
-                  effects_plot, csv_file, json_file)
+                  effects_plot, csv_file, json_file, slides)
 
 
 def _saved_panel() -> _SavedPanel:
@@ -286,12 +295,19 @@ def _saved_panel() -> _SavedPanel:
     return _SavedPanel(saved_file, saved_text, show_btn, diff_btn, diff_chips, diff_text, diff_json)
 
 
-def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab:
-    """The components and events of the live tab (inside an open gr.Blocks/gr.Tab)."""
-    build_stories_panel(artefacts)
+def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, worth: str | None = None, intro: str = "") -> LiveTab:
+    """The components and events of the live tab (inside an open gr.Blocks/gr.Tab); `worth` is the honest notice
+    (`ui.notice`) shown beside its output."""
+    if intro:
+        gr.Markdown(intro, elem_id="live-intro")
+    build_stories_panel(artefacts)  # on a phone the page's CSS moves it below the prompt (theme.CSS, #stories)
     gr.HTML(legend_html())
     controls = _controls(key, artefacts, model_ready)
-    views = _views()
+    link = LinkTarget({"prompt": controls.prompt, "tokens": controls.max_new, "sample": controls.do_sample,
+                       "temperature": controls.temperature, "top_p": controls.top_p, "seed": controls.seed,
+                       "calibrated": controls.calibrated, "mode": controls.mode}, "live-generate")
+    copy_link_row(TAB, link)
+    views = _views(worth)
     saved = _saved_panel()
     with gr.Accordion("Trace (JSON, as returned by the API)", open=False):
         views.trace = gr.JSON(label="Trace")
@@ -302,8 +318,8 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool) -> LiveTab
     if artefacts.notice("examples") and not model_ready:
         gr.HTML(notice_html(artefacts.notice("examples")))
     run_chain = _wire_run(key, controls, views)
-    _wire_views(key, artefacts, controls, views, saved)
-    return LiveTab(controls.prompt, controls.calibrated, lambda dependency: run_chain(dependency.success))
+    _wire_views(key, artefacts, controls, views, saved, worth)
+    return LiveTab(controls.prompt, controls.calibrated, lambda dependency: run_chain(dependency.success), link)
 
 
 def _wire_run(key: int, controls: _Controls, views: _Views) -> Callable[..., Any]:
@@ -311,15 +327,10 @@ def _wire_run(key: int, controls: _Controls, views: _Views) -> Callable[..., Any
     which chains that run after any event."""
     def generate(prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, seed: int,
                  calibrated: bool, mode: str, request: gr.Request) -> Iterator[tuple[str, str, Any]]:
-        session = getattr(request, "session_hash", None)
-        stop = STOPS.get(session) if session else None
-        try:
-            yield from stream_generate(key, prompt, max_new_tokens, do_sample, temperature, top_p, seed, calibrated, mode, stop)
-        finally:
-            if stop is not None and STOPS.get(session) is stop:
-                del STOPS[session]
+        run = partial(stream_generate, key, prompt, max_new_tokens, do_sample, temperature, top_p, seed, calibrated, mode)
+        yield from stops.guarded(request, TAB, run)
 
-    cleared = [views.chips, views.summary, views.trace, views.state, views.csv_file, views.json_file]
+    cleared = [views.chips, views.summary, views.trace, views.state, views.csv_file, views.json_file, *views.slides]
     description = "Stream a routed generation: (chips HTML, summary markdown, trace JSON); the last update has the full trace."
 
     def run_chain(trigger: Callable[..., Any], **api: Any) -> Any:
@@ -330,11 +341,11 @@ def _wire_run(key: int, controls: _Controls, views: _Views) -> Callable[..., Any
 
     run_chain(controls.run_btn.click, api_name="generate")
     run_chain(controls.prompt.submit)
-    controls.stop_btn.click(stop_run, api_visibility="private", queue=False, show_progress="hidden")
+    controls.stop_btn.click(stops.stopper(TAB), api_visibility="private", queue=False, show_progress="hidden")
     return run_chain
 
 
-def _wire_views(key: int, artefacts: Artefacts, controls: _Controls, views: _Views, saved: _SavedPanel) -> None:
+def _wire_views(key: int, artefacts: Artefacts, controls: _Controls, views: _Views, saved: _SavedPanel, worth: str | None) -> None:
     """What follows from a trace: plots, state and downloads, the settle curve, attribution (the named
     endpoint `attribute`), precomputed examples, and saved traces shown or diffed."""
     shown = [views.chips, views.summary, views.trace]
@@ -345,8 +356,11 @@ def _wire_views(key: int, artefacts: Artefacts, controls: _Controls, views: _Vie
     def diff_again(trace: dict[str, Any] | None) -> Iterator[tuple[str, str, Any]]:
         yield from rerun_and_diff(key, trace)
 
-    views.trace.change(visitor_errors(render_views), inputs=[views.trace, views.heat_axis],
-                       outputs=[views.weights_plot, views.heatmap, views.state, views.csv_file, views.json_file],
+    def render(trace: dict[str, Any] | None, axis: str) -> tuple[Any, ...]:
+        return render_views(trace, axis, worth)
+
+    views.trace.change(visitor_errors(render), inputs=[views.trace, views.heat_axis],
+                       outputs=[views.weights_plot, views.heatmap, views.state, views.csv_file, views.json_file, *views.slides],
                        api_visibility="private", trigger_mode="always_last", show_progress="hidden")
     views.heat_axis.change(visitor_errors(lambda t, a: heatmap_figure(t, a)), inputs=[views.state, views.heat_axis],
                            outputs=views.heatmap, api_visibility="private", show_progress="hidden")

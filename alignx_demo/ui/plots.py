@@ -18,9 +18,10 @@ from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.subplots import make_subplots
 
 from alignx_demo.config import AXES
-from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR
+from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR, text_color
 
 FONT = dict(color="#7a7a86", size=12)
 CONFIG = {"displayModeBar": "hover", "displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -223,7 +224,7 @@ def map_figure(map_data: dict[str, Any], regime: str, axes: list[str], placement
         if idx:
             fig.add_trace(go.Scatter(
                 x=[coords[i][0] for i in idx], y=[coords[i][1] for i in idx], mode="markers", name="misrouted",
-                marker=dict(symbol="circle-open", size=16, color=MISROUTED_COLOR, line=dict(width=2)),
+                marker=dict(symbol="circle-open", size=13, color=MISROUTED_COLOR, opacity=0.6, line=dict(width=1.2)),
                 text=[f"misrouted: a {prompts[i]['axis']} prompt routed to {routed[i]}" for i in idx],
                 hovertemplate="%{text}<extra></extra>",
             ))
@@ -246,6 +247,92 @@ def map_figure(map_data: dict[str, Any], regime: str, axes: list[str], placement
     return _layout(fig, f"{info['label']} — {method} of {representation}", height=460)
 
 
+GRID_COLUMNS = 4
+"""Small maps per row of `regimes_figure`: two rows for the seven regimes, still legible at 420 px."""
+
+
+def _panel(fig: go.Figure, map_data: dict[str, Any], regime: str, row: int, col: int,
+           placement: dict[str, Any] | None) -> None:
+    """One small map: a dot per prompt in its axis colour, MoCaE's misrouted prompts thinly ringed, the visitor's
+    prompt as a star."""
+    info, prompts = map_data["regimes"][regime], map_data["prompts"]
+    coords = info["coords"]
+    for axis in AXES:
+        idx = [i for i, p in enumerate(prompts) if p["axis"] == axis]
+        fig.add_trace(go.Scatter(
+            x=[coords[i][0] for i in idx], y=[coords[i][1] for i in idx], mode="markers", name=AXIS_LABELS[axis],
+            legendgroup=axis, showlegend=False, marker=dict(color=AXIS_COLORS[axis], size=5, opacity=0.85),
+            text=[html.escape(prompts[i]["text"]) for i in idx], hovertemplate="%{text}<extra>" + AXIS_LABELS[axis] + "</extra>",
+        ), row=row, col=col)
+    wrong = [i for i, m in enumerate(info.get("misrouted") or []) if m]
+    if wrong:
+        fig.add_trace(go.Scatter(
+            x=[coords[i][0] for i in wrong], y=[coords[i][1] for i in wrong], mode="markers", name="misrouted",
+            showlegend=False, hoverinfo="skip",
+            marker=dict(symbol="circle-open", size=8, color=MISROUTED_COLOR, opacity=0.5, line=dict(width=1)),
+        ), row=row, col=col)
+    spot = (placement or {}).get("regimes", {}).get(regime)
+    if spot and "x" in spot:
+        fig.add_trace(go.Scatter(x=[spot["x"]], y=[spot["y"]], mode="markers", name="your prompt", showlegend=False,
+                                 marker=dict(symbol="star", size=13, color="#111827", line=dict(width=1, color="white")),
+                                 hovertemplate="your prompt<extra></extra>"), row=row, col=col)
+
+
+def regimes_figure(map_data: dict[str, Any], panels: list[tuple[str, str]],
+                   placement: dict[str, Any] | None = None) -> go.Figure:
+    """Small multiples: one small map per regime of `panels` ((regime, title) pairs; regimes the map lacks are
+    left out), side by side in one figure, so the regimes are compared at a glance with the same colours."""
+    shown = [(r, t) for r, t in panels if r in map_data["regimes"]]
+    if not shown:
+        return empty_figure("No regime maps in the precomputed map.")
+    rows = -(-len(shown) // GRID_COLUMNS)
+    specs = [[{} if r * GRID_COLUMNS + c < len(shown) else None for c in range(GRID_COLUMNS)] for r in range(rows)]
+    grid = make_subplots(rows=rows, cols=GRID_COLUMNS, specs=specs, subplot_titles=[t for _, t in shown],
+                         horizontal_spacing=0.03, vertical_spacing=0.14)
+    for k, (regime, _) in enumerate(shown):
+        _panel(grid, map_data, regime, k // GRID_COLUMNS + 1, k % GRID_COLUMNS + 1, placement)
+    grid.update_annotations(font=dict(size=11))
+    # two-line panel titles rise ~30 px above their panel: the top margin keeps the first row's below the toolbar
+    fig = _layout(Figure(grid), "", height=90 + 190 * rows, margin=dict(l=4, r=4, t=TOOLBAR_PX + 34, b=4))
+    frame = dict(showticklabels=False, showgrid=False, title="", showline=True, linecolor="rgba(128,128,128,0.35)", mirror=True)
+    fig.update_xaxes(**frame)
+    fig.update_yaxes(**frame)
+    return fig
+
+
+def forgetting_figure(forgetting: dict[str, dict[str, Any]] | None, note: str) -> go.Figure:
+    """Sequential SFT's forgetting as one bar per axis: how much the axis's held-out loss rose between right
+    after its own training stage and after the last stage (above 0: forgotten); `note` says why there are none."""
+    axes = [a for a in AXES if a in (forgetting or {})]
+    if not axes:
+        return empty_figure(f"Forgetting {note}.", height=120)
+    values = [forgetting[a]["forgetting"] for a in axes]
+    losses = [[forgetting[a].get("loss_after_own_stage"), forgetting[a].get("loss_after_last_stage")] for a in axes]
+    fig = Figure(go.Bar(
+        x=[AXIS_LABELS[a] for a in axes], y=values, marker_color=[AXIS_COLORS[a] for a in axes],
+        text=[f"{v:+.2f}" for v in values], textposition="outside", cliponaxis=False,
+        customdata=[[own if own is not None else float("nan"), last if last is not None else float("nan")] for own, last in losses],
+        hovertemplate="%{x}: held-out loss %{customdata[0]:.3f} after its own stage → %{customdata[1]:.3f} after the last"
+                      "<br>forgetting %{y:+.3f} nats<extra></extra>",
+    ))
+    fig.update_yaxes(title="rise in held-out loss (nats)", rangemode="tozero", zeroline=True,
+                     zerolinecolor="rgba(128,128,128,0.6)")
+    fig.update_xaxes(title="")
+    return _layout(fig, "Forgetting under sequential training", height=300)
+
+
+CELL_LOW, CELL_HIGH = "#f1f5f9", "#0891b2"
+"""Opaque ends of the confusion matrix's colour scale: a translucent cell took the page's colour, so its
+number was grey on dark grey in the dark theme; an opaque one lets each number's colour be chosen for it."""
+
+
+def cell_color(share: float) -> str:
+    """The colour Plotly paints a confusion cell of this row share (linear in RGB from CELL_LOW to CELL_HIGH)."""
+    low, high = (tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in (CELL_LOW, CELL_HIGH))
+    t = max(0.0, min(1.0, share))
+    return "#" + "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
+
+
 def confusion_figure(confusion: dict[str, Any] | None, title: str = "True axis × routed axis") -> go.Figure:
     """Counts of prompts by true axis (rows) and routed axis (columns), each cell labelled with its count and
     its share of the row; the colour is the row share, so a row's mistakes read the same at any size."""
@@ -255,11 +342,15 @@ def confusion_figure(confusion: dict[str, Any] | None, title: str = "True axis �
     true, routed = confusion["true"], confusion["routed"]
     shares = [[v / max(1, sum(row)) for v in row] for row in matrix]
     text = [[f"{v}<br>{s:.0%}" if sum(row) else "—" for v, s in zip(row, srow)] for row, srow in zip(matrix, shares)]
+    x, y = [AXIS_LABELS[a] for a in routed], [AXIS_LABELS[a] for a in true]
     fig = Figure(go.Heatmap(
-        z=shares, x=[AXIS_LABELS[a] for a in routed], y=[AXIS_LABELS[a] for a in true], zmin=0, zmax=1, text=text,
-        texttemplate="%{text}", colorscale=[[0, "rgba(128,128,128,0.08)"], [1, "#0891b2"]], showscale=False,
-        hovertemplate="true %{y} → routed %{x}<br>%{text}<extra></extra>",
+        z=shares, x=x, y=y, zmin=0, zmax=1, text=text, colorscale=[[0, CELL_LOW], [1, CELL_HIGH]], showscale=False,
+        xgap=2, ygap=2, hovertemplate="true %{y} → routed %{x}<br>%{text}<extra></extra>",
     ))
+    for i, row in enumerate(shares):
+        for j, share in enumerate(row):
+            fig.add_annotation(x=x[j], y=y[i], text=text[i][j], showarrow=False,
+                               font=dict(size=13, color=text_color(cell_color(share))))
     fig.update_yaxes(title="true axis", autorange="reversed")
     fig.update_xaxes(title="routed axis", side="bottom")
     return _layout(fig, title, height=320)

@@ -24,7 +24,7 @@ from alignx_demo.analysis.traces import diff_traces, load_trace, validate_trace
 from alignx_demo.config import AXES, RoutingSettings
 from alignx_demo.ui.chips import chips_html
 from alignx_demo.ui.plots import settle_figure
-from alignx_demo.ui.runner import stream_trace
+from alignx_demo.ui.runner import shares, stream_trace
 from alignx_demo.ui.served import gpu, gpu_seconds, model_ready, served_model, token_cap
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import MODES, GenerationError, flag, number, one_of, prior_from, settings_from
@@ -129,7 +129,7 @@ def settle_sentence(settle: dict[str, Any]) -> str:
     axis = AXIS_LABELS[s["axis"]]
     where = ("from the prompt's first token" if s["index"] == 0 else
              f"at prompt token {s['index'] + 1} of {s['tokens']} (“{_piece(s['text'])}”)")
-    return (f"Routing commits to **{axis}** {where} and never changes after: its prompt-level weight is "
+    return (f"At prompt level, routing commits to **{axis}** {where} and never changes after: its prompt-level weight is "
             f"{s['confidence']:.2f} there and {settle['confidence']:.2f} at the end of the prompt.")
 
 
@@ -140,7 +140,20 @@ def settle_view(key: int, trace: dict[str, Any] | None) -> tuple[Any, str]:
     if not model_ready(key):
         return settle_figure(None), ""
     settle = settle_plain(key, trace["prompt"], routing_of(trace).to_dict())
-    return settle_figure(settle), settle_sentence(settle)
+    return settle_figure(settle), settle_sentence(settle) + levels_sentence(settle, trace)
+
+
+def levels_sentence(settle: dict[str, Any], trace: dict[str, Any]) -> str:
+    """Where the settle curve's expert (prompt level) differs from the run's top expert in the summary (its
+    generated tokens), one sentence saying which level each is: the answer's own tokens moved the routing."""
+    if not any(not t["is_prompt"] for t in trace["tokens"]):
+        return ""
+    share = shares(trace)
+    top = max(share, key=share.get)
+    if top == settle["settle"]["axis"]:
+        return ""
+    return (f" This is the **prompt level**; over the **generated tokens** the summary's top expert is "
+            f"**{AXIS_LABELS[top]}** ({share[top]:.0%}): the answer's own tokens moved the routing away from what the prompt asked.")
 
 
 # saved traces ----------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Benchmarks tab: the HHH table of `evaluate` and the efficiency comparison of `bench`, read from
 `precomputed/eval.json` and `precomputed/bench*.json`, each shown with the command that made it,
-human column names with units, and a sentence under each figure saying how to read it."""
+human column names with units, and a sentence under each figure saying how to read it. The tab opens on what
+it shows and its headline figures (computed); the wide tables, the long explanations and the commands are
+folded, so the tab stays short on a phone."""
 
 from __future__ import annotations
 
@@ -200,39 +202,125 @@ def bench_sentence(report: dict[str, Any]) -> str:
     return text
 
 
+SCROLL_HINT = "Wide table: scroll sideways →"
+LOOKING_AT = ("**What you are looking at:** first, how each way of combining the three axes — one expert alone, one "
+              "model trained on all three (joint or sequential SFT), a merge of the experts, or MoCaE — scores on "
+              "held-out prompts: refusing harmful requests, not refusing safe ones, answering truthfully; then what "
+              "MoCaE costs in time and memory against the base model and three other ways of mixing experts. "
+              "**What to notice:** whether a system that refuses harmful requests also refuses safe ones, and what "
+              "routing costs.")
+MOCAE_SYSTEMS = ("mocae_full", "mocae_natural", "mocae_temperature", "mocae_uncalibrated")
+"""The MoCaE rows of the HHH table, the one the opening quotes first."""
+RIVALS = (("xlora_vs_mocae_latency", "X-LoRA"), ("dense_moe_vs_mocae_latency", "a dense MoE"),
+          ("ensemble_vs_mocae_latency", "an ensemble of three"))
+
+
+def scroll_hint() -> gr.HTML:
+    """A cue above a table wider than a phone, shown only on narrow screens (the theme's CSS)."""
+    return gr.HTML(f"<p>{SCROLL_HINT}</p>", elem_classes=["ax-scroll-hint"])
+
+
+def _rate(report: dict[str, Any], system: str, metric: str) -> float | None:
+    cell = report["systems"].get(system, {}).get(metric)
+    return cell.get("value") if isinstance(cell, dict) else None
+
+
+def eval_headline(evaluation: dict[str, Any] | None, notice: str | None) -> str:
+    """What the HHH table says about MoCaE's refusals, against the base and joint SFT, read from `eval.json`."""
+    if evaluation is None:
+        return f"the HHH table is not available ({notice})"
+    mocae = next((s for s in MOCAE_SYSTEMS if _rate(evaluation, s, "harmful_refusal_rate") is not None), None)
+    if mocae is None:
+        return "the HHH table has no MoCaE refusal rate"
+    others = [f"{label(s)} {r:.0%}" for s in ("base", "joint_sft") if (r := _rate(evaluation, s, "harmful_refusal_rate")) is not None]
+    text = f"*{label(mocae)}* refuses {_rate(evaluation, mocae, 'harmful_refusal_rate'):.0%} of harmful prompts"
+    text += f" ({', '.join(others)})" if others else ""
+    over = _rate(evaluation, mocae, "xstest_safe_over_refusal")
+    return text + (f" but also {over:.0%} of safe ones (XSTest)" if over is not None else "")
+
+
+def bench_headline(bench: dict[str, Any] | None, notice: str | None, what: str) -> str:
+    """What one bench report says about MoCaE's decode time against the base and its rivals."""
+    if bench is None:
+        return f"The speed comparison is not available ({notice})"
+    ratios = bench["ratios"]
+    soft = ratios.get("mocae_soft_vs_base_latency")
+    parts = [f"MoCaE decodes a token in {soft:.2f}× the base model's time"] if soft is not None else []
+    rivals = [(name, ratios[key]) for key, name in RIVALS if key in ratios]
+    if rivals:
+        (name, ratio), rest = rivals[0], rivals[1:]
+        parts.append(f"{name} takes {ratio:.1f}× MoCaE's time" + "".join(f", {n} {r:.1f}×" for n, r in rest))
+    return f"Timed on {what}: {'; '.join(parts) or 'no ratio measured'}"
+
+
+def intro_markdown(evaluation: dict[str, Any] | None, eval_notice: str | None, bench: dict[str, Any] | None,
+                   bench_notice: str | None) -> str:
+    """The tab's opening: what it shows, what to notice, and the headline of each part on this model."""
+    on = f"**On this model:** {eval_headline(evaluation, eval_notice)}. {bench_headline(bench, bench_notice, BENCH_RUNS[0][1])}."
+    return f"{LOOKING_AT}\n\n{on}"
+
+
+def _hhh_section(evaluation: dict[str, Any]) -> None:
+    """The bar chart of one metric (chosen), then the full table folded away: it is wider than a phone."""
+    present = [m for m in RATE_METRICS if any(m in row for row in evaluation["systems"].values())]
+    metric = gr.Dropdown([(METRICS[m][1], m) for m in present], value="harmful_refusal_rate", label="Metric")
+    plot = gr.Plot(metric_figure(evaluation, "harmful_refusal_rate"), show_label=False, elem_classes=["ax-plot"])
+    gr.Markdown(METRIC_SENTENCE, elem_classes=["ax-caption"])
+    metric.change(visitor_errors(lambda m: metric_figure(evaluation, m)), metric, plot, api_visibility="private")
+    with gr.Accordion("The full table: every system and metric, with 95 % intervals", open=False, elem_id="eval-table-fold"):
+        uses = evaluation["systems"][next(iter(evaluation["systems"]))].get("composite_uses")
+        gr.Markdown("Rates from 0 to 1 on held-out prompts, each with its 95 % bootstrap interval in brackets; ↑ higher is "
+                    "better, ↓ lower is better. The composite is (helpfulness + MC2 − unsafe rate) / 3"
+                    + (f", with helpfulness from `{uses}`" if uses else "") + ".", elem_classes=["ax-caption"])
+        scroll_hint()
+        gr.Markdown(eval_table_markdown(evaluation), elem_classes=["ax-table"], elem_id="eval-table")
+
+
+def _made_by(bench: dict[str, Any], what: str, command: str) -> str:
+    """The command, machine and shapes of one bench report, for the Details fold."""
+    shape = bench["shape"]
+    return (f"**{what}**: made by `{html.escape(bench.get('command', command))}` on {bench['device']} ({bench['threads']} "
+            f"threads): hidden {shape.get('hidden_size')}, FFN {shape.get('intermediate_size')}, {shape.get('num_layers')} "
+            f"layers, vocabulary {shape.get('vocab_size')}; base weights {bench.get('base_weights', 'full precision')}; "
+            f"rank-{bench.get('rank')} experts; {bench.get('prompt_len')}-token prompt, {bench.get('new_tokens')} new tokens.")
+
+
+def _bench_sections(folder: Path) -> list[str]:
+    """One fold per bench report (the first open), each a figure, its ratio table and how to read them; returns
+    the made-by line of each report for the Details fold."""
+    made = []
+    for k, (name, what, command) in enumerate(BENCH_RUNS):
+        bench, bench_notice = read_result(folder, name, BENCH_SCHEMA, command)
+        if bench is None:
+            gr.HTML(f'<p class="ax-notice">⚠ {html.escape(what)}: {html.escape(bench_notice or "")}</p>')
+            continue
+        made.append(_made_by(bench, what, command))
+        with gr.Accordion(what[:1].upper() + what[1:], open=k == 0):
+            gr.Plot(bench_figure(bench), show_label=False, elem_classes=["ax-plot"])
+            scroll_hint()
+            gr.Markdown(bench_ratio_markdown(bench), elem_classes=["ax-table"])
+            with gr.Accordion("How to read this figure and table", open=False):
+                gr.Markdown(bench_sentence(bench), elem_classes=["ax-caption"])
+    return made
+
+
 def build_results_tab(folder: str | Path | None) -> None:
     from alignx_demo.analysis.artefacts import DEFAULT_DIR
 
     folder = Path(folder) if folder else DEFAULT_DIR
     evaluation, eval_notice = read_result(folder, EVAL_FILE, EVAL_SCHEMA, EVAL_COMMAND)
+    name, _, command = BENCH_RUNS[0]
+    first, first_notice = read_result(folder, name, BENCH_SCHEMA, command)
+    gr.Markdown(intro_markdown(evaluation, eval_notice, first, first_notice), elem_id="benchmarks-intro")
     gr.Markdown("### HHH benchmarks of the loaded demo model's systems")
+    made = []
     if evaluation is None:
         gr.HTML(f'<p class="ax-notice">⚠ {html.escape(eval_notice or "")}</p>')
     else:
-        uses = evaluation["systems"][next(iter(evaluation["systems"]))].get("composite_uses")
-        gr.Markdown(f"Made by `{html.escape(evaluation.get('command', EVAL_COMMAND))}` ({evaluation.get('seconds')} s). "
-                    "Rates from 0 to 1 on held-out prompts, each with its 95 % bootstrap interval in brackets; ↑ higher is "
-                    "better, ↓ lower is better. The composite is (helpfulness + MC2 − unsafe rate) / 3"
-                    + (f", with helpfulness from `{uses}`" if uses else "") + ".")
-        gr.Markdown(eval_table_markdown(evaluation), elem_classes=["ax-table"], elem_id="eval-table")
-        present = [m for m in RATE_METRICS if any(m in row for row in evaluation["systems"].values())]
-        metric = gr.Dropdown([(METRICS[m][1], m) for m in present], value="harmful_refusal_rate", label="Metric")
-        plot = gr.Plot(metric_figure(evaluation, "harmful_refusal_rate"), show_label=False, elem_classes=["ax-plot"])
-        gr.Markdown(METRIC_SENTENCE, elem_classes=["ax-caption"])
-        metric.change(visitor_errors(lambda m: metric_figure(evaluation, m)), metric, plot, api_visibility="private")
+        _hhh_section(evaluation)
+        made.append(f"**HHH table**: made by `{html.escape(evaluation.get('command', EVAL_COMMAND))}` "
+                    f"({evaluation.get('seconds')} s).")
     gr.Markdown("### Efficiency: MoCaE against X-LoRA, a dense MoE and an ensemble")
-    for name, what, command in BENCH_RUNS:
-        bench, bench_notice = read_result(folder, name, BENCH_SCHEMA, command)
-        gr.Markdown(f"#### {what}")
-        if bench is None:
-            gr.HTML(f'<p class="ax-notice">⚠ {html.escape(bench_notice or "")}</p>')
-            continue
-        shape = bench["shape"]
-        gr.Markdown(f"Made by `{html.escape(bench.get('command', command))}` on {bench['device']} ({bench['threads']} threads): "
-                    f"hidden {shape.get('hidden_size')}, FFN {shape.get('intermediate_size')}, {shape.get('num_layers')} layers, "
-                    f"vocabulary {shape.get('vocab_size')}; base weights {bench.get('base_weights', 'full precision')}; "
-                    f"rank-{bench.get('rank')} experts; {bench.get('prompt_len')}-token "
-                    f"prompt, {bench.get('new_tokens')} new tokens.")
-        gr.Plot(bench_figure(bench), show_label=False, elem_classes=["ax-plot"])
-        gr.Markdown(bench_ratio_markdown(bench), elem_classes=["ax-table"])
-        gr.Markdown(bench_sentence(bench), elem_classes=["ax-caption"])
+    made += _bench_sections(folder)
+    with gr.Accordion("Details: the commands and machines behind these figures", open=False, elem_id="benchmarks-details"):
+        gr.Markdown("\n\n".join(made) or "No report to describe.", elem_classes=["ax-caption"])

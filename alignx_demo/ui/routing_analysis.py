@@ -7,9 +7,10 @@ in one sentence; the rest is analysed, in batches with a progress bar, up to the
 `max_analysis_rows` and `request_seconds`. The held-out slices the project ships (`routing_analysis.json`,
 built by `precompute`) show without any model work.
 
-The page draws the result: a confusion matrix (true × routed axis), accuracy and ECE per slice with 95 %
-bootstrap intervals, the mean settle position per axis, and the misrouted prompts, most confident first —
-a click on one runs it in Live routing. The result downloads as CSV and JSON.
+The page opens on what it shows and what the first shipped slice shows on this model (computed), then draws
+the result: a confusion matrix (true × routed axis) and the misrouted prompts, most confident first — a click on
+one runs it in Live routing; accuracy and ECE per slice with 95 % bootstrap intervals and the mean settle
+position per axis are folded under Details. The result downloads as CSV and JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from alignx_demo.config import RoutingSettings
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.exports import write_downloads
 from alignx_demo.ui.plots import confusion_figure
+from alignx_demo.ui.results import scroll_hint
 from alignx_demo.ui.served import MODEL_EVENT, gpu, gpu_seconds, limits_of, served_model
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import GenerationError, flag, visitor_errors
@@ -241,38 +243,40 @@ def _inputs(key: int, artefacts: Artefacts, slices: dict[str, dict[str, Any]]) -
             with gr.Row():
                 calibrated = gr.Checkbox(True, label="Calibrated routing", min_width=160)
                 run_btn = gr.Button("Analyze", variant="primary", elem_id="analysis-run", min_width=160)
-            limits = limits_of(key)
-            gr.Markdown(f"At most {limits.max_analysis_rows:,} rows and {limits.request_seconds:g} s per file on this "
-                        "server; the command line has no limit: `python -m alignx_demo analyze --prompts FILE --out "
-                        "FILE.json`.", elem_classes=["ax-caption"])
         with gr.Column(scale=2, min_width=260):
             choices = [(v["label"], k) for k, v in slices.items()]
             pick = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="…or a slice this project ships",
                                visible=bool(choices), elem_id="analysis-shipped")
-            if slices:
-                data = artefacts.get("analysis")
-                what = next(iter(slices.values()))["what"]
-                gr.Markdown(f"{what[:1].upper()}{what[1:]}. Built by `{data['command']}` for "
-                            f"{plain(data['model'])}.", elem_classes=["ax-caption"])
-            else:
+            if not slices:
                 gr.HTML(notice_html(artefacts.notice("analysis")
                                     or f"No shipped slices in the routing analysis file; rebuild it with `{HOW_TO_BUILD}`."))
     return _Inputs(prompts_file, calibrated, run_btn, pick)
 
 
-def _views(first: dict[str, Any] | None) -> _Views:
-    """The result's summary, plots, tables, downloads and JSON, drawn from `first` (a shipped slice) if any."""
-    summary = gr.Markdown(summary_markdown(first) if first else "", label="Summary", elem_id="analysis-summary")
+def _provenance(key: int, artefacts: Artefacts, slices: dict[str, dict[str, Any]]) -> str:
+    """For the Details fold: this server's limits, the command without them, and what the shipped slices are."""
+    limits = limits_of(key)
+    text = (f"At most {limits.max_analysis_rows:,} rows and {limits.request_seconds:g} s per file on this server; the "
+            "command line has no limit: `python -m alignx_demo analyze --prompts FILE --out FILE.json`.")
+    if slices:
+        data = artefacts.get("analysis")
+        what = next(iter(slices.values()))["what"]
+        text += f"\n\nShipped slices: {what}. Built by `{data['command']}` for {plain(data['model'])}."
+    return text
+
+
+def _views(first: dict[str, Any] | None, provenance: str) -> _Views:
+    """The result's summary, plots, tables, downloads and JSON, drawn from `first` (a shipped slice) if any; the
+    slice tables, settle table and `provenance` folded under Details."""
     initial = views(first)
     files = downloads(first, keep=True) if first else (None, None)
     with gr.Row():
         with gr.Column(min_width=280):
-            confusion = gr.Plot(initial[0], show_label=False, elem_id="analysis-confusion", elem_classes=["ax-plot"])
+            summary = gr.Markdown(summary_markdown(first) if first else "", label="Summary", elem_id="analysis-summary")
+        with gr.Column(min_width=280):
+            confusion = gr.Plot(initial[0], show_label=False, elem_id="analysis-confusion", elem_classes=["ax-plot", "ax-cells"])
             gr.Markdown("Rows: the axis each prompt was labelled with; columns: the expert the router weighs most over "
                         "the prompt. The diagonal is right; colour is the share of the row.", elem_classes=["ax-caption"])
-        with gr.Column(min_width=280):
-            slices_md = gr.Markdown(initial[1], elem_classes=["ax-table"], elem_id="analysis-slices")
-            settle_md = gr.Markdown(initial[2], elem_classes=["ax-table"], elem_id="analysis-settle")
     gr.Markdown("#### Misrouted prompts, most confident mistakes first\nEach row: the file's row number, the axis it was "
                 "labelled with → the expert the router chose (its weight). Click a row to run that prompt in Live routing "
                 "(with this analysis's calibration).", elem_classes=["ax-caption"])
@@ -284,21 +288,83 @@ def _views(first: dict[str, Any] | None) -> _Views:
                            elem_id="analysis-csv", elem_classes=["ax-download"])
         json_file = gr.File(files[1], label="Download analysis (JSON)", interactive=False, visible=bool(first), min_width=260,
                             elem_id="analysis-json", elem_classes=["ax-download"])
+    with gr.Accordion("Details: accuracy and calibration per slice with intervals, where routing commits, and how "
+                      "this was made", open=False, elem_id="analysis-details"):
+        scroll_hint()
+        slices_md = gr.Markdown(initial[1], elem_classes=["ax-table"], elem_id="analysis-slices")
+        settle_md = gr.Markdown(initial[2], elem_classes=["ax-table"], elem_id="analysis-settle")
+        gr.Markdown(provenance, elem_classes=["ax-caption"])
     with gr.Accordion("Analysis (JSON, as returned by the API)", open=False):
         result = gr.JSON(first, label="Analysis")
     return _Views(summary, confusion, slices_md, settle_md, table, csv_file, json_file, result, gr.State(initial[4]))
 
 
+LOOKING_AT = ("**What you are looking at:** where the router goes wrong over a whole set of prompts — for each prompt, "
+              "the axis it was written for (the matrix's rows) against the expert the router weighs most (its "
+              "columns), and below, the prompts it got wrong, most confident first. **What to notice:** the cells off "
+              "the diagonal, which say which axis is taken for which.")
+TRY_IT = ("**Try it:** upload a CSV or JSONL file with a `prompt` column, an optional `axis` column (helpful, harmless or "
+          "honest) and any further columns to slice by (e.g. `source`), or pick another shipped slice; a click on a "
+          "misrouted prompt runs it in Live routing.")
+
+
+def _accuracy(result: dict[str, Any], level: str) -> float | None:
+    """A result's accuracy over all labelled prompts at one routing level, or None where it was not measured."""
+    overall = ((result["levels"].get(level) or {}).get("slices") or {}).get("all", {}).get("all")
+    return overall["accuracy"] if overall else None
+
+
+def _worst_and_mistake(level: dict[str, Any]) -> str:
+    """The slice with the lowest accuracy and the commonest confusion (true axis → routed axis) of a level, in words."""
+    slices = [(g, v, s) for g, values in level["slices"].items() if g != "all" for v, s in values.items()]
+    if not slices:
+        return ""
+    group, value, worst = min(slices, key=lambda c: c[2]["accuracy"])
+    name = f"{AXIS_LABELS.get(value, plain(value))} prompts" if group == "axis" else f"the slice {plain(group)} = {plain(value)}"
+    text = f" The worst slice is {name} at {worst['accuracy']:.0%}"
+    confusion = level["confusion"]
+    cells = [(n, i, j) for i, row in enumerate(confusion["matrix"]) for j, n in enumerate(row) if i != j]
+    n, i, j = max(cells, default=(0, 0, 0))
+    if n:
+        true, routed = confusion["true"][i], confusion["routed"][j]
+        text += (f"; the commonest mistake is {AXIS_LABELS[true]} prompts sent to {AXIS_LABELS[routed]} "
+                 f"({n} of {sum(confusion['matrix'][i])})")
+    return text + "."
+
+
+def on_this_model(slices: dict[str, dict[str, Any]], notice: str | None) -> str:
+    """What the first shipped slice shows on the served model, read from `routing_analysis.json` (or why not)."""
+    if not slices:
+        return f"**On this model:** no shipped slice to show — {notice or 'the routing analysis file has no slices'}"
+    first = next(iter(slices.values()))
+    result = first["result"]
+    level = result["levels"]["prompt"]
+    accuracy = _accuracy(result, "prompt")
+    if accuracy is None:
+        return f"**On this model**, in the shipped slice *{plain(first['label'])}*: no axis labels, so no accuracy."
+    text = (f"**On this model**, in the shipped slice *{plain(first['label'])}*: the router sends {accuracy:.0%} of the {level['labelled']} "
+            "prompts to their own axis's expert, judged by its weights over the prompt's tokens")
+    calibrated = result["routing"]["calibrated"]
+    other = next((v["result"] for v in slices.values() if v["result"]["routing"]["calibrated"] != calibrated), None)
+    if other is not None and _accuracy(other, "prompt") is not None:
+        text += f" ({_accuracy(other, 'prompt'):.0%} {'un' if calibrated else ''}calibrated)"
+    generated = _accuracy(result, "generation")
+    text += (f", and {generated:.0%} by its weights over the tokens it generates." if generated is not None else
+             "; routing over generated tokens is not measured in this slice.")
+    return text + _worst_and_mistake(level)
+
+
+def intro_markdown(slices: dict[str, dict[str, Any]], notice: str | None) -> str:
+    """The tab's opening: what it shows, what to notice, what the shipped slice shows, and how to try a file."""
+    return "\n\n".join((LOOKING_AT, on_this_model(slices, notice), TRY_IT))
+
+
 def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any) -> None:
     """The tab's components and events; `live` is the live tab's handles (`live.LiveTab`), `tabs` the page's tabs."""
     slices = shipped(artefacts)
-    gr.Markdown("**Where does routing fail?** Route a whole prompt set at once: upload a CSV or JSONL file with a "
-                "`prompt` column, optionally an `axis` column (helpful, harmless or honest) and any further columns "
-                "to slice by (e.g. `source`) — or open a slice this project ships results for. Each prompt's routing "
-                "is the mean of its routing weights over its tokens; a click on a misrouted prompt runs it in Live "
-                "routing.")
+    gr.Markdown(intro_markdown(slices, artefacts.notice("analysis")), elem_id="analysis-intro")
     inputs = _inputs(key, artefacts, slices)
-    shown = _views(next(iter(slices.values()))["result"] if slices else None)
+    shown = _views(next(iter(slices.values()))["result"] if slices else None, _provenance(key, artefacts, slices))
     _wire(key, slices, inputs, shown, tabs, live)
 
 

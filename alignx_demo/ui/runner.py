@@ -2,8 +2,8 @@
 
 `stream_runs` generates a prompt under one or more routings on the served model (`ui.served`) and yields
 growing traces, throttled for the page; it is the ZeroGPU boundary, so it takes and yields plain data
-only. Stop is therefore checked by the caller in the main process between updates (`stream_trace`),
-and closing the stream ends the generation.
+only. Stop is therefore checked in the main process between updates (`stream_stoppable`), and
+closing the stream ends the generation.
 """
 
 from __future__ import annotations
@@ -57,22 +57,29 @@ def stream_runs(key: int, prompt: str, generation: dict[str, Any], routings: lis
         yield index, run.trace()
 
 
-def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any],
-                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
-    """One run of `stream_runs`: its growing trace, the final trace last.
+def stream_stoppable(key: int, prompt: str, generation: dict[str, Any], routings: list[dict[str, Any]],
+                     stop: threading.Event | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`stream_runs`, ended by `stop` (a page's Stop button) at the next update.
 
-    Setting `stop` (the page's Stop button) ends the generation at the next update: the last trace is
-    then the one the page shows, marked with finish_reason "stopped" and a notice.
+    The run in progress then sends its last trace, marked with finish_reason "stopped" and a notice,
+    and the later runs never start: a stopped comparison shows what it had, each run as far as it got.
     """
-    runs = stream_runs(key, prompt, generation, [routing])
-    for _, trace in runs:
+    runs = stream_runs(key, prompt, generation, routings)
+    for index, trace in runs:
         if stop is not None and stop.is_set() and trace["finish_reason"] is None:
             runs.close()
             n_new = sum(not t["is_prompt"] for t in trace["tokens"])
             trace["finish_reason"] = "stopped"
             trace["notices"].append(f"generation stopped with Stop after {n_new} new token(s)")
-            yield trace
+            yield index, trace
             return
+        yield index, trace
+
+
+def stream_trace(key: int, prompt: str, generation: dict[str, Any], routing: dict[str, Any],
+                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+    """One run of `stream_stoppable`: its growing trace, the final (or stopped) trace last."""
+    for _, trace in stream_stoppable(key, prompt, generation, [routing], stop):
         yield trace
 
 

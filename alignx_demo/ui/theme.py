@@ -19,6 +19,8 @@ CSS = """
 .ax-swatch { display: inline-block; width: 0.9rem; height: 0.9rem; border-radius: 3px; vertical-align: middle; margin-right: 0.3rem; }
 .ax-swatch.ax-flip-swatch { background: transparent; outline: 2px solid #dc2626; }
 .ax-notice { color: #b45309; font-size: 0.9rem; }
+.wrap-inner .secondary-wrap input[role="combobox"] { padding-right: 1.75rem; text-overflow: ellipsis; }
+.ax-worth { font-size: 0.85rem; margin: 0.2rem 0; padding: 0.3rem 0.5rem; border-left: 3px solid #6b7280; color: inherit; }
 .dark .ax-notice { color: #fbbf24; }
 .ax-chips.ax-empty { font-family: inherit; font-style: italic; font-size: 0.9rem; padding: 0.25rem 0; }
 .ax-caption, .ax-caption p { font-size: 0.85rem; margin-top: 0; }
@@ -32,9 +34,26 @@ CSS = """
 .ax-download .file-preview .filename, .ax-download .file-preview .stem { flex-shrink: 0; overflow: visible; text-overflow: clip; }
 .ax-download .file-preview tr.file { flex-wrap: wrap; }
 @media (max-width: 640px) {
+  /* on a phone the Live prompt comes first: the stories move below the prompt and its link row */
+  #tab-live > .column > #stories { order: 1; }
+  #tab-live > .column > .ax-link-row ~ * { order: 2; }
   .ax-chips { font-size: 0.85rem; }
   .ax-legend { font-size: 0.8rem; }
   .ax-table th, .ax-table td, .ax-figures th, .ax-figures td { font-size: 0.8rem; padding: 4px 6px; }
+}
+/* plot text follows the theme (plotly's own grey is under 4.5:1 on dark); tables of the collapse, analysis, benchmarks tabs */
+.js-plotly-plot :is(.xtick, .ytick) text,
+.js-plotly-plot :is(.gtitle, .legendtext, .bartext, .xtitle, .ytitle),
+.ax-plot:not(.ax-cells) .annotation-text {
+  fill: var(--body-text-color) !important;
+}
+:is(#tab-collapse, #tab-analysis, #tab-benchmarks) .ax-table :is(td, th):first-child {
+  position: sticky; left: 0; z-index: 1; background: var(--block-background-fill);
+}
+.ax-scroll-hint { display: none !important; }
+@media (max-width: 640px) {
+  .ax-scroll-hint { display: block !important; }
+  .ax-scroll-hint p { margin: 0; font-size: 0.8rem; font-style: italic; text-align: right; }
 }
 """
 
