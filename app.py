@@ -1,7 +1,7 @@
-"""AlignX Demo: `python app.py [--model DIR] [--base-model ID] [--no-4bit] [--host H] [--port P] [--precomputed DIR]`.
+"""AlignX Demo: `python app.py [--model DIR] [--compare-model DIR] [--base-model ID] [--no-4bit] [--host H] [--port P]`.
 
 Every option also has an environment variable (ALIGNX_MODEL, ALIGNX_BASE_MODEL, ALIGNX_NO_4BIT,
-ALIGNX_HOST, ALIGNX_PORT, ALIGNX_PRECOMPUTED, and for the limits ALIGNX_QUEUE_SIZE, ALIGNX_CONCURRENCY,
+ALIGNX_HOST, ALIGNX_PORT, ALIGNX_PRECOMPUTED, ALIGNX_COMPARE_MODEL, and for the limits ALIGNX_QUEUE_SIZE, ALIGNX_CONCURRENCY,
 ALIGNX_REQUEST_SECONDS, ALIGNX_MAX_NEW_TOKENS, ALIGNX_MAX_PROMPT_CHARS, ALIGNX_MAX_ANALYSIS_ROWS); on a
 Hugging Face Space (SPACE_ID set) the app listens on 0.0.0.0.
 """
@@ -16,7 +16,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from alignx_demo.analysis.artefacts import DEFAULT_DIR
-from alignx_demo.serving import LIMIT_HELP, LIMIT_VARIABLES, Limits, ServerOptions, load_context, port_problem
+from alignx_demo.serving import (
+    LIMIT_HELP, LIMIT_VARIABLES, Limits, ServerOptions, load_comparison, load_context, port_problem,
+)
 from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
 
@@ -32,6 +34,8 @@ def parse_args() -> tuple[ServerOptions, Path]:
     parser.add_argument("--trust-remote-code", action="store_true", default=defaults.trust_remote_code)
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--compare-model", type=Path, default=defaults.compare_model,
+                        help="a second MoCaE checkpoint the Routing analysis tab compares the served one with (ALIGNX_COMPARE_MODEL)")
     parser.add_argument("--precomputed", type=Path, default=Path(os.environ.get("ALIGNX_PRECOMPUTED", DEFAULT_DIR)),
                         help="folder of precomputed artefacts (default precomputed/)")
     for f in fields(Limits):
@@ -54,7 +58,7 @@ def main() -> None:
         print(problem, file=sys.stderr)
         raise SystemExit(2)
     context = load_context(options)
-    demo = build_demo(context, precomputed)
+    demo = build_demo(context, precomputed, against=load_comparison(options))
     demo.launch(server_name=options.host, server_port=options.port, share=False, **LAUNCH_KWARGS)
 
 

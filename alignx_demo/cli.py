@@ -186,7 +186,10 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     p.add_argument("--eval-report", type=Path, required=True, help="JSON written by `evaluate` for this run")
-    p.set_defaults(func=lambda args: print(release(args.run, args.to, args.data_dir, args.eval_report)) or 0)
+    p.add_argument("--ood-report", type=Path, default=None, help="JSON written by `evaluate --tasks ood` for this run")
+    p.add_argument("--base-comparison", type=Path, default=None, help="JSON written by `compare-bases` (the card's base table)")
+    p.set_defaults(func=lambda args: print(release(args.run, args.to, args.data_dir, args.eval_report, args.ood_report,
+                                                   args.base_comparison)) or 0)
 
 
 def _add_compare_bases(sub: argparse._SubParsersAction) -> None:

@@ -25,8 +25,9 @@ from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 from alignx_demo.data.readers import load_axis_data
 from alignx_demo.data.records import eval_prompts
 from alignx_demo.data.sources import SOURCES, Source
+from alignx_demo.evaluation.presets import OOD_RATES
 from alignx_demo.evaluation.presets import target_lines as preset_lines
-from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS
+from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS, ood_lines
 from alignx_demo.generation import RoutedGeneration
 from alignx_demo.modeling.checkpoint import load_mocae
 
@@ -227,6 +228,14 @@ def calibration_lines(calib: dict[str, Any]) -> list[str]:
     if "uncalibrated" in prompt and "pooled" in prompt:
         unpooled = f", {prompt['token_parts_unpooled']:.3f} with the token parts unpooled" if "token_parts_unpooled" in prompt else ""
         lines.append(f"Select-part prompt-level NLL {prompt['uncalibrated']:.3f} uncalibrated → {prompt['pooled']:.3f} pooled{unpooled}.")
+    shift, sources = report.get("shift") or {}, calib.get("shift_prompts") or {}
+    if shift.get("prompt_nll") and sources:
+        named = ", ".join(f"{source} {count}" for source, count in sources.items())
+        nll_s, acc = shift["prompt_nll"], shift.get("prompt_accuracy", {})
+        lines.append(f"Every setting was also chosen on a shift set of held-out sources no stage trains on and no "
+                     f"evaluation measures ({named}): its prompt-level NLL {nll_s['uncalibrated']:.3f} uncalibrated → "
+                     f"{nll_s['pooled']:.3f} calibrated, accuracy {acc.get('uncalibrated', float('nan')):.3f} → "
+                     f"{acc.get('calibrated', float('nan')):.3f}.")
     fitted = []
     if calib.get("temperatures"):
         fitted.append("per-layer temperatures " + ", ".join(f"{t:.3f}" for t in calib["temperatures"]))
@@ -318,7 +327,8 @@ def base_lines(bundle: Path, base: dict[str, Any]) -> list[str]:
     return [
         f"- {f'{params:,}' if isinstance(params, int) else '?'} parameters; hidden {cfg.get('hidden_size')}, {cfg.get('num_layers')} layers, "
         f"{cfg.get('num_heads')} heads, FFN {cfg.get('intermediate_size')}, context {cfg.get('context')}, vocabulary {base.get('vocab_size')}"
-        " (byte-level BPE).",
+        + (" (byte-level BPE)." if cfg.get("init") in (None, "scratch") else
+           f" (the uncased WordPiece vocabulary of {cfg['init']}: the model writes lowercase)."),
         f"- {base.get('steps', '?')} steps, {base.get('tokens_seen', 0):,} tokens, {base.get('train_seconds', 0) / 60:.0f} min on "
         f"{base.get('device', '?')} ({base.get('threads', '?')} thread), {base.get('tokens_per_s', 0):.0f} tokens/s; the commands "
         "that trained it, resumed runs included, are in `docs/training.md`.",
@@ -332,15 +342,60 @@ def base_lines(bundle: Path, base: dict[str, Any]) -> list[str]:
     ]
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else _fmt(value)
+
+
+def base_comparison_lines(comparison: dict[str, Any]) -> list[str]:
+    """The bases compared side by side on the same measures (`compare-bases`; its definitions are in the report)."""
+    bases = comparison.get("bases") or {}
+    if not bases:
+        return []
+    lines = ["", "## The bases compared", "",
+             f"Measured by `{comparison.get('command', 'compare-bases')}` on the same texts and prompts for every base "
+             "(bits per character of held-out helpful answers, so tokenizers compare; on-topic rate of greedy answers to "
+             "helpful prompts: shares a content word with the prompt; routing read-out: a logistic regression on the "
+             "base's last-layer features, eval split and hand-written prompts).", "",
+             "| base | init | parameters | steps | tokens | CPU minutes | bits/char | on topic | read-out eval | read-out hand-written |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in bases.items():
+        readout = row.get("routing_readout") or {}
+        minutes = row.get("train_seconds")
+        lines.append(
+            f"| {name} | {row.get('init', '?')}{' (uncased)' if row.get('uncased') else ''} | {_count(row.get('params'))} | "
+            f"{row.get('steps', '?')} | {_count(row.get('tokens_seen'))} | {_fmt(minutes / 60 if minutes else None, 0)} | "
+            f"{_fmt((row.get('heldout') or {}).get('bits_per_char'))} | {_fmt(row.get('on_topic_rate'), 3)} | "
+            f"{_fmt((readout.get('eval_split') or {}).get('accuracy'))} | {_fmt((readout.get('hand_written') or {}).get('accuracy'))} |")
+    return lines
+
+
+def ood_card_lines(ood: dict[str, Any]) -> list[str]:
+    """Routing and the presets on the out-of-distribution sets (`evaluate --tasks ood`)."""
+    routing, presets = ood.get("routing_ood"), ood.get("presets_ood")
+    if not routing and not presets:
+        return []
+    lines = ["", "## Out of distribution (sets no training or calibration step sees)", "",
+             f"Report: {ood.get('command', '')} ({ood.get('seconds', '?')} s). Raw → calibrated, per slice and pooled:", ""]
+    lines += [f"- {line}" for line in ood_lines(routing or {})]
+    if presets:
+        lines += ["- Trade-off presets on MT-Bench and the held-out harmful sources (rate [95 % CI], target):"]
+        lines += [f"  - {line}" for line in preset_lines(presets, OOD_RATES)]
+    return lines
+
+
 def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list[tuple[str, str, str]]],
-               served: list[str] | None = None, licences: list[str] | None = None) -> str:
+               served: list[str] | None = None, licences: list[str] | None = None, ood: dict[str, Any] | None = None,
+               comparison: dict[str, Any] | None = None) -> str:
     """MODEL_CARD.md of a bundle, from its logs, an `evaluate` report, the samples, how it is served and the data licences."""
     base = _read(bundle / "base" / "train_summary.json")
     experts = _read(bundle / "logs" / "experts_summary.json")
     router = _read(bundle / "logs" / "router_summary.json")
     calib = _read(bundle / "logs" / "calibration_summary.json")
-    intro = ("A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA" if base else
-             "A MoCaE checkpoint on the base named below, with three HHH LoRA")
+    init = (base.get("config") or {}).get("init")
+    intro = ("A MoCaE checkpoint on the base named below, with three HHH LoRA" if not base else
+             "A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA"
+             if init in (None, "scratch") else
+             f"A small BERT-decoder model warm-started from {init} and trained on the offline corpus, with three HHH LoRA")
     lines = [
         "# AlignX demo model — model card",
         "",
@@ -389,6 +444,8 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
                 lines.append(f"| {variant} | {p['accuracy']:.3f} | {p['ece']:.3f} | {p['classwise_ece']:.3f} | {p['brier']:.3f} | {p['nll']:.3f} "
                              f"| {t['accuracy']:.3f} | {t['ece']:.3f} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('ece'))} |")
     lines += target_lines(report, base)
+    lines += ood_card_lines(ood or {})
+    lines += base_comparison_lines(comparison or {})
     agreement = report.get("refusal_detector_agreement_xstest")
     if agreement:
         lines += ["", f"Refusal detector vs XSTest human labels: agreement {agreement['agreement']:.3f}, precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f} (n = {agreement['n']})."]
@@ -402,7 +459,10 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     return "\n".join(lines) + "\n"
 
 
-def release(run: str | Path, to: str | Path, data_dir: str | Path, eval_report: str | Path) -> Path:
+def release(run: str | Path, to: str | Path, data_dir: str | Path, eval_report: str | Path,
+            ood_report: str | Path | None = None, base_comparison: str | Path | None = None) -> Path:
+    """Copy the run into `to` and write its model card from the reports (the OOD report and the base
+    comparison are optional: their sections are left out without them)."""
     run, to = Path(run), Path(to)
     report = _read(Path(eval_report))
     if not report:
@@ -415,6 +475,8 @@ def release(run: str | Path, to: str | Path, data_dir: str | Path, eval_report: 
         raise ValueError(f"bundle is {size / 2**20:.1f} MiB, over the {MAX_BUNDLE_BYTES / 2**20:.0f} MiB limit")
     loaded = load_mocae(to, load_in_4bit=True)
     served = [quantization_line(loaded), f"Bundle size {size / 2**20:.1f} MiB (limit {MAX_BUNDLE_BYTES / 2**20:.0f} MiB)."]
-    card = model_card(to, report, samples(loaded, data_dir), served, data_licence_lines(data_dir))
+    card = model_card(to, report, samples(loaded, data_dir), served, data_licence_lines(data_dir),
+                      ood=_read(Path(ood_report)) if ood_report else None,
+                      comparison=_read(Path(base_comparison)) if base_comparison else None)
     (to / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     return to

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -116,6 +117,7 @@ class ServerOptions:
     trust_remote_code: bool = False
     host: str = "127.0.0.1"
     port: int = 7860
+    compare_model: Path | None = None
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -129,6 +131,7 @@ class ServerOptions:
             trust_remote_code=env.get("ALIGNX_TRUST_REMOTE_CODE", "") in ("1", "true", "yes"),
             host=host or env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
             port=int(env.get("ALIGNX_PORT") or env.get("GRADIO_SERVER_PORT") or 7860),
+            compare_model=Path(env["ALIGNX_COMPARE_MODEL"]) if env.get("ALIGNX_COMPARE_MODEL") else None,
             limits=Limits.from_env(env),
         )
 
@@ -209,3 +212,10 @@ def load_context(options: ServerOptions) -> ModelContext:
             log.info("model notice: %s", notice)
         return ModelContext(loaded, None, list(loaded.notices), options.limits)
     return ModelContext(None, f"The model could not be loaded: {problem.rstrip('.')}. {HOW_TO_GET_ONE}", limits=options.limits)
+
+
+
+def load_comparison(options: ServerOptions) -> ModelContext | None:
+    """The operator's second model, which the Routing analysis tab compares the served one with; None when
+    none is configured. Visitors never name a model: only the operator's flag or variable does."""
+    return None if options.compare_model is None else load_context(dataclasses.replace(options, model=options.compare_model))

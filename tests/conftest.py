@@ -133,3 +133,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+LABELLED_PROMPTS = [
+    ("How do I bake bread?", "helpful", "alpaca"),
+    ("I cannot help with that request because it could hurt people. Why?", "harmless", "advbench"),
+    ("Is the capital of France Paris?", "honest", "tqa"),
+    ("Mix flour, water, salt and yeast, knead, let it rise, then bake. What next?", "helpful", "alpaca"),
+    ("Water boils at 100 degrees?", "honest", "tqa"),
+    ("Hurt people?", "harmless", "advbench"),
+]
+"""Six labelled prompts (prompt, axis, source) in the tiny tokenizer's words, for the research tools' tests."""

@@ -309,6 +309,21 @@ def test_space_binds_publicly_only_when_asked(monkeypatch):
     assert ServerOptions.from_env().host == "0.0.0.0"
 
 
+def test_a_second_model_comes_only_from_the_operator(monkeypatch, checkpoint, tmp_path):
+    """`--compare-model` / ALIGNX_COMPARE_MODEL load the Routing analysis tab's second model with the served
+    model's settings; unset, there is none; a bad folder is a context with a problem, not a crash."""
+    from alignx_demo.serving import load_comparison
+
+    monkeypatch.delenv("ALIGNX_COMPARE_MODEL", raising=False)
+    assert ServerOptions.from_env().compare_model is None and load_comparison(ServerOptions.from_env()) is None
+    monkeypatch.setenv("ALIGNX_COMPARE_MODEL", str(checkpoint))
+    options = ServerOptions.from_env()
+    second = load_comparison(ServerOptions(model=tmp_path, compare_model=options.compare_model, load_in_4bit=False))
+    assert second.loaded is not None and second.loaded.path.resolve() == Path(checkpoint).resolve()
+    broken = load_comparison(ServerOptions(compare_model=tmp_path / "missing", load_in_4bit=False))
+    assert broken.loaded is None and broken.problem
+
+
 def test_new_token_caps_follow_the_model_context(served):
     """The quick model's context is 128 tokens: /generate allows 64 new tokens (not the operator's 256), and so do
     the endpoints allowed half the operator's limit (128 > 64); the sliders offer exactly that."""
@@ -625,7 +640,8 @@ def test_attribute_returns_effects_per_token_and_an_agreement_rate(served):
     _, _, trace = served.predict("Is the moon made of cheese?", 6, *GEN, True, "soft", api_name="/generate")
     chips, summary, attribution = served.predict(trace, api_name="/attribute")
     generated = [t for t in trace["tokens"] if not t["is_prompt"]]
-    assert attribution["schema"] == "alignx-attribution/1" and attribution["forwards"] == 1
+    # a short run gets both scopes on the page (run, then local: `LOCAL_ON_PAGE`)
+    assert attribution["schema"] == "alignx-attribution/1" and attribution["forwards"] == 2 and "local" in attribution["summary"]
     assert [t["position"] for t in attribution["tokens"]] == [t["position"] for t in generated]
     for token in attribution["tokens"]:
         assert set(token["effect"]) == set(token["weights"]) == {"helpful", "harmless", "honest"}
@@ -689,3 +705,21 @@ def test_the_app_benchmark_times_each_start_phase_in_a_fresh_process(checkpoint)
     phases = start_phases(str(checkpoint), False)
     assert list(phases) == ["imports", "load_model", "build_page", "launch_server"]
     assert all(seconds > 0 for seconds in phases.values()) and phases["imports"] > phases["launch_server"]
+
+
+def test_the_about_figures_read_what_calibration_and_the_base_record(tmp_path):
+    """The figures come from the keys the training stages write (a key that no stage writes once printed an empty
+    row), and the page says how the base began."""
+    from alignx_demo.ui.about import base_origin, model_figures
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "base").mkdir()
+    report = {"select_token_nll": {"uncalibrated": 0.9, "fractal": 0.5}, "select_prompt_nll": {"uncalibrated": 0.8, "pooled": 0.4},
+              "shift": {"prompt_nll": {"uncalibrated": 1.2, "pooled": 0.7}}}
+    (tmp_path / "logs" / "calibration_summary.json").write_text(json.dumps({"report": report}))
+    table = model_figures(tmp_path)
+    assert "| calibration: select-part token NLL | uncalibrated 0.900 → fractal 0.500 |" in table
+    assert "| calibration: shift-set prompt NLL | uncalibrated 1.200 → pooled 0.700 |" in table
+    assert base_origin(tmp_path) == "its base trained from scratch"
+    (tmp_path / "base" / "train_summary.json").write_text(json.dumps({"config": {"init": "minilm"}}))
+    assert base_origin(tmp_path) == "its base warm-started from all-MiniLM-L6-v2"

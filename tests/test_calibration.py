@@ -7,7 +7,7 @@ import torch
 
 from alignx_demo.analysis.routing import RoutingData
 from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
-from alignx_demo.training.calibrate import CalibrationConfig, fit_calibration, prompt_nll, run_weights, token_logp, token_nll
+from alignx_demo.training.calibrate import IN_DISTRIBUTION_SLACK, CalibrationConfig, fit_calibration, prompt_nll, run_weights, token_logp, token_nll
 
 CFG = CalibrationConfig(pca_dim=4, knn=5, bank_size=256)
 
@@ -153,3 +153,41 @@ def test_calibrate_writes_only_when_done_and_marks_the_routers_it_was_fitted_for
               metadata={"format": "pt", **trained_metadata("router", steps=1)})
     with pytest.raises(CheckpointError, match="fitted for other routers"):
         load_mocae(checkpoint, load_in_4bit=False)
+
+
+def shifted_routing(seed: int) -> RoutingData:
+    """Prompts from elsewhere: features far from every calibration-split token, and routers as confident
+    as in distribution but wrong on about half the prompts — what held-out sources do to the routers."""
+    data = synthetic_routing(seed, prompts=60)
+    gen = torch.Generator().manual_seed(seed + 100)
+    wrong = (torch.rand(60, generator=gen) < 0.5).repeat_interleave(12)
+    labels = torch.where(wrong, (data.labels + 1) % 3, data.labels)
+    return RoutingData(data.logits, data.features + 3.0, data.weights, labels, data.example, data.position)
+
+
+def test_settings_chosen_on_a_shift_set_hold_on_new_shifted_prompts():
+    """Choosing the settings on the shift set too (never fitting on it) makes calibration hold on other
+    shifted prompts, where settings chosen in distribution only leave the routers overconfident."""
+    home, _ = fit_calibration(synthetic_routing(0), CFG)
+    shifted, report = fit_calibration(synthetic_routing(0), CFG, shifted_routing(1))
+    fresh = shifted_routing(2)
+    assert token_nll(token_logp(shifted, fresh), fresh) < 0.8 * token_nll(token_logp(home, fresh), fresh)
+    assert report["shift_tokens"] == 720 and report["shift"]["token_nll"]["calibrated"] < report["shift"]["token_nll"]["uncalibrated"]
+    assert torch.equal(home.temperature.temperatures, shifted.temperature.temperatures)  # fitted on the fit part alone
+    for search in ("lambda_search", "beta_search"):  # never bought with in-distribution calibration
+        for level in (0, 1):  # token, prompt
+            assert report[search]["scores"][level] <= (1 + IN_DISTRIBUTION_SLACK) * report[search]["identity_scores"][level]
+
+
+def test_a_shift_set_the_routers_cannot_read_does_not_flatten_calibration_in_distribution():
+    """Labels the routers cannot read at all pull every setting toward uniform weights; the choice is bounded by
+    the part switched off on the in-distribution select part, so calibration still helps there."""
+    noise = synthetic_routing(5, prompts=60)
+    noise = RoutingData(noise.logits, noise.features + 3.0, noise.weights, torch.randint(0, 3, noise.labels.shape,
+                        generator=torch.Generator().manual_seed(9)), noise.example, noise.position)
+    _, report = fit_calibration(synthetic_routing(0), CFG, noise)
+    for search in ("lambda_search", "beta_search"):
+        for level in (0, 1):  # token, prompt
+            assert report[search]["scores"][level] <= (1 + IN_DISTRIBUTION_SLACK) * report[search]["identity_scores"][level]
+    token = report["select_token_nll"]
+    assert token["fractal"] < 0.95 * token["uncalibrated"]

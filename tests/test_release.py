@@ -146,3 +146,24 @@ def test_release_writes_a_card_for_a_checkpoint_without_a_trained_base(tmp_path,
     assert all(f"### {axis}\n- **Prompt:**" in card for axis in ("helpful", "harmless", "honest"))
     with pytest.raises(FileNotFoundError, match="evaluate"):
         release(checkpoint, tmp_path / "other", data, tmp_path / "missing.json")
+
+
+def test_the_card_shows_the_out_of_distribution_sets_and_both_bases_from_their_reports():
+    """The OOD section and the base table come from the committed `evaluate --tasks ood` report and the
+    `compare-bases` report, figure for figure; without them the sections are left out."""
+    from alignx_demo.release import base_comparison_lines, ood_card_lines
+
+    ood = json.loads((REPO / "precomputed" / "eval_ood.json").read_text(encoding="utf-8"))
+    comparison = json.loads((REPO / "precomputed" / "base_comparison.json").read_text(encoding="utf-8"))
+    text = "\n".join(ood_card_lines(ood))
+    pooled = ood["routing_ood"]["pooled"]["summary"]["prompt"]
+    assert f"accuracy {pooled['raw']['accuracy']:.3f} → {pooled['calibrated']['accuracy']:.3f}" in text
+    assert "routing OOD mt_bench" in text and "just right" in text
+    table = "\n".join(base_comparison_lines(comparison))
+    for name, row in comparison["bases"].items():
+        line = next(l for l in table.splitlines() if l.startswith(f"| {name} |"))
+        assert f"{row['heldout']['bits_per_char']:.3f}" in line and f"{row['on_topic_rate']:.3f}" in line and f"{row['params']:,}" in line
+    assert ood_card_lines({}) == [] and base_comparison_lines({}) == []
+    report, _, _ = committed_card_inputs()
+    card = model_card(DEFAULT_MODEL, report, {}, [], [], ood=ood, comparison=comparison)
+    assert "## Out of distribution" in card and "## The bases compared" in card and "None" not in card

@@ -4,13 +4,23 @@ the trace format and its diff, and their commands — all on one tiny checkpoint
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 import pytest
 import torch
+from conftest import LABELLED_PROMPTS as PROMPTS
 from conftest import build_checkpoint
 
-from alignx_demo.analysis.attribution import VARIANTS, attribute, variant_weights
+from alignx_demo.analysis.attribution import (
+    EFFECT_FLOOR,
+    LOCAL_VARIANTS,
+    VARIANTS,
+    attribute,
+    scope_effects,
+    top_effect,
+    variant_weights,
+)
 from alignx_demo.analysis.commands import add_commands
 from alignx_demo.analysis.failures import analyze_prompts
 from alignx_demo.analysis.prompt_files import parse_prompt_file
@@ -24,14 +34,6 @@ from alignx_demo.generation import RoutedGeneration
 from alignx_demo.modeling import load_mocae
 from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
 
-PROMPTS = [
-    ("How do I bake bread?", "helpful", "alpaca"),
-    ("I cannot help with that request because it could hurt people. Why?", "harmless", "advbench"),
-    ("Is the capital of France Paris?", "honest", "tqa"),
-    ("Mix flour, water, salt and yeast, knead, let it rise, then bake. What next?", "helpful", "alpaca"),
-    ("Water boils at 100 degrees?", "honest", "tqa"),
-    ("Hurt people?", "harmless", "advbench"),
-]
 ROWS = [{"prompt": p, "axis": a, "source": s} for p, a, s in PROMPTS]
 CALIBRATED = RoutingSettings(mode="soft", calibrated=True)
 
@@ -212,10 +214,10 @@ def test_settle_curve_is_the_routing_of_each_prefix(loaded):
 
 def test_removing_an_expert_with_zero_weight_changes_nothing(loaded):
     trace = greedy_trace(loaded, PROMPTS[0][0], 5, RoutingSettings(axis_prior=(0.6, 0.4, 0.0)))
-    result = attribute(loaded, None, trace)
+    result = attribute(loaded, None, trace, local=True)
     assert result["routing"]["axis_prior"] == pytest.approx((0.6, 0.4, 0.0))
     for token in result["tokens"]:
-        assert abs(token["remove"]["honest"]) < 1e-5
+        assert abs(token["remove"]["honest"]) < 1e-5 and abs(token["local"]["remove"]["honest"]) < 1e-5
         assert abs(token["remove"]["helpful"]) > 1e-4, "removing an expert that has weight should matter"
 
 
@@ -236,7 +238,7 @@ def test_forcing_one_expert_equals_its_peft_adapter_alone(loaded, ckpt):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
 
-def test_all_variants_run_in_one_forward_and_weights_match_the_trace(loaded):
+def test_each_scope_runs_in_one_forward_and_weights_match_the_trace(loaded):
     trace = greedy_trace(loaded, PROMPTS[1][0], 6)
     ids = torch.tensor([[t["id"] for t in trace["tokens"]]])
     with torch.no_grad():
@@ -245,21 +247,113 @@ def test_all_variants_run_in_one_forward_and_weights_match_the_trace(loaded):
     record = lambda _m, args, kwargs, _out: shapes.append(tuple(kwargs["input_ids"].shape))  # noqa: E731
     handle = loaded.mocae.model.register_forward_hook(record, with_kwargs=True)
     try:
-        result = attribute(loaded, None, trace)
+        result = attribute(loaded, None, trace, local=True)
     finally:
         handle.remove()
-    assert shapes == [(len(VARIANTS), len(trace["tokens"]))]
+    n = len(trace["tokens"])
+    assert shapes == [(len(VARIANTS), n), (len(LOCAL_VARIANTS) * 6, n - 1)]  # run, then local (left-padded prefixes)
+    assert result["forwards"] == 2 and result["batch"] == {"run": len(VARIANTS), "local": len(LOCAL_VARIANTS) * 6}
     assert result["trace_weights_max_abs_diff"] < 1e-5
-    decided = [t for t in result["tokens"] if t["top_effect"] is not None]
-    assert len(result["tokens"]) == 6 and result["summary"]["tokens_with_effect"] == len(decided) > 0
-    agree = sum(t["top_weight"] == t["top_effect"] for t in decided) / len(decided)
-    assert result["summary"]["top_weight_is_top_effect"] == agree
+    for scope, summary, rows in (("run", result["summary"], result["tokens"]),
+                                 ("local", result["summary"]["local"], [t["local"] for t in result["tokens"]])):
+        decided = [t for t in rows if t["top_effect"] is not None]
+        assert summary["scope"] == scope and len(rows) == 6 and summary["tokens_expert_helps"] == len(decided) > 0
+        agree = [tok["top_weight"] == t["top_effect"] for tok, t in zip(result["tokens"], rows) if t["top_effect"]]
+        assert summary["top_weight_is_top_effect"] == sum(agree) / len(agree)
+        for t in rows:  # a top-effect expert helps; without one, no expert's effect reaches the floor
+            best = max(t["effect"].values())
+            assert (t["top_effect"] is not None) == (best >= EFFECT_FLOOR) == (t["outcome"] == "expert_helps")
     with torch.no_grad():
         assert torch.equal(loaded.mocae(input_ids=ids).logits, before), "the routing override must be undone"
     w = torch.softmax(torch.randn(len(VARIANTS), 4, 3), -1)
     v = variant_weights(w)
     torch.testing.assert_close(v.sum(-1), torch.ones(len(VARIANTS), 4))
     assert torch.equal(v[0], w[0]) and bool((v[1, :, 0] == 0).all()) and torch.equal(v[4], torch.tensor([[1.0, 0, 0]] * 4))
+
+
+def only_at(position: int, variant: tuple[str, int | None]):
+    """A routing transform applying one variant (`variant_weights`) at one position of a one-row batch."""
+    def transform(_layer: int, w: torch.Tensor) -> torch.Tensor:
+        changed = variant_weights(w[:, position : position + 1], (variant,))
+        return torch.cat([w[:, :position], changed, w[:, position + 1 :]], dim=1)
+    return transform
+
+
+def test_local_effect_changes_the_routing_of_the_producing_position_only(loaded):
+    trace = greedy_trace(loaded, PROMPTS[0][0], 5)
+    result = attribute(loaded, None, trace, local=True)
+    ids = torch.tensor([[t["id"] for t in trace["tokens"]]])
+    mocae = loaded.mocae
+    with torch.no_grad(), mocae.routed(CALIBRATED):
+        actual = torch.log_softmax(mocae(input_ids=ids).logits[0].float(), -1)
+    for token in result["tokens"][::2]:
+        p = token["position"] - 1  # the position whose forward produced the token
+        for kind, k in LOCAL_VARIANTS:
+            with torch.no_grad(), mocae.transformed(only_at(p, (kind, k))), mocae.routed(CALIBRATED):
+                changed = torch.log_softmax(mocae(input_ids=ids).logits[0].float(), -1)
+            assert torch.equal(changed[:p], actual[:p]), "every earlier position must route as in the actual run"
+            expected = float(changed[p, token["id"]] - actual[p, token["id"]])
+            assert token["local"][kind][AXES[k]] == pytest.approx(expected, abs=1e-5)
+    gap = max(abs(t["local"]["effect"][a] - t["effect"][a]) for t in result["tokens"] for a in AXES)
+    assert gap > 1e-3, "the local scope should differ from the whole-run scope"
+
+
+def test_per_layer_effects_have_one_value_per_layer_and_add_up_to_the_run_effect(loaded):
+    trace = greedy_trace(loaded, PROMPTS[2][0], 4)
+    ids = [t["id"] for t in trace["tokens"]]
+    n_prompt = sum(t["is_prompt"] for t in trace["tokens"])
+    mocae = loaded.mocae
+    helpful = AXES.index("helpful")
+
+    def no_helpful_past_layer_0(layer: int, w: torch.Tensor) -> torch.Tensor:  # helpful routes at layer 0 only
+        return w if layer == 0 else variant_weights(w, (("remove", helpful),) * w.shape[0])
+
+    def generated_logp(*transforms) -> torch.Tensor:  # log-prob of each generated token under these transforms
+        with torch.no_grad(), contextlib.ExitStack() as stack, mocae.routed(CALIBRATED):
+            for transform in (no_helpful_past_layer_0, *transforms):
+                stack.enter_context(mocae.transformed(transform))
+            logp = torch.log_softmax(mocae(input_ids=torch.tensor([ids])).logits[0, n_prompt - 1 : -1].float(), -1)
+        return logp.gather(-1, torch.tensor(ids[n_prompt:])[:, None])[:, 0]
+
+    with mocae.transformed(no_helpful_past_layer_0):
+        result = attribute(loaded, None, ids, prompt_length=n_prompt, routing=CALIBRATED, layers=True)
+    harmless = AXES.index("harmless")
+    for layer in range(mocae.n_layers):  # against removing harmless at that one layer by hand
+        removed = generated_logp(lambda at, w, layer=layer: variant_weights(w, (("remove", harmless),)) if at == layer
+                                 else w)
+        got = torch.tensor([t["layer_effect"]["harmless"][layer] for t in result["tokens"]])
+        torch.testing.assert_close(got, generated_logp() - removed, atol=1e-5, rtol=0)
+    assert result["forwards"] == 2 and "local" not in result["batch"]
+    assert result["batch"]["layers"] == mocae.n_layers * len(AXES) >= 2 * len(AXES)
+    means = result["summary"]["layers"]["mean_effect"]
+    assert result["summary"]["layers"]["scope"] == "run" and {a: len(v) for a, v in means.items()} == dict.fromkeys(
+        AXES, mocae.n_layers)
+    for token in result["tokens"]:
+        per_layer = token["layer_effect"]
+        assert {a: len(v) for a, v in per_layer.items()} == dict.fromkeys(AXES, mocae.n_layers)
+        assert sum(per_layer["helpful"]) == pytest.approx(token["effect"]["helpful"], abs=1e-5)
+        assert all(abs(e) < 1e-5 for e in per_layer["helpful"][1:])
+    assert max(abs(t["layer_effect"]["helpful"][0]) for t in result["tokens"]) > 1e-3
+    for a in AXES:
+        assert means[a] == pytest.approx([sum(t["layer_effect"][a][layer] for t in result["tokens"]) / 4
+                                          for layer in range(mocae.n_layers)], abs=1e-9)
+
+
+def test_no_expert_helps_is_no_top_effect_and_no_disagreement():
+    effects = torch.tensor([[-0.038, -0.002, -0.206],  # every expert only hurts: formerly "harmless" by argmax
+                            [0.0004, -0.0002, 0.0],  # nothing moves it by the floor
+                            [-0.01, 0.02, 0.15]], dtype=torch.float64).T  # honest helps most
+    assert top_effect(effects[:, 0]) == (None, "no_expert_helps")
+    rows, summary = scope_effects("local", -effects, torch.zeros_like(effects), ["helpful", "harmless", "honest"])
+    assert [(r["top_effect"], r["outcome"], r["agree"]) for r in rows] == [
+        (None, "no_expert_helps", None), (None, "no_effect", None), ("honest", "expert_helps", True)]
+    assert rows[0]["effect"]["harmless"] == pytest.approx(-0.002)
+    assert (summary["tokens"], summary["tokens_expert_helps"], summary["tokens_no_expert_helps"],
+            summary["tokens_no_effect"]) == (3, 1, 1, 1)
+    assert summary["top_weight_is_top_effect"] == 1.0, "a token no expert helps is not a disagreement"
+    assert summary["top_effect_counts"] == {"helpful": 0, "harmless": 0, "honest": 1}
+    _, none_helps = scope_effects("run", -effects[:, :2], torch.zeros(3, 2), ["helpful", "helpful"])
+    assert none_helps["top_weight_is_top_effect"] is None and none_helps["tokens_expert_helps"] == 0
 
 
 # traces --------------------------------------------------------------------------------------------------
@@ -367,9 +461,13 @@ def test_analyze_attribute_and_diff_commands(ckpt, tmp_path, capsys):
     assert (report["rows_given"], report["analysed"], report["rejected"], len(report["problems"])) == (4, 2, 2, 2)
     assert set(report["levels"]) == {"prompt"} and (tmp_path / "s.csv").exists() and (tmp_path / "r.csv").exists()
     att = tmp_path / "att.json"
-    assert run("attribute", "--model", ckpt, "--no-4bit", "--prompt", PROMPTS[0][0], "--max-new-tokens", 4, "--out", att) == 0
+    assert run("attribute", "--model", ckpt, "--no-4bit", "--prompt", PROMPTS[0][0], "--max-new-tokens", 4, "--per-layer",
+               "--local", "--out", att) == 0
     saved = json.loads(att.read_text())
-    assert saved["batch"] == 7 and len(saved["tokens"]) == len([t for t in saved["trace"]["tokens"] if not t["is_prompt"]])
+    assert "scope run: " in (printed := capsys.readouterr().out) and "scope local: " in printed
+    assert saved["forwards"] == 3 and all(len(t["layer_effect"]["honest"]) == 2 for t in saved["tokens"])
+    assert all(t["local"]["scope"] == "local" for t in saved["tokens"])
+    assert saved["batch"]["run"] == 7 and len(saved["tokens"]) == len([t for t in saved["trace"]["tokens"] if not t["is_prompt"]])
     diff = tmp_path / "d.json"
     assert run("diff-traces", att, att, "--out", diff) == 0
     assert json.loads(diff.read_text())["first_divergence"] is None
@@ -395,6 +493,15 @@ def test_research_bench_times_both_tools_on_the_sizes_asked(ckpt):
     analyzed, attributed = result["analyze"], result["attribute"]
     assert analyzed["prompts"] == 12 and analyzed["target_s"] == ANALYZE_TARGET_S
     assert analyzed["met"] == (analyzed["seconds"] <= ANALYZE_TARGET_S) and analyzed["prompts_per_s"] > 0
-    assert attributed["tokens"] == 8 and attributed["forwards"] == 1 and attributed["target_s"] == ATTRIBUTE_TARGET_S
+    assert attributed["tokens"] == 8 and attributed["forwards"] == 2 and attributed["target_s"] == ATTRIBUTE_TARGET_S
     assert attributed["met"] == (attributed["seconds"] <= ATTRIBUTE_TARGET_S) and attributed["first_seconds"] > 0
     assert result["quantized"] is False and len(result["load_average_1m"]) == 2 and result["model"].startswith("ckpt (llama")
+
+
+def test_attribution_routes_a_prompt_scope_model_as_its_streamed_run(loaded, monkeypatch):
+    """With context_scope "prompt" the answer reads the prompt's summary only: the teacher-forced forwards mark
+    the prompt span, so the recomputed weights are the streamed trace's in both scopes."""
+    monkeypatch.setattr(loaded.mocae.config, "context_scope", "prompt")
+    trace = greedy_trace(loaded, PROMPTS[1][0], 5)
+    result = attribute(loaded, None, trace, local=True)
+    assert result["trace_weights_max_abs_diff"] < 1e-5

@@ -30,7 +30,7 @@ def test_one_session_loads_once_and_runs_every_call(tmp_path, tokenizer, monkeyp
     report = session.analyze(rows, generate_tokens=2)
     assert (report["analysed"], report["levels"]["prompt"]["labelled"]) == (3, 2) and "generation" in report["levels"]
     effects = session.attribute(trace)
-    assert effects["trace"] is trace and effects["batch"] == 7 and len(effects["tokens"]) == 4
+    assert effects["trace"] is trace and effects["batch"] == {"run": 7} and len(effects["tokens"]) == 4
     assert session.attribute("Why?", max_new_tokens=2)["trace"]["prompt"] == "Why?"
     assert session.settle("How do I bake bread?")["settle"]["tokens"] > 0
     diff = session.diff(trace, again)

@@ -6,7 +6,8 @@ wrappers of `session.Session` (a notebook runs the same calls on a model loaded 
     python -m alignx_demo analyze --model DIR [--against DIR] --prompts FILE --out FILE.json [--csv FILE.csv] [--generate-tokens N]
                                   [--slices-csv FILE.csv] [--reliability-csv FILE.csv] [--cross COL,COL]...
                                   [--uncalibrated] [--threads N] [--batch-size N] [--max-rows N] [--max-seconds S]
-    python -m alignx_demo attribute --model DIR (--prompt TEXT | --trace FILE) [--max-new-tokens N] --out FILE.json
+    python -m alignx_demo attribute --model DIR (--prompt TEXT | --trace FILE) [--max-new-tokens N] [--local] [--per-layer]
+                                    --out FILE.json
     python -m alignx_demo settle --model DIR --prompt TEXT [--out FILE.json]
     python -m alignx_demo diff-traces A.json B.json [--out FILE.json]
     python -m alignx_demo research-bench --model DIR [--out FILE.json]
@@ -154,19 +155,23 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
 
 def _run_attribute(args: argparse.Namespace) -> int:
+    from alignx_demo.analysis.attribution import attribute
     from alignx_demo.analysis.traces import load_trace
 
     trace = load_trace(args.trace) if args.trace is not None else None  # a bad trace: one sentence before loading
     session = load_session(args)
-    result = session.attribute(trace if trace is not None else args.prompt, max_new_tokens=args.max_new_tokens,
-                               calibrated=not args.uncalibrated)
+    if trace is None:  # what Session.attribute does, called here directly for its `layers` option
+        trace = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, calibrated=not args.uncalibrated)
+    result = {**attribute(session.loaded, None, trace, local=args.local, layers=args.per_layer), "trace": trace}
     _write_json(args.out, result)
-    s = result["summary"]
-    agree = "n/a" if s["top_weight_is_top_effect"] is None else f"{s['top_weight_is_top_effect']:.0%}"
-    print(f"{s['tokens']} generated tokens in one forward of {result['batch']} variants ({result['seconds']:.2f} s); "
-          f"top-weight expert = top-effect expert for {agree} of the {s['tokens_with_effect']} tokens an expert moves; "
-          "mean effect "
-          + ", ".join(f"{a} {v:+.3f}" for a, v in s["mean_effect"].items()))
+    print(f"{result['summary']['tokens']} generated tokens, {result['forwards']} forwards "
+          f"({result['seconds']:.2f} s); effect = how much the expert raised the token's log-prob:")
+    for s in (result["summary"], *([result["summary"]["local"]] if args.local else [])):
+        agree = "n/a" if s["top_weight_is_top_effect"] is None else f"{s['top_weight_is_top_effect']:.0%}"
+        print(f"  scope {s['scope']}: top-weight expert = top-effect expert for {agree} of the "
+              f"{s['tokens_expert_helps']} tokens some expert helps ({s['tokens_no_expert_helps']} no expert helps, "
+              f"{s['tokens_no_effect']} no effect); mean effect "
+              + ", ".join(f"{a} {v:+.3f}" for a, v in s["mean_effect"].items()))
     return 0
 
 
@@ -235,6 +240,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--prompt", help="generate a greedy trace for this prompt, then attribute it")
     source.add_argument("--trace", type=Path, help="attribute a saved trace (JSON, as `generate --json` writes)")
     p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--local", action="store_true",
+                   help="also each expert removed / forced at the token's own position only (a prefix per token: slower)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also each expert's effect when removed at one layer only (one more forward)")
     p.add_argument("--out", type=Path, required=True, help="write the JSON report (with the trace) here")
     p.set_defaults(func=_run_attribute)
 

@@ -9,11 +9,12 @@ Slices (`OOD_SLICES`), each labelled with the axis whose expert should lead, eve
   behaviours), harmless. Evaluation-only sources: no stage trains, calibrates or selects on them,
   and training prompts equal to theirs are dropped (`load_axis_data` decontaminates).
 - truthfulqa_heldout: TruthfulQA v1 questions of `sources.TRUTHFULQA_HELDOUT_CATEGORIES`, one per
-  question, honest. Unseen only by a bundle trained with `load_axis_data(exclude_heldout_categories=
-  True)`; a bundle trained with the default (every bundle up to now) saw their train-split questions
-  and answers and calibrated on their calibration-split questions (`seen_by_default_training`).
-- xstest: XSTest's train and eval splits (its calibration split is reserved, as for
-  `routing_shifted`), safe-but-scary prompts labelled helpful, unsafe ones harmless.
+  question, honest. Unseen by a bundle trained with `load_axis_data(exclude_heldout_categories=True)`,
+  which `train` has used for every stage since the MiniLM bundle; an earlier bundle saw their
+  train-split questions and answers and calibrated on their calibration-split questions
+  (`seen_by_default_training`, kept so reports stay conservative for any bundle).
+- xstest: XSTest's train and eval splits (its calibration split is reserved for choosing calibration
+  settings, `calibration_shift_set`), safe-but-scary prompts labelled helpful, unsafe ones harmless.
 
 Each slice is ordered so that any prefix spreads over its groups (`meta["ood_group"]`: the MT-Bench
 or BeaverTails category, the TruthfulQA category, the XSTest type): round-robin over the groups,
@@ -65,6 +66,28 @@ SEEN_BY_DEFAULT_TRAINING = {
 """Slices that a bundle trained with the default data did see, with what it saw."""
 
 XSTEST_SPLITS = ("train", "eval")
+
+CALIBRATION_SHIFT_SETS: dict[str, str] = {"stl_controversial": "harmless", "stl_alpaca": "helpful", "stl_physical_safe": "helpful"}
+"""Held-out evaluation-role sources that no evaluation measures, with the axis each is labelled:
+safety-tuned-llamas' controversial-topic requests (harmless) and its benign instructions and
+physical-safety questions (helpful). With XSTest's calibration split they are the shift set."""
+
+
+def calibration_shift_set(data_dir: str | Path, warnings: list[str] | None = None) -> list[AxisExample]:
+    """Prompts from held-out sources for *choosing* calibration settings (`training.calibrate`): the
+    `CALIBRATION_SHIFT_SETS` and XSTest's calibration split (safe prompts helpful, unsafe harmless).
+    No stage trains on them, no evaluation reads them, and none is in an out-of-distribution slice;
+    no honesty source is held out beside TruthfulQA, so the set has no honest prompts. A data
+    directory without these files gives an empty set (with a warning), not an error."""
+    warns = warnings if warnings is not None else []
+    try:
+        sets = load_eval_sets(resolve_data_dir(data_dir), warns)
+    except DataError as exc:
+        warns.append(f"calibration shift set left out: {exc}")
+        return []
+    chosen = [dataclasses.replace(e, axis=axis) for name, axis in CALIBRATION_SHIFT_SETS.items() for e in sets[name]]
+    # round-robin over (source, axis), so that any prefix (`train --quick` takes one) mixes sources and axes
+    return _round_robin(chosen + xstest_routing_set(sets["xstest"], ("calibration",)), key=lambda e: f"{e.source}/{e.axis}")
 
 
 def _round_robin(items: Iterable[AxisExample], key: Callable[[AxisExample], str]) -> list[AxisExample]:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alignx_demo.data.ood import calibration_shift_set
 from alignx_demo.data.readers import load_axis_data
 from alignx_demo.modeling.provenance import untrained_problem
 from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
@@ -116,7 +117,8 @@ def run_stages(
                 continue
             cfg = CalibrationConfig.quick_recipe() if quick else CalibrationConfig()
             cfg.seed = seed
-            summaries[name] = calibrate(out, examples, cfg, load_in_4bit=load_in_4bit)
+            shift = calibration_shift_set(data_dir)
+            summaries[name] = calibrate(out, examples, cfg, load_in_4bit=load_in_4bit, shift=shift[:40] if quick else shift)
         else:
             cfg = BaselinesConfig.quick_recipe() if quick else BaselinesConfig()
             if steps:

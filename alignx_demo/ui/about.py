@@ -33,6 +33,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def base_origin(path: Path) -> str:
+    """How the checkpoint's base began, from its train summary: warm-started from a named model, or from scratch."""
+    init = ((_read_json(path / "base" / "train_summary.json") or {}).get("config") or {}).get("init")
+    if init in (None, "", "scratch"):
+        return "its base trained from scratch"
+    return "its base warm-started from all-MiniLM-L6-v2" if init == "minilm" else f"its base warm-started from `{init}`"
+
+
 def model_figures(path: Path) -> str:
     """A table of the figures the checkpoint's logs record (training, calibration)."""
     rows = []
@@ -56,11 +64,12 @@ def model_figures(path: Path) -> str:
         rows.append(f"| router | {steps if steps is not None else '—'} steps |")
     cal = _read_json(path / "logs" / "calibration_summary.json")
     if cal:
-        nll = cal.get("calibration_split_nll", {})
-        rows.append("| calibration-split routing NLL | " + " → ".join(f"{k} {v:.3f}" for k, v in nll.items() if isinstance(v, float)) + " |")
-        shifted = nll.get("shifted_calibration_set")
-        if isinstance(shifted, dict):
-            rows.append("| shifted calibration set (XSTest) NLL | " + " → ".join(f"{k} {v:.3f}" for k, v in shifted.items()) + " |")
+        report = cal.get("report", {})
+        for label, nll in (("select-part token NLL", report.get("select_token_nll")),
+                           ("select-part prompt NLL", report.get("select_prompt_nll")),
+                           ("shift-set prompt NLL", (report.get("shift") or {}).get("prompt_nll"))):
+            if isinstance(nll, dict) and nll:
+                rows.append(f"| calibration: {label} | " + " → ".join(f"{k} {v:.3f}" for k, v in nll.items() if isinstance(v, float)) + " |")
     if not rows:
         return "No training logs found in the checkpoint."
     return "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n*(read from `{path.name}/base/train_summary.json` and `{path.name}/logs/*_summary.json`)*"
@@ -74,7 +83,7 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
         loaded = context.loaded
         cfg = loaded.mocae.config
         counts = loaded.mocae.count_parameters()
-        kind = ("the bundled demo model, trained from scratch by this project's own pipeline"
+        kind = (f"the bundled demo model, {base_origin(loaded.path)}, trained by this project's own pipeline"
                 if loaded.path.resolve().parent.name == "assets" else f"the checkpoint at `{loaded.path}`")
         base = cfg.base_model or f"{loaded.path.name}/base"
         parts.append(

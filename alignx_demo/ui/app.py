@@ -60,9 +60,11 @@ def _tab(items: dict[str, gr.Tab], label: str, tab_id: str) -> gr.Tab:
     return items[tab_id]
 
 
-def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None = None) -> gr.Blocks:
+def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None = None,
+               against: ModelContext | None = None) -> gr.Blocks:
     """The whole app for one served model, under the operator's `context.limits`; `precomputed` is the
-    artefact folder (default `precomputed/`)."""
+    artefact folder (default `precomputed/`); `against`, the operator's second model for the Routing
+    analysis comparison (`--compare-model`)."""
     artefacts = precomputed if isinstance(precomputed, Artefacts) else load_artefacts(precomputed)
     key = serve(context)
     limits = context.limits
@@ -84,7 +86,7 @@ def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None
                 tradeoff = build_tradeoff_tab(key, worth, experts_markdown(artefacts.get("answers"), served_fingerprint(context)))
             with _tab(items, "Routing analysis", "analysis"):
                 copy_link_row("analysis")
-                build_analysis_tab(key, artefacts, tabs, live)
+                build_analysis_tab(key, artefacts, tabs, live, against)
             with _tab(items, "Benchmarks", "benchmarks"):
                 copy_link_row("benchmarks")
                 build_results_tab(artefacts.folder)

@@ -51,9 +51,15 @@ def routing_of(trace: dict[str, Any]) -> RoutingSettings:
 
 # attribution ---------------------------------------------------------------------------------------------
 
+LOCAL_ON_PAGE = 32
+"""Runs of at most this many generated tokens get the local scope on the page too: its forward has a prefix per
+token, so its cost grows with the square of the length (the CLI's `attribute --local` has no such limit)."""
+
+
 @gpu(duration=gpu_seconds)
 def attribute_plain(key: int, trace: dict[str, Any]) -> dict[str, Any]:
-    """`analysis.attribution.attribute` of a trace on the served model (plain data in and out)."""
+    """`analysis.attribution.attribute` of a trace on the served model (plain data in and out); the local scope
+    for runs of at most `LOCAL_ON_PAGE` generated tokens."""
     context = served_model(key)
     vocabulary = context.loaded.mocae.model.get_input_embeddings().num_embeddings
     too_big = [t["id"] for t in trace["tokens"] if t["id"] >= vocabulary]
@@ -61,36 +67,61 @@ def attribute_plain(key: int, trace: dict[str, Any]) -> dict[str, Any]:
         raise GenerationError(f"the trace has token id {too_big[0]}, beyond this model's vocabulary of {vocabulary}: "
                               "it was made with another model")
     try:
-        return attribute(context.loaded, None, trace)
+        generated = sum(not t["is_prompt"] for t in trace["tokens"])
+        return attribute(context.loaded, None, trace, local=generated <= LOCAL_ON_PAGE)
     except ValueError as err:
         raise GenerationError(str(err)) from None
 
 
+NO_TOP_EFFECT = {"no_expert_helps": f"none (no expert helps: removing one raises it or lowers it < {EFFECT_FLOOR:g})",
+                 "no_effect": f"none (no removal moves it by {EFFECT_FLOOR:g} nats)"}
+"""What the hover says instead of a top-effect expert, per `analysis.attribution.OUTCOMES`."""
+
+
 def attribution_details(attribution: dict[str, Any]) -> dict[int, str]:
-    """Hover lines per token position: each expert's weight and effect, and the top-weight and top-effect experts."""
+    """Hover lines per token position: each expert's weight and effect in both scopes (whole run, and local:
+    at this token only), and the top-weight and top-effect experts — the local effect is the one that is
+    about this token alone."""
     details = {}
     for t in attribution["tokens"]:
-        lines = [f"  {a}: weight {t['weights'][a]:.2f} · effect {t['effect'][a]:+.3f} nats" for a in AXES]
-        top = t["top_effect"] or f"none (no removal moves it by {EFFECT_FLOOR:g} nats)"
-        details[t["position"]] = ("counterfactual attribution (effect = how much the expert raised this token's "
-                                  "log-probability):\n" + "\n".join(lines)
-                                  + f"\ntop weight: {t['top_weight']} · top effect: {top}")
+        local = t.get("local")
+        lines = [f"  {a}: weight {t['weights'][a]:.2f} · effect " + (f"{local['effect'][a]:+.3f} here, " if local else "")
+                 + f"{t['effect'][a]:+.3f} whole run" for a in AXES]
+        tops = [f"{scope} {s['top_effect'] or NO_TOP_EFFECT[s['outcome']]}"
+                for scope, s in (("here", local), ("whole run", t)) if s is not None]
+        details[t["position"]] = ("counterfactual attribution (effect = how much removing the expert lowers this "
+                                  "token's log-probability, in nats; here: removed at this token only; whole run: "
+                                  "removed at every token):\n" + "\n".join(lines)
+                                  + f"\ntop weight: {t['top_weight']} · top effect: " + " · ".join(tops))
     return details
 
 
-def attribution_markdown(attribution: dict[str, Any], trace: dict[str, Any] | None = None) -> str:
-    """One sentence on the run-level agreement of weight and effect, then the mean effect per expert."""
-    s = attribution["summary"]
+def _agreement_line(s: dict[str, Any], what: str) -> str:
+    """One sentence on how often the top-weight expert is the top-effect one, over the tokens some expert helps."""
     rate = s["top_weight_is_top_effect"]
     if rate is None:
-        lines = [f"No expert's removal moves the log-probability of any of the {s['tokens']} generated tokens by "
-                 f"{EFFECT_FLOOR:g} nats or more, so no token has a top-effect expert to compare with its top-weight one."]
-    else:
-        lines = [f"**The top-weight expert is also the top-effect expert in {rate:.0%} of the {s['tokens_with_effect']} "
-                 f"generated tokens on which some expert matters** (of {s['tokens']}; effect = how much removing the "
-                 "expert lowers the token's log-probability)."]
-    lines.append("Mean effect per token: " + " · ".join(f"{AXIS_LABELS[a]} {v:+.3f} nats" for a, v in s["mean_effect"].items())
-                 + f" — one forward of {attribution['batch']} variants, {attribution['seconds']:.2f} s.")
+        return (f"{what}: no expert raises the log-probability of any of the {s['tokens']} generated tokens by "
+                f"{EFFECT_FLOOR:g} nats or more, so no token has a top-effect expert to compare with its "
+                "top-weight one.")
+    return (f"**{what}: the top-weight expert is also the top-effect expert in {rate:.0%} of the "
+            f"{s['tokens_expert_helps']} generated tokens some expert helps** (of {s['tokens']}; not counted: "
+            f"{s['tokens_no_expert_helps']} no expert helps, {s['tokens_no_effect']} no removal moves).")
+
+
+def attribution_markdown(attribution: dict[str, Any], trace: dict[str, Any] | None = None) -> str:
+    """The agreement of weight and effect with each expert removed at the token only and over the whole run,
+    then the mean effects (effect = how much removing the expert lowers the token's log-probability)."""
+    s = attribution["summary"]
+    local = s.get("local")
+    lines = [_agreement_line(local, "Removed at each token only")] if local else [
+        f"Removed at each token only: not computed for runs over {LOCAL_ON_PAGE} generated tokens here (its cost grows "
+        "with the square of the length); `python -m alignx_demo attribute --local` computes it."]
+    lines.append(_agreement_line(s, "Removed for the whole run"))
+    means = " · ".join(f"{AXIS_LABELS[a]} " + (f"{local['mean_effect'][a]:+.3f} / " if local else "") + f"{v:+.3f}"
+                       for a, v in s["mean_effect"].items())
+    lines.append(f"Mean effect per token, {'at the token only / ' if local else ''}whole run (nats): {means} — "
+                 f"{attribution['forwards']} batched forward{'s' if attribution['forwards'] > 1 else ''}, "
+                 f"{attribution['seconds']:.2f} s.")
     drift = attribution.get("trace_weights_max_abs_diff")
     if drift is not None and drift > DRIFT:
         lines.append(f"⚠ Recomputed routing differs from the trace's own weights by up to {drift:.3f}: the trace was "

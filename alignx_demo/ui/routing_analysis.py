@@ -11,12 +11,22 @@ The page opens on what it shows and what the first shipped slice shows on this m
 the result: a confusion matrix (true × routed axis) and the misrouted prompts, most confident first — a click on
 one runs it in Live routing; accuracy and ECE per slice with 95 % bootstrap intervals and the mean settle
 position per axis are folded under Details. The result downloads as CSV and JSON.
+
+Comparing with a second model: where the operator serves a second checkpoint beside the model (`build_analysis_tab`'s
+`against`), the named endpoint `analyze_against` (prompt file, calibrated, shipped slice) routes the uploaded file —
+or, without one, the shipped slice chosen — with both, A the served model and B the second one, and returns (summary
+markdown, the comparison JSON of `analysis.failures.compare_models` with both analyses under "analyses", as
+`analyze --against` writes it). The page says in plain words how accuracy and ECE moved, lists the prompts whose
+routed axis or correctness changed, folds McNemar's test and the paired intervals under Details, and offers the
+comparison as CSV and JSON. Without a second model the section is one sentence saying how the operator adds one;
+a visitor can never name a model.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +35,22 @@ from typing import Any
 import gradio as gr
 
 from alignx_demo.analysis.artefacts import HOW_TO_BUILD, Artefacts
-from alignx_demo.analysis.failures import analysis_csv, analyze_prompts, level_figures
+from alignx_demo.analysis.failures import (
+    DEFAULT_GENERATE_TOKENS,
+    analysis_csv,
+    analyze_prompts,
+    compare_models,
+    comparison_csv,
+    level_figures,
+)
 from alignx_demo.analysis.prompt_files import parse_prompt_file
 from alignx_demo.config import RoutingSettings
+from alignx_demo.serving import ModelContext
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.exports import write_downloads
 from alignx_demo.ui.plots import confusion_figure
 from alignx_demo.ui.results import scroll_hint
-from alignx_demo.ui.served import MODEL_EVENT, gpu, gpu_seconds, limits_of, served_model
+from alignx_demo.ui.served import MODEL_EVENT, SERVED, gpu, gpu_seconds, limits_of, serve, served_model
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import GenerationError, flag, visitor_errors
 
@@ -90,6 +108,91 @@ def analyze(key: int, prompts_file: Any, calibrated: Any, progress: Progress | N
     result = analyze_plain(key, rows, calibrated, progress, rejected=problems)
     result["prompts_file"] = name
     return summary_markdown(result), result
+
+
+# comparing with a second model --------------------------------------------------------------------------------
+
+NO_SECOND_MODEL = ("No second model to compare with: the operator can start the app with `--compare-model DIR` (or "
+                   "ALIGNX_COMPARE_MODEL=DIR) to compare the served model with another checkpoint on the same prompts.")
+"""The one sentence the comparison section (and its handler) gives when the operator configured no second model."""
+Stage = Callable[[str, int, int], Any]
+"""Progress of a comparison: (side "A" or "B", rows done, rows of that side)."""
+
+
+def second_model_notice(against: ModelContext | None) -> str | None:
+    """Why the comparison cannot run on this server (no second model configured, or it did not load); None when it can."""
+    if against is None:
+        return NO_SECOND_MODEL
+    if against.loaded is None:
+        return f"The second model (B) is not loaded, so there is nothing to compare with: {against.problem or 'no model loaded'}"
+    return None
+
+
+def second_model(against_key: int | None) -> ModelContext:
+    """The operator's second model by its `serve` key; a GenerationError with `second_model_notice` when there is none."""
+    context = SERVED.get(against_key) if against_key is not None else None
+    notice = second_model_notice(context)
+    if notice:
+        raise GenerationError(notice)
+    return context
+
+
+def slice_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt rows of a shipped slice's analysis, as `parse_prompt_file` gives them (row numbers kept)."""
+    return [{"row": r["row"], "prompt": r["prompt"], "axis": r["axis"], "extra": dict(r.get("extra") or {}), "notices": [],
+             "changes": list(r.get("changes") or [])} for r in result["rows"]]
+
+
+def _side(progress: Stage | None, side: str) -> Progress | None:
+    return None if progress is None else (lambda done, total: progress(side, done, total))
+
+
+@gpu(duration=gpu_seconds)
+def compare_plain(key: int, against_key: int | None, rows: list[dict[str, Any]], calibrated: bool,
+                  generate_tokens: int = DEFAULT_GENERATE_TOKENS, progress: Stage | None = None,
+                  rejected: list[str] | None = None) -> dict[str, Any]:
+    """The served model (A) against the operator's second model (B) on the same rows, under one request's limits
+    (plain data in and out): A routes up to `max_analysis_rows` rows in half of `request_seconds`, B the rows A
+    analysed in what is left, then `compare_models` pairs them; both analyses are under "analyses"."""
+    context_a, context_b = served_model(key), second_model(against_key)
+    limits = limits_of(key)
+    started = time.monotonic()
+    settings = {"routing": RoutingSettings(mode="soft", calibrated=calibrated), "generate_tokens": generate_tokens,
+                "max_rows": limits.max_analysis_rows, "rejected": rejected or ()}
+    result_a = analyze_prompts(context_a.loaded, None, rows, max_seconds=limits.request_seconds / 2,
+                               progress=_side(progress, "A"), model_name=context_a.name, **settings)
+    done = {r["row"] for r in result_a["rows"]}
+    left = max(limits.request_seconds - (time.monotonic() - started), 0.1)
+    result_b = analyze_prompts(context_b.loaded, None, [r for r in rows if r["row"] in done], max_seconds=left,
+                               progress=_side(progress, "B"), model_name=context_b.name, **settings)
+    try:
+        comparison = compare_models(result_a, result_b)
+    except ValueError as err:  # e.g. the two tokenizers cut a long prompt differently
+        raise GenerationError(f"The two models cannot be compared on these prompts: {err}.") from None
+    comparison["analyses"] = {"a": result_a, "b": result_b}
+    return comparison
+
+
+def compare_against(key: int, against_key: int | None, prompts_file: Any, calibrated: Any,
+                    shipped_slice: dict[str, Any] | None = None, progress: Stage | None = None) -> tuple[str, dict[str, Any]]:
+    """The served model against the operator's second model on an uploaded prompt file (with `calibrated` routing) or,
+    without one, on a shipped slice's prompts (`shipped_slice`: {"label", "result"}, under that slice's own
+    routing); (summary markdown, comparison JSON)."""
+    second_model(against_key)  # the notice first, before any file is read
+    calibrated = flag(calibrated, "calibrated")
+    if prompts_file or shipped_slice is None:
+        path, name = uploaded(prompts_file)
+        try:
+            rows, problems = parse_prompt_file(path, name=name)
+        except ValueError as err:
+            raise GenerationError(str(err).replace(str(path), name)) from None
+        comparison = compare_plain(key, against_key, rows, calibrated, DEFAULT_GENERATE_TOKENS, progress, problems)
+    else:
+        result, name = shipped_slice["result"], shipped_slice["label"]
+        comparison = compare_plain(key, against_key, slice_rows(result), bool(result["routing"]["calibrated"]),
+                                   int(result.get("generate_tokens") or 0), progress)
+    comparison["prompts_file"] = name
+    return comparison_markdown(comparison), comparison
 
 
 # drawing a result -------------------------------------------------------------------------------------------
@@ -195,6 +298,133 @@ def render(result: dict[str, Any] | None) -> tuple[Any, ...]:
         return (*views(None), hidden, hidden)
     csv_path, json_path = downloads(result)
     return (*views(result), gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True))
+
+
+CHANGE_HEADERS = ["row", "true axis", "routed A → B", "confidence A → B", "correct A → B", "prompt"]
+CHANGE_ORDER = {"became wrong": 0, "became correct": 1}
+"""Order of the changes table: prompts that became wrong first, then those that became correct, then the rest."""
+
+
+def _level_name(level: str) -> str:
+    return f"{level.capitalize()} level"
+
+
+def _difference(d: dict[str, Any], method: str | None = None) -> str:
+    if d.get("value") is None:
+        return "n/a"
+    ci = d.get("ci95")
+    where = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+    return f"{d['value']:+.3f}{where}" + (f" ({method or d.get('ci_method')})" if ci and (method or d.get("ci_method")) else "")
+
+
+def _chance(p: float, discordant: int) -> str:
+    if not discordant:
+        return "no labelled prompt changed between right and wrong"
+    if p < 0.05:
+        return "a change this large would be rare if the two models were equally accurate"
+    return "a change this small could well be chance"
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    """A comparison in plain words: which models on which prompts, then per level how accuracy (with McNemar's p) and
+    ECE (with the paired bootstrap interval of B − A) moved and how often the routed axis changed; its notices."""
+    a, b = plain(comparison["a"]["model"] or "A"), plain(comparison["b"]["model"] or "B")
+    routing = comparison["a"].get("routing") or {}
+    how = ("calibrated" if routing.get("calibrated", True) else "uncalibrated") + " soft routing"
+    source = f" of **{plain(comparison['prompts_file'])}**" if comparison.get("prompts_file") else ""
+    lines = [(f"**A** is the served model ({a}), **B** the second model ({b}); both routed the same "
+              f"**{comparison['paired']} prompts**{source} ({how}).")]
+    for level, s in comparison["levels"].items():
+        changed = f"The routed axis changed on **{s['routed_changed']} of {s['paired']}** prompts."
+        if not s["labelled"]:
+            lines.append(f"**{_level_name(level)}**: no prompt has an axis label, so there is no accuracy. {changed}")
+            continue
+        m, ece = s["mcnemar"], s["ece_difference"]
+        what = plain(s["what"].removeprefix(f"{level} level").strip())
+        lines.append(f"**{_level_name(level)}** {what}, on {s['labelled']} labelled prompts: "
+                     f"**accuracy {s['a']['accuracy']:.2f} (A) vs {s['b']['accuracy']:.2f} (B)**, McNemar p = "
+                     f"{m['p_value']:.3g} — {m['c']} became correct and {m['b']} became wrong; {_chance(m['p_value'], m['discordant'])}. "
+                     f"**ECE {s['a']['ece']:.3f} (A) vs {s['b']['ece']:.3f} (B)**, B − A {_difference(ece, 'paired bootstrap, 95 %')}. "
+                     f"{changed}")
+    if not comparison["levels"]:
+        lines.append("No prompt was analysed by both models, so there is nothing to compare.")
+    for notice in comparison.get("notices") or []:
+        lines.append(f"⚠ {plain(notice)}")
+    if comparison["levels"]:
+        lines.append("The table below lists the prompts whose routed axis or correctness changed (prompt level); the "
+                     "tests and intervals are under Details.")
+    return "\n\n".join(lines)
+
+
+def comparison_details_markdown(comparison: dict[str, Any] | None) -> str:
+    """For the Details fold: per level McNemar's counts and exact p, the accuracy, ECE and debiased ECE differences
+    with their paired 95 % intervals, the mean confidence change and the routed-axis transitions; the definitions."""
+    if not comparison or not comparison["levels"]:
+        return ""
+    rows = [("| level | labelled | became correct (c) | became wrong (b) | McNemar exact p | accuracy B − A [95 %] | "
+             "ECE B − A [95 %] | debiased ECE B − A [95 %] | mean confidence change |"), "|---|---|---|---|---|---|---|---|---|"]
+    moves = []
+    for level, s in comparison["levels"].items():
+        m = s["mcnemar"]
+        p = f"{m['p_value']:.4g}" if s["labelled"] else "n/a"
+        mean = "n/a" if s["mean_confidence_change"] is None else f"{s['mean_confidence_change']:+.3f}"
+        rows.append(f"| {level} | {s['labelled']} | {m['c']} | {m['b']} | {p} | {_difference(s['accuracy_difference'])} | "
+                    f"{_difference(s['ece_difference'])} | {_difference(s['ece_debiased_difference'])} | {mean} |")
+        if s["transitions"]:
+            moves.append(f"{_level_name(level)}, routed axis A → B: " + ", ".join(
+                f"{' → '.join(AXIS_LABELS.get(x, plain(x)) for x in k.split(' → '))} {n}" for k, n in s["transitions"].items()) + ".")
+    definitions = comparison.get("definitions") or {}
+    notes = [f"**{name.replace('_', ' ')}**: {plain(definitions[name])}." for name in
+             ("pairing", "mcnemar", "accuracy_difference", "ece_difference") if name in definitions]
+    command = ("The command line does the same without this server's limits: `python -m alignx_demo analyze --model A "
+               "--against B --prompts FILE --out FILE.json --csv FILE.csv`.")
+    return "\n\n".join(["\n".join(rows), *moves, *notes, command])
+
+
+def _correct(a: bool | None, b: bool | None) -> str:
+    if a is None or b is None:
+        return "—"
+    word = {True: "right", False: "wrong"}
+    return word[a] if a == b else f"{word[a]} → {word[b]}"
+
+
+def change_rows(comparison: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The paired prompts whose prompt-level routed axis or correctness changed: became wrong first, then became
+    correct, then routed elsewhere, each by the size of its confidence change (all of them are in the CSV)."""
+    if not comparison or not comparison["levels"]:
+        return []
+    level = "prompt" if "prompt" in comparison["levels"] else next(iter(comparison["levels"]))
+    changed = [r for r in comparison["rows"] if level in r["levels"] and (
+        r["levels"][level]["routed_changed"] or r["levels"][level]["change"] in CHANGE_ORDER)]
+    return sorted(changed, key=lambda r: (CHANGE_ORDER.get(r["levels"][level]["change"], 2),
+                                          -abs(r["levels"][level]["confidence_change"]), r["row"]))
+
+
+def change_table(rows: list[dict[str, Any]], level: str = "prompt") -> dict[str, Any]:
+    """The changes table's value: row, true axis, routed A → B, confidence A → B, correct A → B, prompt."""
+    data = []
+    for r in rows[:SHOWN_ROWS]:
+        c = r["levels"].get(level) or next(iter(r["levels"].values()))
+        routed = (AXIS_LABELS[c["routed_a"]] if not c["routed_changed"] else
+                  f"{AXIS_LABELS[c['routed_a']]} → {AXIS_LABELS[c['routed_b']]}")
+        data.append([r["row"], AXIS_LABELS[r["axis"]] if r["axis"] else "—", routed,
+                     f"{c['confidence_a']:.2f} → {c['confidence_b']:.2f}", _correct(c["correct_a"], c["correct_b"]), r["prompt"]])
+    return {"headers": CHANGE_HEADERS, "data": data}
+
+
+def comparison_downloads(comparison: dict[str, Any]) -> tuple[str, str]:
+    """The CSV (one row per paired prompt, both levels: `comparison_csv`) and JSON (everything) of a comparison."""
+    return write_downloads("alignx-comparison", comparison_csv(comparison), comparison)
+
+
+def render_comparison(comparison: dict[str, Any] | None) -> tuple[Any, ...]:
+    """(changes table, details markdown, CSV download, JSON download) of a comparison; downloads hidden without one."""
+    if not comparison:
+        hidden = gr.File(value=None, visible=False)
+        return change_table([]), "", hidden, hidden
+    csv_path, json_path = comparison_downloads(comparison)
+    return (change_table(change_rows(comparison)), comparison_details_markdown(comparison),
+            gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True))
 
 
 def shipped(artefacts: Artefacts) -> dict[str, dict[str, Any]]:
@@ -359,13 +589,89 @@ def intro_markdown(slices: dict[str, dict[str, Any]], notice: str | None) -> str
     return "\n\n".join((LOOKING_AT, on_this_model(slices, notice), TRY_IT))
 
 
-def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any) -> None:
-    """The tab's components and events; `live` is the live tab's handles (`live.LiveTab`), `tabs` the page's tabs."""
+@dataclass
+class _Against:
+    """The comparison with the operator's second model: its button, summary, changes table, details, downloads and
+    JSON (None of them where no second model is configured)."""
+
+    run_btn: gr.Button
+    summary: gr.Markdown
+    table: gr.Dataframe
+    details: gr.Markdown
+    csv_file: gr.File
+    json_file: gr.File
+    result: gr.JSON
+
+    def drawn(self) -> list[Any]:
+        """The outputs of `render_comparison`, in its order."""
+        return [self.table, self.details, self.csv_file, self.json_file]
+
+
+def _against(against: ModelContext | None) -> _Against | None:
+    """The comparison section: one sentence when it cannot run here, else the Compare button and where its result shows."""
+    gr.Markdown("#### Compare with a second model", elem_id="analysis-against-heading")
+    notice = second_model_notice(against)
+    if against is None:
+        gr.HTML(notice_html(notice), elem_id="analysis-against-notice")
+        return None
+    gr.Markdown(f"**A** is the served model, **B** the second model the operator serves beside it "
+                f"({plain(against.name)}). Compare routes the uploaded file (with the calibration chosen above) — or, "
+                "without one, the shipped slice chosen — with both, and pairs the prompts: how accuracy and calibration "
+                "moved, and which prompts changed.", elem_classes=["ax-caption"])
+    if notice:
+        gr.HTML(notice_html(notice), elem_id="analysis-against-notice")
+    run_btn = gr.Button("Compare A with B", variant="secondary", interactive=not notice, elem_id="analysis-against-run")
+    summary = gr.Markdown("", label="Comparison summary", elem_id="analysis-against-summary")
+    table = gr.Dataframe(change_table([]), headers=CHANGE_HEADERS, datatype=["number", "str", "str", "str", "str", "str"],
+                         interactive=False, wrap=True, max_height=420,
+                         column_widths=["8%", "12%", "18%", "14%", "14%", "34%"], elem_id="analysis-against-changes")
+    with gr.Row():
+        csv_file = gr.File(None, label="Download comparison (CSV)", interactive=False, visible=False, min_width=260,
+                           elem_id="analysis-against-csv", elem_classes=["ax-download"])
+        json_file = gr.File(None, label="Download comparison (JSON)", interactive=False, visible=False, min_width=260,
+                            elem_id="analysis-against-json", elem_classes=["ax-download"])
+    with gr.Accordion("Details: McNemar's test, paired intervals and routed-axis changes", open=False,
+                      elem_id="analysis-against-details"):
+        scroll_hint()
+        details = gr.Markdown("", elem_classes=["ax-table"], elem_id="analysis-against-stats")
+    with gr.Accordion("Comparison (JSON, as returned by the API)", open=False):
+        result = gr.JSON(None, label="Comparison")
+    return _Against(run_btn, summary, table, details, csv_file, json_file, result)
+
+
+def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any, against: ModelContext | None = None) -> None:
+    """The tab's components and events; `live` is the live tab's handles (`live.LiveTab`), `tabs` the page's tabs,
+    `against` the second model the operator serves for comparison (None: the section says how to add one)."""
     slices = shipped(artefacts)
     gr.Markdown(intro_markdown(slices, artefacts.notice("analysis")), elem_id="analysis-intro")
     inputs = _inputs(key, artefacts, slices)
     shown = _views(next(iter(slices.values()))["result"] if slices else None, _provenance(key, artefacts, slices))
     _wire(key, slices, inputs, shown, tabs, live)
+    section = _against(against)
+    if section is not None:
+        _wire_against(key, serve(against), slices, inputs, section)
+
+
+def _wire_against(key: int, against_key: int, slices: dict[str, dict[str, Any]], inputs: _Inputs, section: _Against) -> None:
+    """Compare (the named endpoint `analyze_against`, only where a second model is configured) and drawing its result."""
+    def run_comparison(prompts_file: Any, calibrated: bool, shipped_slice: str | None,
+                       progress: gr.Progress = gr.Progress()) -> tuple[str, dict[str, Any]]:
+        if shipped_slice not in (None, "") and shipped_slice not in slices:
+            raise GenerationError(f"shipped_slice must be one of {', '.join(map(repr, slices)) or 'none (there are none)'}, "
+                                  f"got {str(shipped_slice)[:40]!r}")
+        chosen = slices.get(shipped_slice) if shipped_slice else None
+        return compare_against(key, against_key, prompts_file, calibrated, chosen,
+                               lambda side, done, total: progress((done, total), desc=f"routing prompts with {side}",
+                                                                  unit="prompts"))
+
+    section.run_btn.click(visitor_errors(run_comparison), inputs=[inputs.prompts_file, inputs.calibrated, inputs.pick],
+                          outputs=[section.summary, section.result], api_name="analyze_against",
+                          api_description="The served model (A) against the operator's second model (B) on one prompt "
+                                          "file (or, without one, a shipped slice): (summary markdown, comparison JSON with "
+                                          "per-prompt changes, McNemar's test, paired accuracy and ECE intervals).",
+                          **MODEL_EVENT)
+    section.result.change(visitor_errors(render_comparison), inputs=section.result, outputs=section.drawn(),
+                          api_visibility="private", show_progress="hidden")
 
 
 def _wire(key: int, slices: dict[str, dict[str, Any]], inputs: _Inputs, shown: _Views, tabs: gr.Tabs, live: Any) -> None:
