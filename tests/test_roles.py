@@ -84,3 +84,21 @@ def test_phrasing_classes_and_repeats_match_the_shares_across_axes(tokenizer):
     routed = router_examples(tokenizer, rows, "helpful", match_phrasing=True)
     assert sum(e.prompt.startswith("How can I") for e in routed) == 4
     assert len(router_examples(tokenizer, rows, "helpful")) == 10
+
+
+def test_mismatched_continuations_keep_the_prompts_axis_and_are_never_learned_as_text(examples, tokenizer):
+    """`mismatch`: a share of the role's prompts again, each with another axis's answer, labelled with the
+    prompt's axis; the batch routes them (response span) but puts no LM label on them."""
+    role = expert_examples(tokenizer, examples, "helpful")
+    routed = router_examples(tokenizer, examples, "helpful", mismatch=0.5)
+    crossed = [e for e in routed if e.meta.get("mismatched")]
+    assert len(crossed) == round(0.5 * len(role)) and routed[: len(role)] == role
+    others = {e.response for axis in ("harmless", "honest") for e in expert_examples(tokenizer, examples, axis)}
+    own = {e.prompt: e.response for e in role}
+    assert all(e.axis == "helpful" and e.response in others and e.response != own[e.prompt] for e in crossed)
+    assert {e.response for e in crossed} & {e.response for e in expert_examples(tokenizer, examples, "harmless")}
+    data = encode_set(tokenizer, [role[0], crossed[0]], 256)
+    batch = make_batch(data, [0, 1], tokenizer.pad_token_id)
+    assert data.teach == [True, False] and batch["response_mask"][1].sum() > 0
+    assert (batch["labels"][0] != -100).any() and (batch["labels"][1] == -100).all()
+    assert router_examples(tokenizer, examples, "helpful") == router_examples(tokenizer, examples, "helpful", mismatch=0.0)

@@ -22,13 +22,15 @@ from alignx_demo.data.records import AxisExample
 
 @dataclass
 class EncodedSet:
-    """Token ids, response start index and axis index of each example, and the length of the
-    template prefix all prompts share (`templates.template_prefix_length`)."""
+    """Token ids, response start index and axis index of each example, the length of the template
+    prefix all prompts share (`templates.template_prefix_length`), and which examples' responses are
+    learned as text (`teach`; None: all) — a mismatched continuation is routed, not imitated."""
 
     ids: list[list[int]]
     starts: list[int]
     axes: list[int]
     prefix: int = 0
+    teach: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -41,7 +43,7 @@ def encode_set(
     preamble: Callable[[str], str | None] = lambda axis: None,
 ) -> EncodedSet:
     """Encode examples (prompt + response), truncated to `max_len` tokens; `preamble(axis)` injects."""
-    ids, starts, axes = [], [], []
+    ids, starts, axes, teach = [], [], [], []
     for example in examples:
         seq, start = templates.encode_example(tokenizer, example.prompt, example.response, preamble(example.axis))
         if start >= max_len - 1:  # a prompt that leaves no room for the answer teaches nothing
@@ -49,7 +51,8 @@ def encode_set(
         ids.append(seq[:max_len])
         starts.append(start)
         axes.append(AXES.index(example.axis))
-    return EncodedSet(ids, starts, axes, templates.template_prefix_length(tokenizer))
+        teach.append(not example.meta.get("mismatched"))
+    return EncodedSet(ids, starts, axes, templates.template_prefix_length(tokenizer), None if all(teach) else teach)
 
 
 def make_batch(data: EncodedSet, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -65,6 +68,7 @@ def make_batch(data: EncodedSet, indices: Sequence[int], pad_id: int) -> dict[st
         mask[row, : len(seq)] = 1
         prompt_mask[row, min(data.prefix, data.starts[i] - 1) : data.starts[i]] = 1
         response_mask[row, data.starts[i] : len(seq)] = 1
-        labels[row, data.starts[i] : len(seq)] = seq[data.starts[i] :]
+        if data.teach is None or data.teach[i]:
+            labels[row, data.starts[i] : len(seq)] = seq[data.starts[i] :]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "prompt_mask": prompt_mask,
             "response_mask": response_mask, "axis": torch.tensor([data.axes[i] for i in indices])}

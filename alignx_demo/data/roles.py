@@ -39,6 +39,7 @@ import dataclasses
 import re
 from typing import Any
 
+from alignx_demo.config import AXES
 from alignx_demo.data import behaviour
 from alignx_demo.data.records import AxisExample, eval_prompts, normalize_key, stable_rank
 
@@ -101,19 +102,42 @@ def expert_examples(tokenizer: Any, examples: list[AxisExample], axis: str, spli
 
 
 def router_examples(tokenizer: Any, examples: list[AxisExample], axis: str, split: str = "train",
-                    match_phrasing: bool = False) -> list[AxisExample]:
+                    match_phrasing: bool = False, mismatch: float = 0.0) -> list[AxisExample]:
     """What the routers learn axis `axis` from: the expert's role, then each other distinct prompt of
     the axis in `split` with an empty response (encoded as the prompt alone: routing loss only).
     With `match_phrasing`, the prompts whose phrasing another axis owns are repeated
-    (`phrasing_repeats`), so that phrasing alone no longer tells the axes apart."""
+    (`phrasing_repeats`), so that phrasing alone no longer tells the axes apart. With `mismatch` > 0,
+    that share of the role's examples is added again with another axis's answer (`mismatched`)."""
     role = expert_examples(tokenizer, examples, axis, split)
     seen = {normalize_key(e.prompt) for e in role}
     rows = role + [dataclasses.replace(e, response="") for e in eval_prompts(examples, axis, split=split)
                    if normalize_key(e.prompt) not in seen]
+    if mismatch > 0:
+        others = {a: expert_examples(tokenizer, examples, a, split) for a in AXES if a != axis}
+        rows += mismatched(role, others, mismatch)
     if not match_phrasing:
         return rows
     repeats = phrasing_repeats(examples, split)
     return [e for e in rows for _ in range(repeats.get((axis, phrasing(e.prompt)), 1))]
+
+
+def mismatched(role: list[AxisExample], others: dict[str, list[AxisExample]], share: float) -> list[AxisExample]:
+    """A `share` of the role's prompts (fixed hash order), each with the answer of another axis's example
+    (the other axes in turn), labelled with the prompt's axis and marked `meta["mismatched"]`: the router
+    learns to keep routing by what the prompt asked while the text reads like another axis — a refusal
+    after a benign request, an answer after a harmful one — so a wrong first token cannot lock a run into
+    the wrong expert. The text is routed, never learned (`batches.EncodedSet.teach`)."""
+    chosen = sorted(role, key=lambda e: stable_rank(e.id))[: int(round(share * len(role)))]
+    pools = [sorted(rows, key=lambda e: stable_rank(e.id)) for _, rows in sorted(others.items()) if rows]
+    if not pools:
+        return []
+    rows = []
+    for i, example in enumerate(chosen):
+        pool = pools[i % len(pools)]
+        answer = pool[(i // len(pools)) % len(pool)].response
+        rows.append(dataclasses.replace(example, id=f"{example.id}:mismatched", response=answer,
+                                        meta={**example.meta, "mismatched": True}))
+    return rows
 
 
 PHRASINGS: dict[str, re.Pattern[str]] = {

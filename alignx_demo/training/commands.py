@@ -182,6 +182,9 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> ar
         p.add_argument("--match-phrasing", action="store_true",
                        help="repeat the train prompts whose opening another axis owns (benign 'How can I…' requests), so "
                             "routers learn the axes by meaning, not phrasing")
+        p.add_argument("--mismatch", type=float, default=0.0, metavar="SHARE",
+                       help="add this share of each axis's examples again with another axis's answer, routed by the "
+                            "prompt's axis and never learned as text, so routing follows the prompt while generating")
     p.set_defaults(func=lambda args, stage=name: _run_stages([stage], args))
     return p
 
@@ -236,7 +239,7 @@ def _run_stages(names: list[str], args: argparse.Namespace) -> int:
         load_in_4bit=args.load_in_4bit, steps=args.steps, threads=args.threads, seed=args.seed,
         max_per_source=args.max_per_source, progress=not args.no_progress,
         router_options={"context_scope": getattr(args, "context_scope", "sequence"),
-                        "match_phrasing": getattr(args, "match_phrasing", False)},
+                        "match_phrasing": getattr(args, "match_phrasing", False), "mismatch": getattr(args, "mismatch", 0.0)},
     )
     print(json.dumps(summary, indent=1))
     return 0

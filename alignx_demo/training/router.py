@@ -33,8 +33,9 @@ from alignx_demo.training.finetune import encode_set, train_loop
 @dataclass
 class RouterConfig:
     """Stage 2 settings: steps, batch size, learning rate, loss weights, max tokens per example;
-    `context_scope` ("sequence" or "prompt": what the routers' running mean covers, `MoCaEConfig`)
-    and `match_phrasing` (repeat the prompts whose opening another axis owns, `data.roles`)."""
+    `context_scope` ("sequence" or "prompt": what the routers' running mean covers, `MoCaEConfig`),
+    `match_phrasing` (repeat the prompts whose opening another axis owns, `data.roles`) and `mismatch`
+    (the share of each role's examples added again with another axis's answer, `roles.mismatched`)."""
 
     steps: int = 1600
     batch_size: int = 8
@@ -46,6 +47,7 @@ class RouterConfig:
     seed: int = 0
     context_scope: str = "sequence"
     match_phrasing: bool = False
+    mismatch: float = 0.0
 
     @classmethod
     def quick_recipe(cls, **overrides: Any) -> RouterConfig:
@@ -69,7 +71,8 @@ def train_router(
     if cfg.context_scope not in ("sequence", "prompt"):
         raise ValueError(f"context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
     mocae.config.context_scope = cfg.context_scope  # the routers learn the scope they will be served with
-    train = [e for axis in AXES for e in router_examples(tokenizer, examples, axis, match_phrasing=cfg.match_phrasing)]
+    train = [e for axis in AXES
+             for e in router_examples(tokenizer, examples, axis, match_phrasing=cfg.match_phrasing, mismatch=cfg.mismatch)]
     data = encode_set(tokenizer, train, cfg.max_len)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)

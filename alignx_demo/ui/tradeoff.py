@@ -89,6 +89,27 @@ def _shares_plot(result: dict[str, Any] | None) -> Any:
     return shares_figure({name: r["axis_shares"] for name, r in result.items()}, "Mean weight per axis under each preset")
 
 
+def _presets_panel() -> tuple[dict[str, gr.HTML], gr.Plot, list[Any], gr.JSON]:
+    """The four presets side by side: their chips, the bars of their expert shares, the downloads and the JSON."""
+    gr.Markdown("#### The four presets, same prompt")
+    preset_html = {}
+    with gr.Row():
+        for name, prior in PRESETS.items():
+            with gr.Column(min_width=200):
+                caption = "calibrated router, no prior" if prior is None else "prior " + "/".join(f"{v:g}" for v in prior)
+                gr.Markdown(f"**{name.capitalize()}** · {caption}")
+                preset_html[name] = gr.HTML(chips_html([], empty="—"), label=f"{name.capitalize()} chips HTML",
+                                            elem_id=f"preset-{name.replace(' ', '-')}")
+    shares_plot = gr.Plot(_shares_plot(None), show_label=False, elem_classes=["ax-plot"])
+    gr.Markdown("Bars: each expert's mean routing weight over the generated tokens under each preset — a forced preset "
+                "puts all weight on one expert; \"just right\" shows the mix the calibrated router chose.",
+                elem_classes=["ax-caption"])
+    preset_downloads = download_row("presets")
+    with gr.Accordion("Presets (JSON, as returned by the API)", open=False):
+        result = gr.JSON(label="Presets")
+    return preset_html, shares_plot, preset_downloads, result
+
+
 def build_tradeoff_tab(key: int, worth: str | None = None, experts: str = "") -> LinkTarget:
     """The tab's components and events; `worth` is the honest notice, `experts` what each expert does on this model
     (`notice.experts_markdown`). Returns what a link may set."""
@@ -129,22 +150,7 @@ def build_tradeoff_tab(key: int, worth: str | None = None, experts: str = "") ->
     run_downloads = download_row("tradeoff")
     with gr.Accordion("Trace (JSON)", open=False):
         trace = gr.JSON(label="Trace")
-    gr.Markdown("#### The four presets, same prompt")
-    preset_html = {}
-    with gr.Row():
-        for name, prior in PRESETS.items():
-            with gr.Column(min_width=200):
-                caption = "calibrated router, no prior" if prior is None else "prior " + "/".join(f"{v:g}" for v in prior)
-                gr.Markdown(f"**{name.capitalize()}** · {caption}")
-                preset_html[name] = gr.HTML(chips_html([], empty="—"), label=f"{name.capitalize()} chips HTML",
-                                            elem_id=f"preset-{name.replace(' ', '-')}")
-    shares_plot = gr.Plot(_shares_plot(None), show_label=False, elem_classes=["ax-plot"])
-    gr.Markdown("Bars: each expert's mean routing weight over the generated tokens under each preset — a forced preset "
-                "puts all weight on one expert; \"just right\" shows the mix the calibrated router chose.",
-                elem_classes=["ax-caption"])
-    preset_downloads = download_row("presets")
-    with gr.Accordion("Presets (JSON, as returned by the API)", open=False):
-        result = gr.JSON(label="Presets")
+    preset_html, shares_plot, preset_downloads, result = _presets_panel()
 
     def tradeoff(prompt: str, helpful: float, harmless: float, honest: float, blend: float, just_right: bool,
                  max_new_tokens: int, seed: int, request: gr.Request) -> Iterator[tuple[str, str, Any]]:
