@@ -185,6 +185,10 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> ar
         p.add_argument("--mismatch", type=float, default=0.0, metavar="SHARE",
                        help="add this share of each axis's examples again with another axis's answer, routed by the "
                             "prompt's axis and never learned as text, so routing follows the prompt while generating")
+    if name in ("router", "calibrate"):
+        p.add_argument("--prompts", type=Path, default=None, metavar="FILE",
+                       help="train on your own labelled prompts (CSV/JSONL/JSON: prompt, axis, optional response; read as "
+                            "`analyze` reads a file, split 80/10/10 by prompt hash) instead of the project's sources")
     p.set_defaults(func=lambda args, stage=name: _run_stages([stage], args))
     return p
 
@@ -240,6 +244,7 @@ def _run_stages(names: list[str], args: argparse.Namespace) -> int:
         max_per_source=args.max_per_source, progress=not args.no_progress,
         router_options={"context_scope": getattr(args, "context_scope", "sequence"),
                         "match_phrasing": getattr(args, "match_phrasing", False), "mismatch": getattr(args, "mismatch", 0.0)},
+        prompts=getattr(args, "prompts", None),
     )
     print(json.dumps(summary, indent=1))
     return 0

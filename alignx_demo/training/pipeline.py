@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from typing import Any
 
 from alignx_demo.data.ood import calibration_shift_set
 from alignx_demo.data.readers import load_axis_data
+from alignx_demo.data.user_labels import labelled_examples
 from alignx_demo.modeling.provenance import untrained_problem
 from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
 
@@ -80,8 +82,10 @@ def run_stages(
     max_per_source: int | None = None,
     progress: bool = True,
     router_options: dict[str, Any] | None = None,
+    prompts: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the named stages; return {stage: summary}. `router_options` sets `RouterConfig` fields."""
+    """Run the named stages; return {stage: summary}. `router_options` sets `RouterConfig` fields; `prompts`, a
+    labelled prompt file (`data.user_labels`), replaces the project's sources for the router and calibration."""
     from alignx_demo.training.baselines import BaselinesConfig, train_baselines
     from alignx_demo.training.calibrate import CalibrationConfig, calibrate
     from alignx_demo.training.experts import ExpertsConfig, train_experts
@@ -98,8 +102,16 @@ def run_stages(
         raise FileNotFoundError(f"no base model in {out / 'base'}: run `train base --out {out}` first, or pass --base-model")
     # TruthfulQA's held-out categories stay unseen by every stage, so the out-of-distribution slice
     # `truthfulqa_heldout` measures new categories for every bundle trained from here on
-    examples = load_axis_data(data_dir, quick=quick, max_per_source=max_per_source,
-                              exclude_heldout_categories=True).examples
+    if prompts is not None:
+        unfit = [n for n in names if n not in ("router", "calibrate")]
+        if unfit:
+            raise ValueError(f"--prompts trains the router and the calibration only, not {', '.join(unfit)}")
+        examples, problems = labelled_examples(prompts)
+        for problem in problems:
+            print(f"notice: {problem}", file=sys.stderr)
+    else:
+        examples = load_axis_data(data_dir, quick=quick, max_per_source=max_per_source,
+                                  exclude_heldout_categories=True).examples
     summaries: dict[str, Any] = {}
     for name in names:
         if name == "experts":
@@ -110,14 +122,15 @@ def run_stages(
             options = router_options or {}
             cfg = RouterConfig.quick_recipe(**options) if quick else RouterConfig(**options)
             cfg.steps, cfg.seed = steps or cfg.steps, seed
-            summaries[name] = train_router(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress)
+            summaries[name] = train_router(out, examples, cfg, load_in_4bit=load_in_4bit, progress=progress,
+                                           labelled=prompts is not None)
         elif name == "calibrate":
             if not main:  # a fit on held-out data, no training: the main process does it alone
                 wait_for_everyone()
                 continue
             cfg = CalibrationConfig.quick_recipe() if quick else CalibrationConfig()
             cfg.seed = seed
-            shift = calibration_shift_set(data_dir)
+            shift = [] if prompts is not None else calibration_shift_set(data_dir)  # HHH sources: not for your axes
             summaries[name] = calibrate(out, examples, cfg, load_in_4bit=load_in_4bit, shift=shift[:40] if quick else shift)
         else:
             cfg = BaselinesConfig.quick_recipe() if quick else BaselinesConfig()

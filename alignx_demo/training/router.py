@@ -54,10 +54,21 @@ class RouterConfig:
         return cls(**({"steps": 15, "batch_size": 6, "max_len": 128} | overrides))
 
 
+def training_rows(tokenizer: Any, examples: list[AxisExample], cfg: RouterConfig, labelled: bool = False) -> list[AxisExample]:
+    """What the routers train on: the data roles of the project's sources (`roles.router_examples`), or — your own
+    labelled rows (`data.user_labels`) — every train row as given, its answer (if any) included."""
+    if labelled:
+        return [e for e in examples if e.split == "train"]
+    return [e for axis in AXES
+            for e in router_examples(tokenizer, examples, axis, match_phrasing=cfg.match_phrasing, mismatch=cfg.mismatch)]
+
+
 def train_router(
-    out: str | Path, examples: list[AxisExample], cfg: RouterConfig, *, load_in_4bit: bool = False, progress: bool = True
+    out: str | Path, examples: list[AxisExample], cfg: RouterConfig, *, load_in_4bit: bool = False, progress: bool = True,
+    labelled: bool = False,
 ) -> dict[str, Any]:
-    """Train the routers of the checkpoint in `out` and rewrite its router.safetensors (marked trained,
+    """Train the routers of the checkpoint in `out` (on the data roles of `examples`, or with `labelled` on its
+    train rows as given) and rewrite its router.safetensors (marked trained,
     `modeling.provenance`) and logs/router_summary.json, deleting the calibration fitted for the old
     routers — all only once training has finished (`pipeline.staged`): a run that fails changes nothing."""
     from alignx_demo.training.pipeline import staged
@@ -71,8 +82,7 @@ def train_router(
     if cfg.context_scope not in ("sequence", "prompt"):
         raise ValueError(f"context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
     mocae.config.context_scope = cfg.context_scope  # the routers learn the scope they will be served with
-    train = [e for axis in AXES
-             for e in router_examples(tokenizer, examples, axis, match_phrasing=cfg.match_phrasing, mismatch=cfg.mismatch)]
+    train = training_rows(tokenizer, examples, cfg, labelled)
     data = encode_set(tokenizer, train, cfg.max_len)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)

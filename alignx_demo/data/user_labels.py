@@ -1,0 +1,47 @@
+"""Your own labelled prompts as training data for the routers and the calibration (`train router|calibrate
+--prompts FILE`), instead of the project's HHH sources.
+
+The file is read as `analyze` reads one (`analysis.prompt_files.parse_prompt_file`: CSV, JSONL or JSON; a
+`prompt` column, an `axis` label, any other columns kept), with the same one-sentence errors for bad rows; a
+row must name its axis here, and may carry a `response` (the answer the routers are trained through, with
+the LM loss; without one the row teaches routing on the prompt alone). Every row is split by the hash of its
+normalised prompt into train / calibration / eval (80/10/10, `records.split_of`), as the project's data is:
+the routers train on the train rows, the calibration is fitted on the calibration rows, and the eval rows
+are left for `analyze`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignx_demo.data.records import AxisExample, normalize_key, split_of
+
+
+class LabelsError(ValueError):
+    """A labelled prompt file that cannot train routers (one sentence)."""
+
+
+def labelled_examples(path: str | Path) -> tuple[list[AxisExample], list[str]]:
+    """(examples, problems): one `AxisExample` per usable labelled row (source "user" or the row's `source`
+    column), and one sentence per row left out. Raises `LabelsError` when the file is unreadable or leaves
+    an axis without a train row."""
+    from alignx_demo.analysis.prompt_files import parse_prompt_file  # noqa: PLC0415  (the reader `analyze` uses)
+    from alignx_demo.config import AXES  # noqa: PLC0415
+
+    try:
+        rows, problems = parse_prompt_file(Path(path))
+    except ValueError as err:
+        raise LabelsError(str(err)) from None
+    examples = []
+    for row in rows:
+        if row["axis"] is None:
+            problems.append(f"row {row['row']}: no axis label (training needs one of {', '.join(AXES)})")
+            continue
+        extra = row["extra"]
+        examples.append(AxisExample(f"user:{row['row']}", row["axis"], row["prompt"], extra.get("response", ""),
+                                    extra.get("source", "user"), split_of(normalize_key(row["prompt"])), dict(extra)))
+    missing = [axis for axis in AXES if not any(e.axis == axis and e.split == "train" for e in examples)]
+    if missing:
+        raise LabelsError(f"{Path(path).name} has no train-split row labelled {', '.join(missing)} (of {len(examples)} "
+                          "labelled rows, 80 % are train rows by the hash of the prompt): add rows for every axis")
+    return examples, problems
