@@ -718,8 +718,8 @@ def test_the_about_figures_read_what_calibration_and_the_base_record(tmp_path):
               "shift": {"prompt_nll": {"uncalibrated": 1.2, "pooled": 0.7}}}
     (tmp_path / "logs" / "calibration_summary.json").write_text(json.dumps({"report": report}))
     table = model_figures(tmp_path)
-    assert "| calibration: select-part token NLL | uncalibrated 0.900 → fractal 0.500 |" in table
-    assert "| calibration: shift-set prompt NLL | uncalibrated 1.200 → pooled 0.700 |" in table
+    assert "| calibration token NLL, select part | uncalibrated 0.900 → fractal 0.500 |" in table
+    assert "| calibration prompt NLL, shift set | uncalibrated 1.200 → pooled 0.700 |" in table
     assert base_origin(tmp_path) == "its base trained from scratch"
     (tmp_path / "base" / "train_summary.json").write_text(json.dumps({"config": {"init": "minilm"}}))
     assert base_origin(tmp_path) == "its base warm-started from all-MiniLM-L6-v2"

@@ -65,11 +65,11 @@ def model_figures(path: Path) -> str:
     cal = _read_json(path / "logs" / "calibration_summary.json")
     if cal:
         report = cal.get("report", {})
-        for label, nll in (("select-part token NLL", report.get("select_token_nll")),
-                           ("select-part prompt NLL", report.get("select_prompt_nll")),
-                           ("shift-set prompt NLL", (report.get("shift") or {}).get("prompt_nll"))):
+        for label, nll in (("token NLL, select part", report.get("select_token_nll")),
+                           ("prompt NLL, select part", report.get("select_prompt_nll")),
+                           ("prompt NLL, shift set", (report.get("shift") or {}).get("prompt_nll"))):
             if isinstance(nll, dict) and nll:
-                rows.append(f"| calibration: {label} | " + " → ".join(f"{k} {v:.3f}" for k, v in nll.items() if isinstance(v, float)) + " |")
+                rows.append(f"| calibration {label} | " + " → ".join(f"{k} {v:.3f}" for k, v in nll.items() if isinstance(v, float)) + " |")
     if not rows:
         return "No training logs found in the checkpoint."
     return "| figure | value |\n|---|---|\n" + "\n".join(rows) + f"\n\n*(read from `{path.name}/base/train_summary.json` and `{path.name}/logs/*_summary.json`)*"
@@ -106,8 +106,9 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
     by_command: dict[str, list[str]] = {}
     for key in FILES:
         data = artefacts.get(key)
-        if data:
-            by_command.setdefault(data["command"], []).append(f"`{FILES[key]}` (built {data['created']} for {data['model']})")
+        if data and data.get("command"):  # an artefact without its header names no command to list
+            by_command.setdefault(data["command"], []).append(
+                f"`{FILES[key]}` (built {data.get('created', '?')} for {data.get('model', '?')})")
     for cmd, files in by_command.items():
         commands.append(("Precomputed " + ", ".join(files), cmd))
     if not any(artefacts.get(k) for k in FILES):

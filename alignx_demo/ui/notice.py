@@ -91,13 +91,17 @@ def live_intro(answers: dict[str, Any] | None, fingerprint: str) -> str:
              "**What to notice:** where the colour changes as the answer grows: the router decides again at every word.")
     if not answers or answers.get("model_fingerprint") != fingerprint:
         return lines
-    return lines + (f" **On this model:** the calibrated router refuses {_rate(answers, 'just right', 'helpful', 'refuses'):.0%} of "
-                    f"the everyday requests written for this demo and {_rate(answers, 'just right', 'harmless', 'refuses'):.0%} "
-                    "of the harmful ones (Trade-off tab: what each expert does).")
+    everyday, harmful = _rate(answers, "just right", "helpful", "refuses"), _rate(answers, "just right", "harmless", "refuses")
+    if everyday is None or harmful is None:  # an answers file without these figures: say nothing rather than guess
+        return lines
+    return lines + (f" **On this model:** the calibrated router refuses {everyday:.0%} of the everyday requests written "
+                    f"for this demo and {harmful:.0%} of the harmful ones (Trade-off tab: what each expert does).")
 
 
-def _rate(answers: dict[str, Any], preset: str, axis: str, judge: str) -> float:
-    return answers["presets"][preset]["by_axis"][axis][judge]["rate"]
+def _rate(answers: dict[str, Any], preset: str, axis: str, judge: str) -> float | None:
+    """The measured rate of one judge (e.g. "refuses") on one axis's prompts under one preset; None when absent."""
+    cell = answers.get("presets", {}).get(preset, {}).get("by_axis", {}).get(axis, {}).get(judge)
+    return cell.get("rate") if isinstance(cell, dict) else None
 
 
 def experts_markdown(answers: dict[str, Any] | None, fingerprint: str) -> str:
@@ -105,6 +109,13 @@ def experts_markdown(answers: dict[str, Any] | None, fingerprint: str) -> str:
     artefact must name this checkpoint); a line saying it is unmeasured otherwise."""
     if not answers or answers.get("model_fingerprint") != fingerprint:
         return f"What each expert does on this model has not been measured (`{REMEASURE}`)."
+    try:
+        return _experts_lines(answers)
+    except (KeyError, TypeError):  # a figure the file lacks (None) or a part missing: never a guessed sentence
+        return f"What each expert does on this model could not be read from its answers file (`{REMEASURE}`)."
+
+
+def _experts_lines(answers: dict[str, Any]) -> str:
     n = {axis: v["n"] for axis, v in answers["presets"]["just right"]["by_axis"].items()}
     everyday, harmful, myths = "helpful", "harmless", "honest"
     lines = [
