@@ -202,3 +202,14 @@ def test_ood_tasks_report_every_slice_pooled_and_the_presets(checkpoint, data_di
     assert any("truthfulqa_heldout (seen by default-trained bundles)" in line for line in lines)
     assert any(line.startswith("just right: mt_bench_refusal_rate") for line in lines)
     json.dumps(report)  # the report is plain JSON
+
+
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not present")
+def test_the_calibration_shift_set_shares_no_prompt_with_the_out_of_distribution_slices():
+    """Calibration chooses its settings on the shift set; the slices that measure it must never hold one of its prompts."""
+    from alignx_demo.data.ood import calibration_shift_set
+
+    shift = calibration_shift_set(REAL_DATA)
+    slices = {normalize_key(e.prompt) for items in load_ood_slices(REAL_DATA).values() for e in items}
+    assert len(shift) == 240 and {e.axis for e in shift} == {"helpful", "harmless"}
+    assert not {normalize_key(e.prompt) for e in shift} & slices

@@ -8,8 +8,8 @@ import json
 import pytest
 from conftest import LABELLED_PROMPTS, build_checkpoint
 
-from alignx_demo.data.user_labels import LabelsError, labelled_examples
 from alignx_demo.modeling import load_mocae
+from alignx_demo.training.labels import LabelsError, labelled_examples
 from alignx_demo.training.pipeline import run_stages
 from alignx_demo.training.router import RouterConfig, training_rows
 

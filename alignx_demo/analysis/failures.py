@@ -538,8 +538,9 @@ def compare_models(result_a: dict[str, Any], result_b: dict[str, Any]) -> dict[s
     return out
 
 
-def _interval(d: dict[str, Any]) -> str:
-    return "n/a" if d["value"] is None else f"{d['value']:+.3f}{_ci(d['ci95'])}"
+def difference_text(d: dict[str, Any]) -> str:
+    """A paired difference (B − A) with its 95 % interval, as the CLI and the page print it."""
+    return "n/a" if d.get("value") is None else f"{d['value']:+.3f}{_ci(d.get('ci95'))}"
 
 
 def comparison_lines(comparison: dict[str, Any]) -> list[str]:
@@ -554,9 +555,9 @@ def comparison_lines(comparison: dict[str, Any]) -> list[str]:
         m = s["mcnemar"]
         acc_a, acc_b = s["a"]["accuracy"], s["b"]["accuracy"]
         lines.append(f"{what}, on {s['labelled']} labelled prompts: accuracy {acc_a:.3f} → {acc_b:.3f} (B − A "
-                     f"{_interval(s['accuracy_difference'])}; {m['c']} became correct, {m['b']} became wrong, McNemar "
+                     f"{difference_text(s['accuracy_difference'])}; {m['c']} became correct, {m['b']} became wrong, McNemar "
                      f"exact p = {m['p_value']:.4g}); ECE {s['a']['ece']:.3f} → {s['b']['ece']:.3f} (B − A "
-                     f"{_interval(s['ece_difference'])}); the routed axis changed on {s['routed_changed']} of "
+                     f"{difference_text(s['ece_difference'])}); the routed axis changed on {s['routed_changed']} of "
                      f"{s['paired']} prompts")
     if comparison["levels"]:
         lines.append("95 % intervals: Newcombe's paired interval for the accuracy difference, a paired bootstrap over "

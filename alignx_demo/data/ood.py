@@ -1,5 +1,6 @@
 """Out-of-distribution prompt sets: labelled prompts that no training or calibration step sees
-(DESIGN.md section 6), for `evaluate --tasks ood` and the Routing analysis tab's shipped slices.
+(DESIGN.md section 6), for `evaluate --tasks ood` and the Routing analysis tab's shipped slices; and,
+disjoint from them, the shift set calibration chooses its settings on (`calibration_shift_set`).
 
 Slices (`OOD_SLICES`), each labelled with the axis whose expert should lead, every split of its set:
 - mt_bench: MT-Bench first turns (`sources.OOD_SOURCES`), helpful. A first turn whose normalised

@@ -22,7 +22,6 @@ from typing import Any
 
 from alignx_demo.data.ood import calibration_shift_set
 from alignx_demo.data.readers import load_axis_data
-from alignx_demo.data.user_labels import labelled_examples
 from alignx_demo.modeling.provenance import untrained_problem
 from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
 
@@ -85,10 +84,11 @@ def run_stages(
     prompts: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the named stages; return {stage: summary}. `router_options` sets `RouterConfig` fields; `prompts`, a
-    labelled prompt file (`data.user_labels`), replaces the project's sources for the router and calibration."""
+    labelled prompt file (`training.labels`), replaces the project's sources for the router and calibration."""
     from alignx_demo.training.baselines import BaselinesConfig, train_baselines
     from alignx_demo.training.calibrate import CalibrationConfig, calibrate
     from alignx_demo.training.experts import ExpertsConfig, train_experts
+    from alignx_demo.training.labels import labelled_examples
     from alignx_demo.training.router import RouterConfig, train_router
 
     main = is_main_process()  # pins each `accelerate launch` process to its device before any load

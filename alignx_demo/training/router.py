@@ -56,7 +56,7 @@ class RouterConfig:
 
 def training_rows(tokenizer: Any, examples: list[AxisExample], cfg: RouterConfig, labelled: bool = False) -> list[AxisExample]:
     """What the routers train on: the data roles of the project's sources (`roles.router_examples`), or — your own
-    labelled rows (`data.user_labels`) — every train row as given, its answer (if any) included."""
+    labelled rows (`training.labels`) — every train row as given, its answer (if any) included."""
     if labelled:
         return [e for e in examples if e.split == "train"]
     return [e for axis in AXES

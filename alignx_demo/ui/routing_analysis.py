@@ -41,6 +41,7 @@ from alignx_demo.analysis.failures import (
     analyze_prompts,
     compare_models,
     comparison_csv,
+    difference_text,
     level_figures,
 )
 from alignx_demo.analysis.prompt_files import parse_prompt_file
@@ -310,11 +311,9 @@ def _level_name(level: str) -> str:
 
 
 def _difference(d: dict[str, Any], method: str | None = None) -> str:
-    if d.get("value") is None:
-        return "n/a"
-    ci = d.get("ci95")
-    where = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-    return f"{d['value']:+.3f}{where}" + (f" ({method or d.get('ci_method')})" if ci and (method or d.get("ci_method")) else "")
+    """`difference_text`, naming the interval's method when it has one."""
+    method = method or d.get("ci_method")
+    return difference_text(d) + (f" ({method})" if d.get("ci95") and method else "")
 
 
 def _chance(p: float, discordant: int) -> str:

@@ -1,5 +1,6 @@
 """Your own labelled prompts as training data for the routers and the calibration (`train router|calibrate
---prompts FILE`), instead of the project's HHH sources.
+--prompts FILE`), instead of the project's HHH sources. It lives with training, not in `data/`, because it
+reads the file with the reader `analyze` uses (`analysis.prompt_files`).
 
 The file is read as `analyze` reads one (`analysis.prompt_files.parse_prompt_file`: CSV, JSONL or JSON; a
 `prompt` column, an `axis` label, any other columns kept), with the same one-sentence errors for bad rows; a
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignx_demo.analysis.prompt_files import parse_prompt_file
+from alignx_demo.config import AXES
 from alignx_demo.data.records import AxisExample, normalize_key, split_of
 
 
@@ -25,9 +28,6 @@ def labelled_examples(path: str | Path) -> tuple[list[AxisExample], list[str]]:
     """(examples, problems): one `AxisExample` per usable labelled row (source "user" or the row's `source`
     column), and one sentence per row left out. Raises `LabelsError` when the file is unreadable or leaves
     an axis without a train row."""
-    from alignx_demo.analysis.prompt_files import parse_prompt_file  # noqa: PLC0415  (the reader `analyze` uses)
-    from alignx_demo.config import AXES  # noqa: PLC0415
-
     try:
         rows, problems = parse_prompt_file(Path(path))
     except ValueError as err:
