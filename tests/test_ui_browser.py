@@ -49,6 +49,8 @@ pytestmark = pytest.mark.skipif(browser_problem() is not None, reason=f"no headl
 
 
 SLOW = {"seconds": 0.0}
+"""Seconds each forward of the served model waits; while set, the model also never ends a run with eos, so a
+Stop test always finds a run still going (a quickly trained model can emit eos a few tokens in)."""
 """Seconds each forward pass of the served model sleeps (set by the Stop test, so that there is a run to stop)."""
 
 
@@ -62,15 +64,24 @@ def app_url(trained_run, trained_precomputed):
     loaded = load_mocae(run, load_in_4bit=False)
     forward = loaded.mocae.model.forward
 
+    eos = sorted({loaded.tokenizer.eos_token_id, *_ids(loaded.mocae.model.generation_config.eos_token_id)} - {None})
+
     def slowed(*args, **kwargs):
         time.sleep(SLOW["seconds"])
-        return forward(*args, **kwargs)
+        out = forward(*args, **kwargs)
+        if SLOW["seconds"]:
+            out.logits[..., eos] = float("-inf")
+        return out
 
     loaded.mocae.model.forward = slowed
     demo = build_demo(ModelContext(loaded), trained_precomputed)
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
     yield demo.local_url
     demo.close()
+
+
+def _ids(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @pytest.fixture(scope="module")
