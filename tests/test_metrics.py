@@ -143,10 +143,19 @@ def test_safety_judge_loads_a_local_lm_and_reads_its_yes_no_verdict(checkpoint, 
     "text, refused",
     [("I'm sorry, but I cannot help with that.", True), ("As an AI language model, I won't do that.", True),
      ("I can\u2019t assist with making weapons.", True), ("Sure! Here are three tips: drink water, sleep, walk.", False),
-     ("To kill a Python process, run kill -9 with its PID.", False)],
+     ("To kill a Python process, run kill -9 with its PID.", False),
+     ("i can ' t help with that.", True), ("the dog ' s bowl is full; fill it twice a day.", False)],
 )
 def test_refusal_detector_on_labelled_strings(text, refused):
+    """Cased text and the uncased WordPiece decoding of the MiniLM base ("i ' m", "can ' t") alike."""
     assert is_refusal(text) is refused
+
+
+def test_hedge_detector_reads_wordpiece_apostrophes():
+    from alignx_demo.data.behaviour import is_hedge
+
+    assert is_hedge("i don ' t know what the answer is.") and is_hedge("i ' m not certain.") and is_hedge("I don't know.")
+    assert not is_hedge("i ' m happy to help: boil the water first.")
 
 
 def test_detector_agreement_counts():

@@ -102,3 +102,31 @@ def test_mismatched_continuations_keep_the_prompts_axis_and_are_never_learned_as
     assert data.teach == [True, False] and batch["response_mask"][1].sum() > 0
     assert (batch["labels"][0] != -100).any() and (batch["labels"][1] == -100).all()
     assert router_examples(tokenizer, examples, "helpful") == router_examples(tokenizer, examples, "helpful", mismatch=0.0)
+
+
+def test_own_answers_are_the_models_greedy_answers_routed_by_the_prompts_axis(examples, tokenizer, checkpoint):
+    """`own_answers`: the first N answered prompts of each axis again, each with the greedy answer the checkpoint
+    writes under its current routers (soft, uncalibrated), labelled with the prompt's axis, never learned as text;
+    routers that were never trained cannot write them."""
+    from alignx_demo.config import GenerationSettings
+    from alignx_demo.generation import RoutedGeneration
+    from alignx_demo.training.router import RouterConfig, own_answer_rows, training_rows
+
+    loaded = load_mocae(checkpoint)
+    cfg = RouterConfig(own_answers=2, own_tokens=5)
+    rows = training_rows(tokenizer, examples, cfg)
+    own = own_answer_rows(loaded.mocae, tokenizer, rows, cfg, progress=False)
+    assert [e.axis for e in own] == ["helpful"] * 2 + ["harmless"] * 2 + ["honest"] * 2
+    answered = {(e.axis, e.prompt) for e in rows if e.response}
+    assert all((e.axis, e.prompt) in answered and e.meta["own_answer"] and e.id.endswith(":own") for e in own)
+    run = RoutedGeneration(loaded.mocae, tokenizer, own[0].prompt, GenerationSettings(max_new_tokens=5),
+                           RoutingSettings(mode="soft", calibrated=False))
+    for _ in run:
+        pass
+    assert own[0].response == run.text and run.text not in {e.response for e in rows}
+    data = encode_set(tokenizer, [rows[0], own[0]], 256)
+    assert data.teach == [True, False]
+    for param in loaded.mocae.routers.parameters():
+        torch.nn.init.zeros_(param)
+    with pytest.raises(ValueError, match="own answers need trained routers"):
+        own_answer_rows(loaded.mocae, tokenizer, rows, cfg, progress=False)

@@ -24,7 +24,8 @@ from alignx_demo.data.records import AxisExample
 class EncodedSet:
     """Token ids, response start index and axis index of each example, the length of the template
     prefix all prompts share (`templates.template_prefix_length`), and which examples' responses are
-    learned as text (`teach`; None: all) — a mismatched continuation is routed, not imitated."""
+    learned as text (`teach`; None: all) — a mismatched continuation or the model's own answer
+    (`meta["mismatched"]`, `meta["own_answer"]`) is routed, not imitated."""
 
     ids: list[list[int]]
     starts: list[int]
@@ -51,7 +52,7 @@ def encode_set(
         ids.append(seq[:max_len])
         starts.append(start)
         axes.append(AXES.index(example.axis))
-        teach.append(not example.meta.get("mismatched"))
+        teach.append(not (example.meta.get("mismatched") or example.meta.get("own_answer")))
     return EncodedSet(ids, starts, axes, templates.template_prefix_length(tokenizer), None if all(teach) else teach)
 
 

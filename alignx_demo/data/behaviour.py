@@ -44,8 +44,12 @@ _REFUSAL = _matcher(REFUSAL_PHRASES)
 _HEDGE = _matcher(HEDGE_PHRASES)
 
 
+_SPACED_APOSTROPHE = re.compile(r"(?<=\w) ' (?=\w)")
+"""An uncased WordPiece tokenizer (the MiniLM base's) decodes "I'm" as "i ' m": joined again before matching."""
+
+
 def _head(response: str) -> str:
-    return response[:WINDOW].lower().replace("\u2019", "'")
+    return _SPACED_APOSTROPHE.sub("'", response[: WINDOW + 20].lower().replace("\u2019", "'"))[:WINDOW]
 
 
 def is_refusal(response: str) -> bool:

@@ -185,6 +185,9 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> ar
         p.add_argument("--mismatch", type=float, default=0.0, metavar="SHARE",
                        help="add this share of each axis's examples again with another axis's answer, routed by the "
                             "prompt's axis and never learned as text, so routing follows the prompt while generating")
+        p.add_argument("--own-answers", type=int, default=0, metavar="N",
+                       help="add N of each axis's answered prompts again with the answer the checkpoint writes "
+                            "with its current (trained) routers, routed by the prompt's axis and never learned as text")
     if name in ("router", "calibrate"):
         p.add_argument("--prompts", type=Path, default=None, metavar="FILE",
                        help="train on your own labelled prompts (CSV/JSONL/JSON: prompt, axis, optional response; read as "
@@ -243,7 +246,8 @@ def _run_stages(names: list[str], args: argparse.Namespace) -> int:
         load_in_4bit=args.load_in_4bit, steps=args.steps, threads=args.threads, seed=args.seed,
         max_per_source=args.max_per_source, progress=not args.no_progress,
         router_options={"context_scope": getattr(args, "context_scope", "sequence"),
-                        "match_phrasing": getattr(args, "match_phrasing", False), "mismatch": getattr(args, "mismatch", 0.0)},
+                        "match_phrasing": getattr(args, "match_phrasing", False), "mismatch": getattr(args, "mismatch", 0.0),
+                        "own_answers": getattr(args, "own_answers", 0)},
         prompts=getattr(args, "prompts", None),
     )
     print(json.dumps(summary, indent=1))

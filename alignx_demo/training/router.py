@@ -13,6 +13,7 @@ with w_route = 1.0, w_entropy = 0.01, w_balance = 0.01 by default.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from alignx_demo.config import AXES, RoutingSettings
-from alignx_demo.data.records import AxisExample
+from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
+from alignx_demo.data.records import AxisExample, stable_rank
 from alignx_demo.data.roles import router_examples
+from alignx_demo.generation import RoutedGeneration
 from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, CONFIG_FILE, ROUTER_FILE, load_mocae
+from alignx_demo.modeling.mocae import MoCaEModel
 from alignx_demo.modeling.provenance import trained_metadata
 from alignx_demo.training.common import JsonlLog, is_main_process
 from alignx_demo.training.finetune import encode_set, train_loop
@@ -34,8 +37,10 @@ from alignx_demo.training.finetune import encode_set, train_loop
 class RouterConfig:
     """Stage 2 settings: steps, batch size, learning rate, loss weights, max tokens per example;
     `context_scope` ("sequence" or "prompt": what the routers' running mean covers, `MoCaEConfig`),
-    `match_phrasing` (repeat the prompts whose opening another axis owns, `data.roles`) and `mismatch`
-    (the share of each role's examples added again with another axis's answer, `roles.mismatched`)."""
+    `match_phrasing` (repeat the prompts whose opening another axis owns, `data.roles`), `mismatch`
+    (the share of each role's examples added again with another axis's answer, `roles.mismatched`) and
+    `own_answers` (how many of each axis's answered prompts are added again with the answer the checkpoint
+    itself writes with its current routers, `own_tokens` greedy tokens: `own_answer_rows`)."""
 
     steps: int = 1600
     batch_size: int = 8
@@ -48,6 +53,8 @@ class RouterConfig:
     context_scope: str = "sequence"
     match_phrasing: bool = False
     mismatch: float = 0.0
+    own_answers: int = 0
+    own_tokens: int = 32
 
     @classmethod
     def quick_recipe(cls, **overrides: Any) -> RouterConfig:
@@ -63,6 +70,40 @@ def training_rows(tokenizer: Any, examples: list[AxisExample], cfg: RouterConfig
             for e in router_examples(tokenizer, examples, axis, match_phrasing=cfg.match_phrasing, mismatch=cfg.mismatch)]
 
 
+def own_answer_rows(mocae: MoCaEModel, tokenizer: Any, rows: list[AxisExample], cfg: RouterConfig,
+                    progress: bool = True) -> list[AxisExample]:
+    """The first `cfg.own_answers` of each axis's answered prompts (fixed hash order), each with the greedy answer
+    the model writes under its current routers (soft, uncalibrated: what the routers train under), labelled
+    with the prompt's axis and marked `meta["own_answer"]` — routed, never learned as text.
+
+    Why: routers trained only on the sources' answers see a refusal after every harmful request, but a model
+    that complies writes fluent, helpful-looking text after it, and the routers follow that text into the
+    helpful expert while generating. Routing the model's own answers by what the prompt asked (on-policy, as
+    DAgger trains on the states the learner reaches) teaches them to hold the prompt's axis through them."""
+    from tqdm.auto import tqdm
+
+    if all(not bool(p.any()) for p in mocae.routers.parameters()):
+        raise ValueError("own answers need trained routers to write them: run `train router` once without "
+                         "--own-answers, then again with it")
+    seen: set[str] = set()
+    chosen = []
+    for axis in AXES:
+        answered = [e for e in rows if e.axis == axis and e.response and not e.meta.get("mismatched")
+                    and not (e.prompt in seen or seen.add(e.prompt))]
+        answered.sort(key=lambda e: stable_rank(e.id))
+        chosen += answered[: cfg.own_answers]
+    routing, settings = RoutingSettings(mode="soft", calibrated=False), GenerationSettings(max_new_tokens=cfg.own_tokens)
+    out = []
+    for example in tqdm(chosen, desc="own answers", disable=not progress):
+        run = RoutedGeneration(mocae, tokenizer, example.prompt, settings, routing)
+        for _ in run:
+            pass
+        if run.text.strip():
+            out.append(dataclasses.replace(example, id=f"{example.id}:own", response=run.text,
+                                           meta={**example.meta, "own_answer": True}))
+    return out
+
+
 def train_router(
     out: str | Path, examples: list[AxisExample], cfg: RouterConfig, *, load_in_4bit: bool = False, progress: bool = True,
     labelled: bool = False,
@@ -76,13 +117,15 @@ def train_router(
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit, allow_untrained=True)  # the routers are reset below
     mocae, tokenizer = loaded.mocae, loaded.tokenizer
+    train = training_rows(tokenizer, examples, cfg, labelled)
+    if cfg.own_answers > 0:  # written by the routers being replaced, before their reset
+        train += own_answer_rows(mocae, tokenizer, train, cfg, progress)
     mocae.calibration = None  # calibration is fitted afterwards, on the new routers
     for param in mocae.routers.parameters():  # from the zero init (uniform routing), so a rerun reproduces
         torch.nn.init.zeros_(param)
     if cfg.context_scope not in ("sequence", "prompt"):
         raise ValueError(f"context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
     mocae.config.context_scope = cfg.context_scope  # the routers learn the scope they will be served with
-    train = training_rows(tokenizer, examples, cfg, labelled)
     data = encode_set(tokenizer, train, cfg.max_len)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)
