@@ -55,8 +55,8 @@ class RouterConfig:
 
 
 def training_rows(tokenizer: Any, examples: list[AxisExample], cfg: RouterConfig, labelled: bool = False) -> list[AxisExample]:
-    """What the routers train on: the data roles of the project's sources (`roles.router_examples`), or — your own
-    labelled rows (`training.labels`) — every train row as given, its answer (if any) included."""
+    """What the routers train on: the data roles of the project's HHH sources (`roles.router_examples`), or —
+    your own labelled rows (`training.labels`, any axes) — every train row as given, its answer (if any) included."""
     if labelled:
         return [e for e in examples if e.split == "train"]
     return [e for axis in AXES
@@ -83,7 +83,7 @@ def train_router(
         raise ValueError(f"context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
     mocae.config.context_scope = cfg.context_scope  # the routers learn the scope they will be served with
     train = training_rows(tokenizer, examples, cfg, labelled)
-    data = encode_set(tokenizer, train, cfg.max_len)
+    data = encode_set(tokenizer, train, cfg.max_len, axes=mocae.axes)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)
     result = train_loop(
