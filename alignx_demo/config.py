@@ -25,9 +25,7 @@ MIN_AXES, MAX_AXES = 2, 6
 
 def validate_axes(axes: Sequence[str]) -> tuple[str, ...]:
     """The axes as a tuple, or a one-sentence ValueError saying what is wrong with them."""
-    if isinstance(axes, str) or not isinstance(axes, Sequence):
-        raise ValueError(f"axes must be a list of names, got {axes!r}")
-    names = tuple(axes)
+    names = tuple(axes) if isinstance(axes, (list, tuple)) else (axes,)  # a lone name is one axis, too few
     if not MIN_AXES <= len(names) <= MAX_AXES:
         raise ValueError(f"a checkpoint needs {MIN_AXES} to {MAX_AXES} axes, got {len(names)}: {', '.join(map(str, names))}")
     bad = [name for name in names if not (isinstance(name, str) and AXIS_NAME.match(name))]

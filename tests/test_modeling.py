@@ -204,9 +204,9 @@ def test_a_prior_must_fit_the_models_axes(tmp_path):
     with pytest.raises(ValueError, match=r"exactly 3 numbers \(helpful, harmless, honest\)"):
         validate_axis_prior((1, 1), AXES)
     mocae = MoCaEModel(tiny_model())
-    with pytest.raises(ValueError, match="axis prior has 2 numbers, but this model has 3 axes"):
-        with torch.no_grad(), mocae.routed(RoutingSettings(axis_prior=(1, 1))):
-            mocae(input_ids=torch.tensor([[5, 6, 7]]))
+    with pytest.raises(ValueError, match="axis prior has 2 numbers, but this model has 3 axes"), torch.no_grad(), \
+            mocae.routed(RoutingSettings(axis_prior=(1, 1))):
+        mocae(input_ids=torch.tensor([[5, 6, 7]]))
 
 
 def test_unknown_architecture_lists_supported_families():

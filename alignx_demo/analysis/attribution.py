@@ -87,7 +87,7 @@ def variant_weights(weights: torch.Tensor, variants: Variants = VARIANTS) -> tor
     """Apply one variant per batch row to weights (B, T, K): actual, remove k (renormalised), force k."""
     if weights.shape[0] != len(variants):
         raise ValueError(f"{len(variants)} variants need a batch of {len(variants)} rows, got {weights.shape[0]}")
-    K = weights.shape[-1]  # noqa: N806  (the module docstring's K)
+    K = weights.shape[-1]  # the module docstring's K
     keep = torch.ones(len(variants), K, dtype=weights.dtype, device=weights.device)
     forced = torch.zeros(len(variants), dtype=torch.bool, device=weights.device)
     onehot = torch.zeros(len(variants), K, dtype=weights.dtype, device=weights.device)
@@ -269,7 +269,7 @@ def attribute(
     axes = mocae.axes
     if trace is not None and tuple(trace["axes"]) != axes:
         raise ValueError(f"the trace routes over {', '.join(trace['axes'])}, but the model's axes are {', '.join(axes)}")
-    K, variants = len(axes), run_variants(len(axes))  # noqa: N806  (the module docstring's K)
+    K, variants = len(axes), run_variants(len(axes))  # the module docstring's K
     started = time.monotonic()
     logp, weights = _run_forward(mocae, ids, n_prompt, routing, [variants] * mocae.n_layers)
     delta = (logp[1:] - logp[:1]).double()  # (2K, G): each variant's log-prob minus the actual one

@@ -15,12 +15,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from alignx_demo.analysis.uploads import read_text
-from collections.abc import Sequence
-
 from alignx_demo.config import AXES
 from alignx_demo.generation import MAX_PROMPT_CHARS, clean_prompt
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from difflib import SequenceMatcher
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -448,5 +448,5 @@ def schema_markdown() -> str:
     token = TRACE_JSON_SCHEMA["$defs"]["token"]
     return "\n".join([f"Trace (`\"schema\": \"{TRACE_SCHEMA}\"`):", "", *table(TRACE_JSON_SCHEMA), "",
                       "Each entry of `tokens`:", "", *table(token), "",
-                      "A weights object has one key per name in `axes` — "
-                      f"{', '.join(f'`{a}`' for a in AXES)} for the HHH bundle — (numbers in [0, 1] summing to 1)."])
+                      (f"A weights object has one key per name in `axes` ({', '.join(f'`{a}`' for a in AXES)} for the "
+                       "HHH bundle), numbers in [0, 1] summing to 1.")])

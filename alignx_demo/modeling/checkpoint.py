@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from alignx_demo.config import AXES, MoCaEConfig
+from alignx_demo.config import AXES, MoCaEConfig, is_hhh
 from alignx_demo.modeling.calibration import CalibrationStack
 from alignx_demo.modeling.families import output_head, peft_target_modules
 from alignx_demo.modeling.mocae import MoCaEModel
@@ -193,6 +193,14 @@ def checkpoint_axes(path: str | Path) -> tuple[str, ...]:
     checkpoint `train all` is about to write)."""
     path = Path(path)
     return read_config(path).axes if (path / CONFIG_FILE).exists() else AXES
+
+
+def require_hhh(path: str | Path, tool: str) -> None:
+    """Refuse, in one sentence, a checkpoint whose axes are not the HHH three, for a tool built on the HHH data."""
+    axes = checkpoint_axes(path)
+    if not is_hhh(axes):
+        raise CheckpointError(f"{tool} measures the HHH axes on the project's HHH data, and {path} has the axes "
+                              f"{', '.join(axes)}: use analyze with your labelled prompts instead")
 
 
 CPU_4BIT_BLOCK_OUT, CPU_4BIT_BLOCK_IN = 32, 64
