@@ -216,3 +216,40 @@ def test_four_axes_train_on_labels_and_generate(tmp_path, tokenizer):
                              axis_prior=RoutingSettings(axis_prior=(1, 1, 1, 1)).axis_prior)
     assert trace["axes"] == axes and trace["tokens"][-1]["weights"] == dict.fromkeys(axes, 0.25)
     assert session.analyze(str(labels), generate_tokens=0, max_rows=8)["levels"]["prompt"]["confusion"]["true"] == axes
+
+
+def test_the_page_serves_your_axes_on_live_and_routing_analysis(two_axes, two_loaded, tmp_path):
+    import httpx
+    from gradio_client import Client, handle_file
+
+    from alignx_demo.serving import ModelContext
+    from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
+
+    demo = build_demo(ModelContext(two_loaded), tmp_path / "no-precomputed")
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        assert {"/generate", "/analyze", "/attribute"} <= endpoints and not {"/tradeoff", "/presets"} & endpoints
+        chips, summary, trace = client.predict(prompt=WORDS["formal"] + "?", max_new_tokens=3, api_name="/generate")
+        assert trace["axes"] == ["formal", "casual"] and set(trace["tokens"][-1]["weights"]) == {"formal", "casual"}
+        assert "Formal" in summary and "Casual" in summary and "Helpful" not in summary
+        assert "formal" in chips and "helpful" not in chips
+        _, analysis = client.predict(prompts_file=handle_file(str(two_axes[1])), calibrated=True, api_name="/analyze")
+        assert analysis["axes"] == ["formal", "casual"] and analysis["rejected"] == 0
+        assert analysis["levels"]["prompt"]["confusion"]["true"] == ["formal", "casual"]
+        page = httpx.get(demo.local_url.rstrip("/") + "/config", timeout=30).text  # the page's components
+        assert "This tab belongs to the HHH bundle" in page and "Formal expert" in page and "Helpful expert" not in page
+    finally:
+        demo.close()
+
+
+def test_palette_keeps_hhh_colours_and_gives_others_distinct_ones():
+    from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, PALETTE, axis_colors, mix_color
+
+    assert axis_colors(AXES) == AXIS_COLORS
+    six = axis_colors(["a", "b", "c", "d", "e", "f"])
+    assert list(six.values()) == list(PALETTE) and len(set(six.values())) == 6
+    assert axis_colors(["formal", "helpful"]) == {"formal": PALETTE[0], "helpful": AXIS_COLORS["helpful"]}
+    assert mix_color({"formal": 1.0, "casual": 0.0}) == PALETTE[0] and AXIS_LABELS["formal"] == "Formal"
+    assert mix_color(dict(zip(AXES, (0.2, 0.5, 0.3)))) == "#548956"  # the HHH mix, as before this change
