@@ -33,6 +33,30 @@ MAX_TRACE_BYTES = 50_000_000
 SUM_TOLERANCE = 2e-3
 """Weights are written with 6 decimals; a row of K may sum to 1 within this."""
 
+def _token_schema(axes: Sequence[str] | None, k_min: int, k_max: int, unit: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one entry of `tokens` (`trace_schema`): its layer rows hold k_min to k_max weights."""
+    return {
+        "type": "object",
+        "required": ["text", "id", "position", "is_prompt", "weights", "layers", "entropy", "top_expert"],
+        "properties": {
+            "text": {"type": "string", "description": "the token's text piece (pieces add up to the text)"},
+            "id": {"type": "integer", "minimum": 0, "description": "token id"},
+            "position": {"type": "integer", "minimum": 0, "description": "index in the sequence, from 0"},
+            "is_prompt": {"type": "boolean", "description": "prompt token (routing at its own position) or "
+                                                            "generated (routing of the previous position)"},
+            "weights": {"$ref": "#/$defs/weights", "description": "mean over layers of the routing weights"},
+            "layers": {
+                "type": "array", "minItems": 1,
+                "description": "per decoder layer, one weight per axis in `axes` order (L × K)",
+                "items": {"type": "array", "minItems": k_min, "maxItems": k_max, "items": unit},
+            },
+            "entropy": {"type": "number", "minimum": 0, "description": "mean over layers of the routing entropy, nats"},
+            "top_expert": ({"enum": list(axes)} if axes else {"type": "string"})
+                          | {"description": "argmax of `weights`, one of `axes`"},
+        },
+    }
+
+
 def trace_schema(axes: Sequence[str] | None = None) -> dict[str, Any]:
     """The version-1 trace schema. Without `axes`, the one every trace follows (any 2 to 6 axes, which each
     trace names in `axes`); with them, the schema of a trace of a model with exactly these axes: every weights
@@ -96,26 +120,7 @@ def trace_schema(axes: Sequence[str] | None = None) -> dict[str, Any]:
                        "description": "prompt tokens, then generated tokens"},
         },
         "$defs": {
-            "token": {
-                "type": "object",
-                "required": ["text", "id", "position", "is_prompt", "weights", "layers", "entropy", "top_expert"],
-                "properties": {
-                    "text": {"type": "string", "description": "the token's text piece (pieces add up to the text)"},
-                    "id": {"type": "integer", "minimum": 0, "description": "token id"},
-                    "position": {"type": "integer", "minimum": 0, "description": "index in the sequence, from 0"},
-                    "is_prompt": {"type": "boolean", "description": "prompt token (routing at its own position) or "
-                                                                    "generated (routing of the previous position)"},
-                    "weights": {"$ref": "#/$defs/weights", "description": "mean over layers of the routing weights"},
-                    "layers": {
-                        "type": "array", "minItems": 1,
-                        "description": "per decoder layer, one weight per axis in `axes` order (L × K)",
-                        "items": {"type": "array", "minItems": k_min, "maxItems": k_max, "items": unit},
-                    },
-                    "entropy": {"type": "number", "minimum": 0, "description": "mean over layers of the routing entropy, nats"},
-                    "top_expert": ({"enum": list(axes)} if axes else {"type": "string"})
-                                  | {"description": "argmax of `weights`, one of `axes`"},
-                },
-            },
+            "token": _token_schema(axes, k_min, k_max, unit),
             "weights": weights,
         },
     }
