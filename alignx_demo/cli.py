@@ -38,7 +38,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--calibrated", dest="calibrated", action="store_true", default=True)
     cal.add_argument("--uncalibrated", dest="calibrated", action="store_false")
     p.add_argument("--top1", action="store_true", help="route each token to its argmax expert only")
-    p.add_argument("--axis-prior", default=None, help="'helpful,harmless,honest' weights that replace routing")
+    p.add_argument("--axis-prior", default=None, help="one weight per axis of the model, comma-separated ('helpful,harmless,honest' for the HHH bundle), that replace routing")
     p.add_argument("--prior-blend", type=float, default=1.0, help="1 replaces routing by the prior, 0 ignores it")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

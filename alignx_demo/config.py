@@ -7,11 +7,38 @@ traces: a reader of an exported trace must be able to tell exactly how it was pr
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 AXES: tuple[str, str, str] = ("helpful", "harmless", "honest")
-"""The three HHH axes, in the fixed order used by every weight vector in the project."""
+"""The three HHH axes of the bundled model, in the order of its weight vectors: the default axes of a
+checkpoint (`MoCaEConfig.axes`), whose own axes a model's weight vectors follow."""
+
+AXIS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,23}$")
+"""An axis name: it becomes a folder (`experts/<name>/`), a JSON key and a CSS class, so it is kept plain."""
+
+MIN_AXES, MAX_AXES = 2, 6
+"""How many experts a checkpoint may have: two to compare, at most six for a page to stay readable."""
+
+
+def validate_axes(axes: Sequence[str]) -> tuple[str, ...]:
+    """The axes as a tuple, or a one-sentence ValueError saying what is wrong with them."""
+    names = tuple(axes) if isinstance(axes, (list, tuple)) else (axes,)  # a lone name is one axis, too few
+    if not MIN_AXES <= len(names) <= MAX_AXES:
+        raise ValueError(f"a checkpoint needs {MIN_AXES} to {MAX_AXES} axes, got {len(names)}: {', '.join(map(str, names))}")
+    bad = [name for name in names if not (isinstance(name, str) and AXIS_NAME.match(name))]
+    if bad:
+        raise ValueError(f"axis name {bad[0]!r} is not 1-24 characters of a-z, 0-9, '_' or '-' starting with a letter")
+    if len(set(names)) != len(names):
+        raise ValueError(f"axis names must be distinct, got {', '.join(names)}")
+    return names
+
+
+def is_hhh(axes: Sequence[str]) -> bool:
+    """Whether these are the bundle's HHH axes, in its order (what the HHH-only tools need)."""
+    return tuple(axes) == AXES
 
 SCHEMA_VERSION = 1
 """Version of `mocae_config.json`; bumped on any incompatible change to the checkpoint format."""
@@ -41,6 +68,8 @@ class MoCaEConfig:
         base_model_type: `config.model_type` of the base, recorded to refuse mismatched loads.
         base_model: hub id or path of the base when the checkpoint does not store it in `base/`
             (experts trained on a large real base); empty when `base/` holds it.
+        axes: the experts' names, in the order of every weight vector of this model (`experts/<name>/`);
+            2 to 6 distinct names (`validate_axes`). A checkpoint written before the field existed is HHH.
         schema_version: checkpoint schema version.
     """
 
@@ -52,14 +81,22 @@ class MoCaEConfig:
     context_scope: Literal["sequence", "prompt"] = "sequence"
     base_model_type: str = ""
     base_model: str = ""
+    axes: tuple[str, ...] = AXES
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.axes = validate_axes(self.axes)
 
     @property
     def scaling(self) -> float:
         return self.alpha / self.rank
 
+    @property
+    def n_experts(self) -> int:
+        return len(self.axes)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"axes": list(self.axes)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MoCaEConfig:
@@ -90,15 +127,16 @@ class RoutingSettings:
             (weight 1.0) — the recorded weights are then one-hot.
         calibrated: apply the model's calibrator (if one is loaded) to the router logits;
             False means raw softmax(z).
-        axis_prior: three non-negative numbers (helpful, harmless, honest), normalised to sum 1,
-            that replace or bias the router's weights (sliders, forcing one expert). None: off.
+        axis_prior: one non-negative number per axis of the model (in its `MoCaEConfig.axes` order),
+            normalised to sum 1, that replace or bias the router's weights (sliders, forcing one
+            expert). None: off. The model refuses a prior of another length.
         prior_blend: with a prior, p = (1 - blend) * p_router + blend * prior; 1.0 forces the
             prior exactly, 0.0 ignores it.
     """
 
     mode: RoutingMode = "soft"
     calibrated: bool = True
-    axis_prior: tuple[float, float, float] | None = None
+    axis_prior: tuple[float, ...] | None = None
     prior_blend: float = 1.0
 
     def __post_init__(self) -> None:
@@ -113,22 +151,24 @@ class RoutingSettings:
         return asdict(self)
 
 
-def validate_axis_prior(prior: Any) -> tuple[float, float, float]:
-    """Return the prior normalised to sum 1, or raise a ValueError that says what is wrong."""
+def validate_axis_prior(prior: Any, axes: Sequence[str] | None = None) -> tuple[float, ...]:
+    """Return the prior normalised to sum 1, or raise a ValueError that says what is wrong. With `axes`, it
+    must have one number per axis; without, any count a checkpoint may have (`MIN_AXES`..`MAX_AXES`)."""
+    names = ",".join(axes or AXES)
     if isinstance(prior, str):
         parts = [p.strip() for p in prior.split(",")]
         try:
             prior = [float(p) for p in parts]
         except ValueError:
-            raise ValueError(
-                f"axis prior must be three numbers 'helpful,harmless,honest', got {prior!r}"
-            ) from None
+            raise ValueError(f"axis prior must be numbers '{names}', got {prior!r}") from None
     try:
         values = [float(v) for v in prior]
     except (TypeError, ValueError):
-        raise ValueError(f"axis prior must be three numbers, got {prior!r}") from None
-    if len(values) != 3:
-        raise ValueError(f"axis prior must have exactly 3 numbers ({', '.join(AXES)}), got {len(values)}")
+        raise ValueError(f"axis prior must be a list of numbers, got {prior!r}") from None
+    if axes is not None and len(values) != len(axes):
+        raise ValueError(f"axis prior must have exactly {len(axes)} numbers ({', '.join(axes)}), got {len(values)}")
+    if not MIN_AXES <= len(values) <= MAX_AXES:
+        raise ValueError(f"axis prior must have one number per axis ({MIN_AXES} to {MAX_AXES}), got {len(values)}")
     if any(math.isnan(v) or math.isinf(v) for v in values):
         raise ValueError(f"axis prior must be finite numbers, got {values}")
     if any(v < 0 for v in values):
@@ -136,7 +176,7 @@ def validate_axis_prior(prior: Any) -> tuple[float, float, float]:
     total = sum(values)
     if total <= 0:
         raise ValueError("axis prior weights must not all be zero")
-    return (values[0] / total, values[1] / total, values[2] / total)
+    return tuple(v / total for v in values)
 
 
 @dataclass

@@ -7,7 +7,8 @@ Convention for the routing carried by each token (the UI's labels rely on it):
   drawn from, i.e. the routing computed at position i − 1. The first generated token therefore
   carries the same weights as the last prompt token, and no extra forward is run for the last
   token.
-Each entry holds the weights per layer (L × 3), their mean over layers (`weights`), the routing
+Each entry holds the weights per layer (L × K, K the model's axes `MoCaEModel.axes`), their mean over
+layers (`weights`, keyed by axis), the routing
 entropy (mean over layers of the per-layer entropy, in nats) and the top expert (argmax of the
 mean). Decoding uses the KV cache; greedy decoding gives exactly the tokens of `model.generate`.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
+from alignx_demo.config import AXES, GenerationSettings, RoutingSettings, validate_axis_prior
 from alignx_demo.data.templates import encode_prompt
 from alignx_demo.modeling.mocae import MoCaEModel
 
@@ -72,8 +73,9 @@ class TokenTrace:
     top_expert: str
 
     @classmethod
-    def from_weights(cls, text: str, token_id: int, position: int, is_prompt: bool, layer_weights: torch.Tensor) -> TokenTrace:
-        """Build from the (L, K) weights of one position."""
+    def from_weights(cls, text: str, token_id: int, position: int, is_prompt: bool, layer_weights: torch.Tensor,
+                     axes: tuple[str, ...] = AXES) -> TokenTrace:
+        """Build from the (L, K) weights of one position, K the model's `axes` in order."""
         lw = layer_weights.float().cpu()
         mean = lw.mean(dim=0)
         entropy = float(-(lw.clamp_min(1e-12).log() * lw).sum(dim=-1).mean())
@@ -82,10 +84,10 @@ class TokenTrace:
             id=int(token_id),
             position=int(position),
             is_prompt=is_prompt,
-            weights={axis: round(float(mean[k]), 6) for k, axis in enumerate(AXES)},
+            weights={axis: round(float(mean[k]), 6) for k, axis in enumerate(axes)},
             layers=[[round(float(v), 6) for v in row] for row in lw.tolist()],
             entropy=round(entropy, 6),
-            top_expert=AXES[int(mean.argmax())],
+            top_expert=axes[int(mean.argmax())],
         )
 
 
@@ -167,6 +169,8 @@ class RoutedGeneration:
     _sampler: tuple[torch.device, torch.Generator] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.routing.axis_prior is not None:  # one number per axis of this model, said before any forward
+            validate_axis_prior(self.routing.axis_prior, self.mocae.axes)
         self.prompt = self._clean(self.prompt)
         self.prompt_ids, self.max_new_tokens = self._fit_context(encode_prompt(self.tokenizer, self.prompt))
 
@@ -215,7 +219,7 @@ class RoutedGeneration:
         logits, cache, weights = self._forward(ids, None)
         prompt_decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=False)
         for i, token_id in enumerate(self.prompt_ids):
-            trace = TokenTrace.from_weights(prompt_decoder.push(token_id), token_id, i, True, weights[:, i])
+            trace = TokenTrace.from_weights(prompt_decoder.push(token_id), token_id, i, True, weights[:, i], self.mocae.axes)
             self.tokens.append(trace)
             yield trace
         decoder = IncrementalDecoder(self.tokenizer, skip_special_tokens=True)
@@ -232,7 +236,7 @@ class RoutedGeneration:
                 return
             token_id = self._next_token(logits, history)
             position = len(self.prompt_ids) + step
-            trace = TokenTrace.from_weights(decoder.push(token_id), token_id, position, False, step_weights)
+            trace = TokenTrace.from_weights(decoder.push(token_id), token_id, position, False, step_weights, self.mocae.axes)
             if token_id in eos or step == self.max_new_tokens - 1:
                 trace.text += decoder.remainder()
             self.tokens.append(trace)
@@ -261,11 +265,12 @@ class RoutedGeneration:
         bundle: generation-level ECE 0.116 with the token parts alone, 0.177 pooled, 0.174 raw)."""
         generated = [t for t in self.tokens if not t.is_prompt]
         tokens = generated or self.tokens
-        mean = torch.tensor([[sum(t.weights[a] for t in tokens) / max(len(tokens), 1) for a in AXES]])
+        axes = self.mocae.axes
+        mean = torch.tensor([[sum(t.weights[a] for t in tokens) / max(len(tokens), 1) for a in axes]])
         calibration = self.mocae.calibration
         if self.routing.calibrated and calibration is not None and self.routing.axis_prior is None and tokens and not generated:
             mean = calibration.pool(mean)
-        return {a: round(float(v), 6) for a, v in zip(AXES, mean[0])}
+        return {a: round(float(v), 6) for a, v in zip(axes, mean[0])}
 
     def trace(self) -> dict[str, Any]:
         calibration = self.mocae.calibration
@@ -278,7 +283,7 @@ class RoutedGeneration:
                 "routing": self.routing.to_dict(),
                 "calibration": calibration.enabled() if (calibration is not None and self.routing.calibrated) else None,
             },
-            "axes": list(AXES),
+            "axes": list(self.mocae.axes),
             "convention": CONVENTION,
             "notices": list(self.notices),
             "finish_reason": self.finish_reason,

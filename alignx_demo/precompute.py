@@ -306,8 +306,9 @@ def run_precompute(
     only: set[str] | None = None,
 ) -> dict[str, Any]:
     """Build the artefacts (every step, or the `only` ones) into `out`; return a summary (seconds, notes)."""
-    from alignx_demo.modeling.checkpoint import load_mocae
+    from alignx_demo.modeling.checkpoint import load_mocae, require_hhh
 
+    require_hhh(model_dir, "precompute")
     steps = [s for s in STEPS if only is None or s in only]
     if threads:
         torch.set_num_threads(threads)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignx_demo.config import AXES
 from alignx_demo.quiet import quiet_libraries
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
@@ -66,16 +67,16 @@ class PromptSet:
     name: str | None = None
 
 
-def read_prompts(prompts: str | Path | Sequence[Any] | PromptSet) -> PromptSet:
-    """The rows of a prompt file (a path: `parse_prompt_file`, bad rows named in `rejected`), or rows given as a
-    list (dicts with "prompt", optional "axis" and extra columns, or prompt strings; checked by
-    `analyze_prompts`). Read once, a `PromptSet` can be analysed by several models."""
+def read_prompts(prompts: str | Path | Sequence[Any] | PromptSet, axes: Sequence[str] = AXES) -> PromptSet:
+    """The rows of a prompt file (a path: `parse_prompt_file`, labels among the model's `axes`, bad rows named in
+    `rejected`), or rows given as a list (dicts with "prompt", optional "axis" and extra columns, or prompt
+    strings; checked by `analyze_prompts`). Read once, a `PromptSet` can be analysed by several models."""
     if isinstance(prompts, PromptSet):
         return prompts
     if isinstance(prompts, (str, Path)):
         from alignx_demo.analysis.prompt_files import parse_prompt_file
 
-        rows, problems = parse_prompt_file(Path(prompts))
+        rows, problems = parse_prompt_file(Path(prompts), axes=axes)
         return PromptSet(rows, problems, str(prompts))
     return PromptSet(list(prompts))
 
@@ -111,6 +112,11 @@ class Session:
     def name(self) -> str:
         """The model in words: folder, family, layers, precision."""
         return self.loaded.description
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The model's axes (its experts' names), the keys of every weights object it returns."""
+        return self.loaded.mocae.axes
 
     @property
     def notices(self) -> list[str]:
@@ -149,7 +155,7 @@ class Session:
         `analysis.failures.summarise_level` takes them; `progress(done, total)` after each batch."""
         from alignx_demo.analysis.failures import DEFAULT_GENERATE_TOKENS, analyze_prompts
 
-        prompts = read_prompts(prompts)
+        prompts = read_prompts(prompts, self.axes)
         result = analyze_prompts(self.loaded, None, prompts.rows, rejected=prompts.rejected,
                                  generate_tokens=DEFAULT_GENERATE_TOKENS if generate_tokens is None else generate_tokens,
                                  routing=routing_settings(calibrated), batch_size=batch_size, max_rows=max_rows,
@@ -167,7 +173,10 @@ class Session:
         "analyses". `progress(side)`, side "a" or "b", may return the progress callback of that side's analysis."""
         from alignx_demo.analysis.failures import compare_models
 
-        prompts = read_prompts(prompts)
+        if other.axes != self.axes:
+            raise ValueError(f"the models route over different axes ({', '.join(self.axes)} and {', '.join(other.axes)}), "
+                             "so their routing cannot be compared")
+        prompts = read_prompts(prompts, self.axes)
         results = {side: session.analyze(prompts, progress=progress(side) if progress else None, **settings)
                    for side, session in (("a", self), ("b", other))}
         comparison = compare_models(results["a"], results["b"])

@@ -41,8 +41,10 @@ def test_split_of_is_deterministic_and_80_10_10():
 
 def test_axis_example_validates_axis_and_split():
     AxisExample("a:1", "", "p", "", "a", "eval")
-    with pytest.raises(ValueError, match="axis"):
-        AxisExample("a:1", "kind", "p", "r", "a", "train")
+    AxisExample("a:1", "formal", "p", "r", "user", "train")  # a checkpoint's own axis (your labels)
+    for bad in ("Kind", "two words", "helpful!"):
+        with pytest.raises(ValueError, match="axis"):
+            AxisExample("a:1", bad, "p", "r", "a", "train")
     with pytest.raises(ValueError, match="split"):
         AxisExample("a:1", "helpful", "p", "r", "a", "test")
 

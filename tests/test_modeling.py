@@ -190,12 +190,23 @@ def test_prior_blend_and_weights_sum_to_one():
 
 @pytest.mark.parametrize(
     "prior, message",
-    [((1, -1, 1), "non-negative"), ((1, float("nan"), 1), "finite"), ((1, 1), "exactly 3"), ("a,b,c", "three numbers"),
-     ((0, 0, 0), "all be zero"), (object(), "three numbers")],
+    [((1, -1, 1), "non-negative"), ((1, float("nan"), 1), "finite"), ((1,) * 7, "one number per axis"),
+     ("a,b,c", "must be numbers"), ((0, 0, 0), "all be zero"), (object(), "list of numbers")],
 )
 def test_bad_axis_prior_is_a_clear_error(prior, message):
     with pytest.raises(ValueError, match=message):
         RoutingSettings(axis_prior=prior)
+
+
+def test_a_prior_must_fit_the_models_axes(tmp_path):
+    from alignx_demo.config import AXES, validate_axis_prior
+
+    with pytest.raises(ValueError, match=r"exactly 3 numbers \(helpful, harmless, honest\)"):
+        validate_axis_prior((1, 1), AXES)
+    mocae = MoCaEModel(tiny_model())
+    with pytest.raises(ValueError, match="axis prior has 2 numbers, but this model has 3 axes"), torch.no_grad(), \
+            mocae.routed(RoutingSettings(axis_prior=(1, 1))):
+        mocae(input_ids=torch.tensor([[5, 6, 7]]))
 
 
 def test_unknown_architecture_lists_supported_families():

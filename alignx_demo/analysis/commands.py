@@ -112,13 +112,14 @@ def _progress_bar(args: argparse.Namespace, total: int, label: str | None = None
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from alignx_demo.analysis.failures import analysis_csv, comparison_csv, reliability_csv, slices_csv
+    from alignx_demo.modeling.checkpoint import checkpoint_axes
     from alignx_demo.session import read_prompts
 
     if args.against is not None and (args.slices_csv or args.reliability_csv):
         raise ValueError("--slices-csv and --reliability-csv describe one model: with --against, run analyze on each "
                          "model alone for them (the comparison's JSON holds both analyses in full)")
     cross = _cross(args.cross)
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts, checkpoint_axes(args.model))  # the file's errors before the model loads
     for problem in prompts.rejected:
         print(f"warning: {problem}", file=sys.stderr)
     settings = {"generate_tokens": args.generate_tokens, "batch_size": args.batch_size, "max_rows": args.max_rows,

@@ -145,9 +145,9 @@ def route_batch(mocae: Any, tokenizer: Any, prompts: list[RoutedPrompt], routing
 
 # one row ------------------------------------------------------------------------------------------------
 
-def _level(weights: torch.Tensor, axis: str | None) -> dict[str, Any]:
-    routed = AXES[int(weights.argmax())]
-    return {"weights": {a: round(float(weights[k]), 6) for k, a in enumerate(AXES)}, "routed": routed,
+def _level(weights: torch.Tensor, axis: str | None, axes: Sequence[str]) -> dict[str, Any]:
+    routed = axes[int(weights.argmax())]
+    return {"weights": {a: round(float(weights[k]), 6) for k, a in enumerate(axes)}, "routed": routed,
             "confidence": round(float(weights.max()), 6), "correct": None if axis is None else routed == axis}
 
 
@@ -162,17 +162,17 @@ def changed_value(changes: Sequence[str]) -> str:
 
 
 def _analyse_row(index: int, row: dict[str, Any], prompt: RoutedPrompt, routed: dict[str, Any], pool: Any,
-                 tokenizer: Any, cut: bool) -> dict[str, Any]:
+                 tokenizer: Any, cut: bool, axes: tuple[str, ...]) -> dict[str, Any]:
     curve = cumulative_weights(routed["tokens"], pool)
-    settle = settle_point(curve)
+    settle = settle_point(curve, axes)
     settle["position"] = prompt.start + settle["index"]
     changes = [c for c in CHANGES if c in (row.get("changes") or []) or (c == "cut_to_context" and cut)]
     out = {"index": index, "row": row["row"], "prompt": prompt.prompt, "axis": row["axis"], "extra": row["extra"],
            "notices": row["notices"] + prompt.notices, "changes": changes, "tokens": int(curve.shape[0]),
-           **_level(curve[-1], row["axis"]), "settle": settle}
+           **_level(curve[-1], row["axis"], axes), "settle": settle}
     if routed["generated"] is not None and len(routed["generated"]):
         mean = routed["generated"].mean(0, keepdim=True)
-        gen = _level((pool(mean) if pool is not None else mean)[0], row["axis"])
+        gen = _level((pool(mean) if pool is not None else mean)[0], row["axis"], axes)
         text = tokenizer.decode(routed["generated_ids"], skip_special_tokens=True)
         out["generation"] = {"text": text, "tokens": len(routed["generated_ids"]), **gen}
     return out
@@ -219,15 +219,15 @@ def _level_rows(rows: list[dict[str, Any]], level: str) -> list[tuple[dict[str, 
 
 
 def summarise_level(rows: list[dict[str, Any]], level: str, cross: Sequence[tuple[str, str]] | str | None = None,
-                    intervals: bool = True) -> dict[str, Any]:
-    """Confusion matrix, slices and cross-slices (`analysis.statistics.calibration_summary` each),
+                    intervals: bool = True, axes: Sequence[str] = AXES) -> dict[str, Any]:
+    """Confusion matrix (over the model's `axes`), slices and cross-slices (`analysis.statistics.calibration_summary` each),
     reliability bins and the misrouted rows of one level. `cross`: pairs of columns to cross, "all"
     pairs of slice columns, or None for the true axis × each other slice column and, when prompts were
     changed, each extra column × `prompt_changed` (e.g. whether one source's figures rest on cut prompts)."""
     labelled = _level_rows(rows, level)
-    matrix = [[0] * len(AXES) for _ in AXES]
+    matrix = [[0] * len(axes) for _ in axes]
     for r, x in labelled:
-        matrix[AXES.index(r["axis"])][AXES.index(x["routed"])] += 1
+        matrix[axes.index(r["axis"])][axes.index(x["routed"])] += 1
     conf = [x["confidence"] for _, x in labelled]
     correct = [bool(x["correct"]) for _, x in labelled]
     slices: dict[str, dict[str, Any]] = {}
@@ -249,19 +249,19 @@ def summarise_level(rows: list[dict[str, Any]], level: str, cross: Sequence[tupl
                   "confidence": x["confidence"], "weights": x["weights"], "extra": r["extra"], "changes": r.get("changes", [])}
                  for r, x in wrong]
     return {"level": level, "what": LEVELS[level], "labelled": len(labelled),
-            "confusion": {"true": list(AXES), "routed": list(AXES), "matrix": matrix},
+            "confusion": {"true": list(axes), "routed": list(axes), "matrix": matrix},
             "slices": slices, "cross": crosses, "reliability": reliability, "misrouted": misrouted}
 
 
-def summarise_settle(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean settle index, fraction of the prompt and prompt length: over all rows and per true axis."""
+def summarise_settle(rows: list[dict[str, Any]], axes: Sequence[str] = AXES) -> dict[str, Any]:
+    """Mean settle index, fraction of the prompt and prompt length: over all rows and per true axis (of `axes`)."""
     def mean_of(group: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(group)
         return {"n": n, "mean_index": round(sum(r["settle"]["index"] for r in group) / n, 4),
                 "mean_fraction": round(sum(r["settle"]["fraction"] for r in group) / n, 4),
                 "mean_tokens": round(sum(r["tokens"] for r in group) / n, 4)}
 
-    out = {a: mean_of([r for r in rows if r["axis"] == a]) for a in AXES if any(r["axis"] == a for r in rows)}
+    out = {a: mean_of([r for r in rows if r["axis"] == a]) for a in axes if any(r["axis"] == a for r in rows)}
     if rows:
         out["all"] = mean_of(rows)
     return out
@@ -279,14 +279,18 @@ def _change_notices(counts: dict[str, int], analysed: int, context: int, generat
 
 # the analysis -------------------------------------------------------------------------------------------
 
-def _coerce(rows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[str]]:
+def _coerce(rows: Sequence[Any], axes: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows as `make_row` rows labelled with the model's `axes`, and a sentence for each left out."""
     good, problems = [], []
     for i, row in enumerate(rows, start=1):
         if isinstance(row, dict) and {"row", "prompt", "axis", "extra", "notices"} <= set(row):
-            good.append(row)
+            if row["axis"] is None or row["axis"] in axes:
+                good.append(row)
+            else:
+                problems.append(f"Row {row['row']}: axis {row['axis']!r} is not one of {', '.join(axes)} (or empty); left out.")
             continue
         try:
-            good.append(make_row(row, i))
+            good.append(make_row(row, i, axes=axes))
         except ValueError as err:
             problems.append(f"Row {i}: {err}; left out.")
     return good, problems
@@ -340,7 +344,7 @@ def analyze_prompts(
     routing = routing or RoutingSettings(mode="soft", calibrated=True)
     context = context_length(mocae.model)
     _check_analysis_options(generate_tokens, batch_size, max_rows, context)
-    good, bad = _coerce(rows)
+    good, bad = _coerce(rows, mocae.axes)
     problems = [*rejected, *bad]
     given = len(rows) + len(rejected)
     notices: list[str] = []
@@ -358,16 +362,16 @@ def analyze_prompts(
     changes = {"changed": sum(bool(r["changes"]) for r in analysed),
                **{c: sum(c in r["changes"] for r in analysed) for c in CHANGES}}
     notices += _change_notices(changes, len(analysed), context, generate_tokens)
-    levels = {"prompt": summarise_level(analysed, "prompt", cross)}
+    levels = {"prompt": summarise_level(analysed, "prompt", cross, axes=mocae.axes)}
     if generate_tokens:
-        levels["generation"] = summarise_level(analysed, "generation", cross)
+        levels["generation"] = summarise_level(analysed, "generation", cross, axes=mocae.axes)
     result = {
-        "schema": ANALYSIS_SCHEMA, "model": model_name if model_name is not None else name, "axes": list(AXES),
+        "schema": ANALYSIS_SCHEMA, "model": model_name if model_name is not None else name, "axes": list(mocae.axes),
         "routing": routing_description(mocae, routing), "generate_tokens": generate_tokens, "batch_size": batch_size,
         "definitions": DEFINITIONS, "rows_given": given, "rejected": len(problems), "usable": len(good),
         "analysed": len(analysed), "not_analysed": len(good) - len(analysed), "stopped": stopped,
         "prompt_changes": changes, "notices": notices, "problems": problems, "summary": [],
-        "seconds": 0.0, "rows": analysed, "levels": levels, "settle": summarise_settle(analysed),
+        "seconds": 0.0, "rows": analysed, "levels": levels, "settle": summarise_settle(analysed, mocae.axes),
     }
     result["seconds"] = round(time.monotonic() - started, 3)
     result["summary"] = summary_lines(result)
@@ -404,7 +408,7 @@ def _route_rows(mocae: Any, tokenizer: Any, todo: list[dict[str, Any]], routing:
         routed = route_batch(mocae, tokenizer, prompts, routing, generate_tokens)
         for offset, (row, prompt, result) in enumerate(zip(batch, prompts, routed)):
             analysed.append(_analyse_row(start + offset, row, prompt, result, pool, tokenizer,
-                                         cut_to_context(tokenizer, prompt, keep)))
+                                         cut_to_context(tokenizer, prompt, keep), mocae.axes))
         last_batch = time.monotonic() - batch_started
         if progress is not None:
             progress(len(analysed), len(todo))
@@ -643,25 +647,25 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 def analysis_csv(result: dict[str, Any]) -> str:
     """One CSV row per analysed prompt: its labels, how the analysis changed it (`prompt_changed`),
     prompt-level routing, settle point and (if any) generation-level routing."""
-    rows = result["rows"]
+    rows, axes = result["rows"], result.get("axes", AXES)
     extra = sorted({k for r in rows for k in r["extra"]})
     has_gen = any("generation" in r for r in rows)
-    header = ["index", "row", "prompt", "axis", *extra, "routed", "confidence", "correct", *AXES, "tokens", CHANGED,
+    header = ["index", "row", "prompt", "axis", *extra, "routed", "confidence", "correct", *axes, "tokens", CHANGED,
               "settle_index", "settle_axis", "settle_confidence"]
     if has_gen:
-        header += ["gen_routed", "gen_confidence", "gen_correct", *(f"gen_{a}" for a in AXES), "gen_tokens", "gen_text"]
+        header += ["gen_routed", "gen_confidence", "gen_correct", *(f"gen_{a}" for a in axes), "gen_tokens", "gen_text"]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
     for r in rows:
         line = [r["index"], r["row"], r["prompt"], r["axis"] or "", *(r["extra"].get(k, "") for k in extra), r["routed"],
-                r["confidence"], "" if r["correct"] is None else int(r["correct"]), *(r["weights"][a] for a in AXES),
+                r["confidence"], "" if r["correct"] is None else int(r["correct"]), *(r["weights"][a] for a in axes),
                 r["tokens"], changed_value(r.get("changes") or []), r["settle"]["index"], r["settle"]["axis"],
                 r["settle"]["confidence"]]
         if has_gen:
             g = r.get("generation")
             line += ([g["routed"], g["confidence"], "" if g["correct"] is None else int(g["correct"]),
-                      *(g["weights"][a] for a in AXES), g["tokens"], g["text"]] if g else [""] * 8)
+                      *(g["weights"][a] for a in axes), g["tokens"], g["text"]] if g else [""] * (5 + len(axes)))
         writer.writerow(line)
     return out.getvalue()
 

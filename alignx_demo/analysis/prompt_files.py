@@ -3,8 +3,9 @@
 CSV: a header row with a `prompt` column (or `text`, `instruction`, `question`), optionally `axis`
 (or `label`), and any further columns (e.g. `source`), kept per row for slicing. JSONL: one JSON
 object per line with the same keys (a bare JSON string is a prompt without a label); a `.json` file
-may hold a list of such objects. Axis labels are `helpful`, `harmless`, `honest` (also
-`helpfulness`, `harmlessness`, `honesty`; any case); an empty label means unlabelled.
+may hold a list of such objects. Axis labels are the model's axes (`MoCaEConfig.axes`; any case): for the
+HHH bundle `helpful`, `harmless`, `honest`, also `helpfulness`, `harmlessness`, `honesty`; an empty label
+means unlabelled.
 
 Bad rows are left out, each with one sentence naming its row and what is wrong; the rest is used.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +25,28 @@ from alignx_demo.generation import MAX_PROMPT_CHARS, clean_prompt
 
 PROMPT_KEYS = ("prompt", "text", "instruction", "question")
 AXIS_KEYS = ("axis", "label")
-AXIS_NAMES = {a: a for a in AXES} | {"helpfulness": "helpful", "harmlessness": "harmless", "honesty": "honest"}
+HHH_ALIASES = {"helpfulness": "helpful", "harmlessness": "harmless", "honesty": "honest"}
+"""The noun forms a label may use for an HHH axis."""
 MAX_FILE_BYTES = 20_000_000
 
 
-def axis_label(value: Any) -> str | None:
-    """The axis a label names, None for an empty one; ValueError for anything else."""
+def axis_label(value: Any, axes: Sequence[str] = AXES) -> str | None:
+    """The axis of `axes` a label names, None for an empty one; ValueError for anything else."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     key = str(value).strip().lower()
-    if key not in AXIS_NAMES:
-        raise ValueError(f"axis {str(value)[:40]!r} is not one of {', '.join(AXES)} (or empty)")
-    return AXIS_NAMES[key]
+    key = HHH_ALIASES.get(key, key) if HHH_ALIASES.get(key) in axes else key
+    if key not in axes:
+        raise ValueError(f"axis {str(value)[:40]!r} is not one of {', '.join(axes)} (or empty)")
+    return key
 
 
 def _scalar(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def make_row(record: Any, row: int, max_chars: int = MAX_PROMPT_CHARS) -> dict[str, Any]:
-    """One analysis row from a parsed record (a dict, or a bare prompt string):
+def make_row(record: Any, row: int, max_chars: int = MAX_PROMPT_CHARS, axes: Sequence[str] = AXES) -> dict[str, Any]:
+    """One analysis row from a parsed record (a dict, or a bare prompt string), its label one of `axes`:
     {"row", "prompt", "axis", "extra": {column: text}, "notices": [...], "changes": [...] (`prompt_changes`)};
     ValueError says what is wrong."""
     if isinstance(record, str):
@@ -55,7 +59,7 @@ def make_row(record: Any, row: int, max_chars: int = MAX_PROMPT_CHARS) -> dict[s
     axis_key = next((k for k in AXIS_KEYS if k in record), None)
     raw = record[prompt_key] if record[prompt_key] is not None else ""
     prompt, notices = clean_prompt(raw, max_chars)
-    axis = axis_label(record[axis_key]) if axis_key else None
+    axis = axis_label(record[axis_key], axes) if axis_key else None
     extra = {str(k): _scalar(v) for k, v in record.items() if k not in (prompt_key, axis_key) and v is not None}
     return {"row": row, "prompt": prompt, "axis": axis, "extra": extra, "notices": notices,
             "changes": prompt_changes(raw, max_chars)}
@@ -112,9 +116,11 @@ def _format(name: str, text: str) -> str:
     return "json" if head == "[" else "jsonl" if head == "{" else "csv"
 
 
-def parse_prompt_file(source: str | Path | bytes, name: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def parse_prompt_file(source: str | Path | bytes, name: str | None = None,
+                      axes: Sequence[str] = AXES) -> tuple[list[dict[str, Any]], list[str]]:
     """(rows, problems): the usable rows of a CSV/JSONL/JSON prompt file (a path, or its bytes/text
-    with `name` giving the file name and so its format), and one sentence per bad row.
+    with `name` giving the file name and so its format), labels among the model's `axes`, and one sentence
+    per bad row.
 
     Each row: {"row": n (1-based, in the file's order), "prompt", "axis": axis | None,
     "extra": {column: text}, "notices": [...], "changes": [...]} (`make_row`). Raises ValueError when
@@ -138,7 +144,7 @@ def parse_prompt_file(source: str | Path | bytes, name: str | None = None) -> tu
         try:
             if isinstance(record, Exception):
                 raise record
-            rows.append(make_row(record, number))
+            rows.append(make_row(record, number, axes=axes))
         except ValueError as err:
             problems.append(f"{where[:1].upper()}{where[1:]}: {err}; left out.")
     if not rows:

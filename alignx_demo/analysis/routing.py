@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from alignx_demo.config import AXES, RoutingSettings
+from alignx_demo.config import RoutingSettings
 from alignx_demo.data.records import AxisExample
 from alignx_demo.data.templates import encode_prompt, template_prefix_length
 from alignx_demo.modeling.mocae import MoCaEModel
@@ -77,7 +77,7 @@ def collect_routing(
         logits.append(torch.stack([z[0][0, pick] for z in record.logits]).cpu())
         features.append(torch.stack([f[0][0, pick] for f in record.features]).cpu())
         weights.append(torch.stack([w[0][0, pick] for w in record.weights]).cpu())
-        labels += [AXES.index(example.axis)] * len(pick)
+        labels += [mocae.axes.index(example.axis)] * len(pick)
         owner += [i] * len(pick)
         position += (pick - first).tolist()
     cat = lambda parts: torch.cat(parts, 1).float()  # noqa: E731

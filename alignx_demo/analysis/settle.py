@@ -35,18 +35,19 @@ def cumulative_weights(token_weights: torch.Tensor, pool: Pool | None = None) ->
     return pool(curve) if pool is not None else curve
 
 
-def settle_point(curve: torch.Tensor) -> dict[str, Any]:
-    """The first index from which the routed axis never changes, the axis and the confidence there."""
+def settle_point(curve: torch.Tensor, axes: tuple[str, ...] = AXES) -> dict[str, Any]:
+    """The first index from which the routed axis (of `axes`, the curve's columns) never changes, the axis and the
+    confidence there."""
     routed = curve.argmax(-1)
     last = int(routed[-1])
     changed = (routed != last).nonzero()
     index = int(changed[-1]) + 1 if len(changed) else 0
-    return {"index": index, "axis": AXES[last], "confidence": round(float(curve[index, last]), 6),
+    return {"index": index, "axis": axes[last], "confidence": round(float(curve[index, last]), 6),
             "tokens": int(curve.shape[0]), "fraction": round(index / max(1, curve.shape[0] - 1), 6)}
 
 
-def _weights_dict(row: torch.Tensor) -> dict[str, float]:
-    return {a: round(float(row[k]), 6) for k, a in enumerate(AXES)}
+def _weights_dict(row: torch.Tensor, axes: tuple[str, ...]) -> dict[str, float]:
+    return {a: round(float(row[k]), 6) for k, a in enumerate(axes)}
 
 
 @torch.no_grad()
@@ -73,12 +74,14 @@ def settle_curve(loaded_or_mocae: Any, tokenizer: Any, prompt: str, *, routing: 
     curve = cumulative_weights(token_weights, pooler(mocae, routing))
     decoder = IncrementalDecoder(tokenizer, skip_special_tokens=False)
     texts = [decoder.push(i) for i in encoded.ids][encoded.start :]
-    points = [{"index": i, "position": encoded.start + i, "text": texts[i], "token_weights": _weights_dict(token_weights[i]),
-               "weights": _weights_dict(curve[i]), "routed": AXES[int(curve[i].argmax())],
+    axes = mocae.axes
+    points = [{"index": i, "position": encoded.start + i, "text": texts[i],
+               "token_weights": _weights_dict(token_weights[i], axes),
+               "weights": _weights_dict(curve[i], axes), "routed": axes[int(curve[i].argmax())],
                "confidence": round(float(curve[i].max()), 6)} for i in range(len(texts))]
-    settle = settle_point(curve)
+    settle = settle_point(curve, axes)
     settle.update(position=encoded.start + settle["index"], text=texts[settle["index"]])
     last = points[-1]
-    return {"schema": "alignx-settle/1", "prompt": encoded.prompt, "model": model_name, "axes": list(AXES),
+    return {"schema": "alignx-settle/1", "prompt": encoded.prompt, "model": model_name, "axes": list(axes),
             "routing": routing_description(mocae, routing), "notices": encoded.notices, "points": points,
             "settle": settle, "weights": last["weights"], "routed": last["routed"], "confidence": last["confidence"]}

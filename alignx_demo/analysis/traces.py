@@ -18,101 +18,116 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
 from alignx_demo.analysis.uploads import read_text
-from alignx_demo.config import AXES
+from alignx_demo.config import AXES, MAX_AXES, MIN_AXES, validate_axes
 from alignx_demo.generation import TRACE_SCHEMA
 
 FINISH_REASONS = ("eos", "length", "stopped", "time_limit")
 MAX_TRACE_BYTES = 50_000_000
 """`load_trace` refuses larger inputs (a 2,048-token trace of a 32-layer model is about 2 MB)."""
 SUM_TOLERANCE = 2e-3
-"""Weights are written with 6 decimals; a row of three may sum to 1 within this."""
+"""Weights are written with 6 decimals; a row of K may sum to 1 within this."""
 
-_WEIGHTS = {
-    "type": "object",
-    "description": "routing weight of each expert (≥ 0, summing to 1)",
-    "required": list(AXES),
-    "properties": {a: {"type": "number", "minimum": 0, "maximum": 1} for a in AXES},
-    "additionalProperties": False,
-}
+def _token_schema(axes: Sequence[str] | None, k_min: int, k_max: int, unit: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one entry of `tokens` (`trace_schema`): its layer rows hold k_min to k_max weights."""
+    return {
+        "type": "object",
+        "required": ["text", "id", "position", "is_prompt", "weights", "layers", "entropy", "top_expert"],
+        "properties": {
+            "text": {"type": "string", "description": "the token's text piece (pieces add up to the text)"},
+            "id": {"type": "integer", "minimum": 0, "description": "token id"},
+            "position": {"type": "integer", "minimum": 0, "description": "index in the sequence, from 0"},
+            "is_prompt": {"type": "boolean", "description": "prompt token (routing at its own position) or "
+                                                            "generated (routing of the previous position)"},
+            "weights": {"$ref": "#/$defs/weights", "description": "mean over layers of the routing weights"},
+            "layers": {
+                "type": "array", "minItems": 1,
+                "description": "per decoder layer, one weight per axis in `axes` order (L × K)",
+                "items": {"type": "array", "minItems": k_min, "maxItems": k_max, "items": unit},
+            },
+            "entropy": {"type": "number", "minimum": 0, "description": "mean over layers of the routing entropy, nats"},
+            "top_expert": ({"enum": list(axes)} if axes else {"type": "string"})
+                          | {"description": "argmax of `weights`, one of `axes`"},
+        },
+    }
 
-TRACE_JSON_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": TRACE_SCHEMA,
-    "title": "AlignX routed-generation trace, version 1",
-    "description": "One prompt and its generation, every token with the routing weights that produced it.",
-    "type": "object",
-    "required": ["schema", "prompt", "model", "settings", "axes", "notices", "finish_reason", "text", "tokens"],
-    "properties": {
-        "schema": {"const": TRACE_SCHEMA, "description": f"format name and version, `{TRACE_SCHEMA}`"},
-        "prompt": {"type": "string", "description": "the prompt as used (control characters removed, cut to the app's limit)"},
-        "run_weights": {"$ref": "#/$defs/weights",
-                        "description": "optional: the run's weights as the summaries show them — the mean over generated "
-                                       "tokens of `weights`; if none was generated, the prompt tokens' mean, pooled by the "
-                                       "calibration when calibrated without an axis prior"},
-        "model": {"type": "string", "description": "the loaded model, in words (folder, family, layers, precision)"},
-        "settings": {
-            "type": "object",
-            "description": "how the trace was produced: `generation`, `routing` (mode and calibrated required), `calibration`",
-            "required": ["routing"],
-            "properties": {
-                "generation": {"type": "object",
-                               "description": "`GenerationSettings`: max_new_tokens, do_sample, temperature, top_p, seed"},
-                "routing": {
-                    "type": "object",
-                    "description": "`RoutingSettings`: mode, calibrated, axis_prior, prior_blend",
-                    "required": ["mode", "calibrated"],
-                    "properties": {
-                        "mode": {"enum": ["soft", "top1"]},
-                        "calibrated": {"type": "boolean"},
-                        "axis_prior": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0},
-                                       "minItems": 3, "maxItems": 3},
-                        "prior_blend": {"type": "number", "minimum": 0, "maximum": 1},
+
+def trace_schema(axes: Sequence[str] | None = None) -> dict[str, Any]:
+    """The version-1 trace schema. Without `axes`, the one every trace follows (any 2 to 6 axes, which each
+    trace names in `axes`); with them, the schema of a trace of a model with exactly these axes: every weights
+    object has one key per axis, every layer row one number per axis."""
+    k_min, k_max = (len(axes), len(axes)) if axes else (MIN_AXES, MAX_AXES)
+    unit = {"type": "number", "minimum": 0, "maximum": 1}
+    weights: dict[str, Any] = {"type": "object", "description": "routing weight of each expert by axis name (≥ 0, summing to 1)"}
+    weights |= ({"required": list(axes), "properties": dict.fromkeys(axes, unit), "additionalProperties": False}
+                if axes else {"additionalProperties": unit})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": TRACE_SCHEMA,
+        "title": "AlignX routed-generation trace, version 1",
+        "description": "One prompt and its generation, every token with the routing weights that produced it.",
+        "type": "object",
+        "required": ["schema", "prompt", "model", "settings", "axes", "notices", "finish_reason", "text", "tokens"],
+        "properties": {
+            "schema": {"const": TRACE_SCHEMA, "description": f"format name and version, `{TRACE_SCHEMA}`"},
+            "prompt": {"type": "string", "description": "the prompt as used (control characters removed, cut to the app's limit)"},
+            "run_weights": {"$ref": "#/$defs/weights",
+                            "description": "optional: the run's weights as the summaries show them — the mean over generated "
+                                           "tokens of `weights`; if none was generated, the prompt tokens' mean, pooled by the "
+                                           "calibration when calibrated without an axis prior"},
+            "model": {"type": "string", "description": "the loaded model, in words (folder, family, layers, precision)"},
+            "settings": {
+                "type": "object",
+                "description": "how the trace was produced: `generation`, `routing` (mode and calibrated required), `calibration`",
+                "required": ["routing"],
+                "properties": {
+                    "generation": {"type": "object",
+                                   "description": "`GenerationSettings`: max_new_tokens, do_sample, temperature, top_p, seed"},
+                    "routing": {
+                        "type": "object",
+                        "description": "`RoutingSettings`: mode, calibrated, axis_prior, prior_blend",
+                        "required": ["mode", "calibrated"],
+                        "properties": {
+                            "mode": {"enum": ["soft", "top1"]},
+                            "calibrated": {"type": "boolean"},
+                            "axis_prior": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0},
+                                           "minItems": k_min, "maxItems": k_max},
+                            "prior_blend": {"type": "number", "minimum": 0, "maximum": 1},
+                        },
+                    },
+                    "calibration": {
+                        "type": ["object", "null"],
+                        "description": "calibration parts switched on (null when uncalibrated or the model has none)",
+                        "additionalProperties": {"type": "boolean"},
                     },
                 },
-                "calibration": {
-                    "type": ["object", "null"],
-                    "description": "calibration parts switched on (null when uncalibrated or the model has none)",
-                    "additionalProperties": {"type": "boolean"},
-                },
             },
+            "axes": ({"const": list(axes)} if axes else {"type": "array", "items": {"type": "string"}, "minItems": MIN_AXES,
+                                                         "maxItems": MAX_AXES})
+                    | {"description": "the model's axes (its experts' names: `helpful`, `harmless`, `honest` for the HHH "
+                                      "bundle), the order of every weight row"},
+            "convention": {"type": "string", "description": "which forward's routing each token carries, in words"},
+            "notices": {"type": "array", "items": {"type": "string"}, "description": "what was changed or cut, one sentence each"},
+            "finish_reason": {"enum": [*FINISH_REASONS, None],
+                              "description": "eos, length, stopped, time_limit; null while streaming"},
+            "text": {"type": "string", "description": "the generated text"},
+            "tokens": {"type": "array", "items": {"$ref": "#/$defs/token"},
+                       "description": "prompt tokens, then generated tokens"},
         },
-        "axes": {"const": list(AXES), "description": "expert order of every weight row: helpful, harmless, honest"},
-        "convention": {"type": "string", "description": "which forward's routing each token carries, in words"},
-        "notices": {"type": "array", "items": {"type": "string"}, "description": "what was changed or cut, one sentence each"},
-        "finish_reason": {"enum": [*FINISH_REASONS, None],
-                          "description": "eos, length, stopped, time_limit; null while streaming"},
-        "text": {"type": "string", "description": "the generated text"},
-        "tokens": {"type": "array", "items": {"$ref": "#/$defs/token"},
-                   "description": "prompt tokens, then generated tokens"},
-    },
-    "$defs": {
-        "token": {
-            "type": "object",
-            "required": ["text", "id", "position", "is_prompt", "weights", "layers", "entropy", "top_expert"],
-            "properties": {
-                "text": {"type": "string", "description": "the token's text piece (pieces add up to the text)"},
-                "id": {"type": "integer", "minimum": 0, "description": "token id"},
-                "position": {"type": "integer", "minimum": 0, "description": "index in the sequence, from 0"},
-                "is_prompt": {"type": "boolean", "description": "prompt token (routing at its own position) or "
-                                                                "generated (routing of the previous position)"},
-                "weights": {"$ref": "#/$defs/weights", "description": "mean over layers of the routing weights"},
-                "layers": {
-                    "type": "array", "minItems": 1, "description": "per decoder layer, the three weights (L × 3)",
-                    "items": {"type": "array", "minItems": 3, "maxItems": 3,
-                              "items": {"type": "number", "minimum": 0, "maximum": 1}},
-                },
-                "entropy": {"type": "number", "minimum": 0, "description": "mean over layers of the routing entropy, nats"},
-                "top_expert": {"enum": list(AXES), "description": "argmax of `weights`"},
-            },
+        "$defs": {
+            "token": _token_schema(axes, k_min, k_max, unit),
+            "weights": weights,
         },
-        "weights": _WEIGHTS,
-    },
-}
+    }
+
+
+TRACE_JSON_SCHEMA: dict[str, Any] = trace_schema()
+"""The schema every version-1 trace follows; `trace_schema(trace["axes"])` is a given trace's own, stricter one."""
 
 
 class TraceError(ValueError):
@@ -230,6 +245,12 @@ def validate_trace(obj: Any, max_errors: int = 20) -> dict[str, Any]:
     errors: list[str] = []
     _check(obj, TRACE_JSON_SCHEMA, "", TRACE_JSON_SCHEMA, errors, max_errors)
     if not errors:
+        try:
+            own = trace_schema(validate_axes(obj["axes"]))
+        except ValueError as err:
+            raise TraceError([f"axes: {err}"]) from None
+        _check(obj, own, "", own, errors, max_errors)
+    if not errors:
         errors = _consistency(obj)
     if errors:
         raise TraceError(errors)
@@ -259,8 +280,8 @@ def load_trace(source: str | Path | bytes, index: int | None = None) -> dict[str
 
 # the diff -------------------------------------------------------------------------------------------
 
-def _top(weights: dict[str, float]) -> str:
-    return max(AXES, key=lambda a: weights[a])
+def _top(weights: dict[str, float], axes: Sequence[str]) -> str:
+    return max(axes, key=lambda a: weights[a])
 
 
 def flat_settings(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -330,7 +351,7 @@ def diff_traces(a: Any, b: Any) -> dict[str, Any]:
          "tokens": [{index, index_b, position, position_b, after_divergence, is_prompt, id, text, a, b, delta,
          max_abs_delta, max_layer_abs_delta, top_a, top_b, routed_differs}], "routed_differs": [index…],
          "summary": {mean_abs_delta{axis}, max_abs_delta, n_routed_differs, share_routed_differs,
-         generated_aligned, layer_mean_abs_delta (L × 3) | None, n_divergences, tokens_only_a, tokens_only_b},
+         generated_aligned, layer_mean_abs_delta (L × K) | None, n_divergences, tokens_only_a, tokens_only_b},
          "notes": [sentence…]}
 
     `aligned` counts every aligned token, `aligned_prefix` those before the first divergence; `index` and
@@ -338,6 +359,9 @@ def diff_traces(a: Any, b: Any) -> dict[str, Any]:
     two sides have different lengths).
     """
     a, b = validate_trace(a), validate_trace(b)
+    if a["axes"] != b["axes"]:
+        raise ValueError(f"the traces route over different axes ({', '.join(a['axes'])} and {', '.join(b['axes'])}), "
+                         "so their weights cannot be compared")
     ta, tb = a["tokens"], b["tokens"]
     notes: list[str] = []
     same_layers = bool(ta and tb) and len(ta[0]["layers"]) == len(tb[0]["layers"])
@@ -360,31 +384,31 @@ def diff_traces(a: Any, b: Any) -> dict[str, Any]:
                      f"{sum(s['b']['end'] - s['b']['start'] for s in spans)} only in b); "
                      + (f"they meet again, and {after} tokens after the first divergence are aligned and compared too"
                         if after else f"they do not meet again: only the first {n} tokens are compared"))
-    rows, differs, summary = _compare_aligned(ta, tb, pairs, n, same_layers)
+    rows, differs, summary = _compare_aligned(ta, tb, pairs, n, same_layers, a["axes"])
     summary |= {"n_divergences": len(spans), "tokens_only_a": sum(s["a"]["end"] - s["a"]["start"] for s in spans),
                 "tokens_only_b": sum(s["b"]["end"] - s["b"]["start"] for s in spans)}
     m = len(rows)
-    return {"schema": "alignx-trace-diff/1", "axes": list(AXES), "a": _describe(a), "b": _describe(b),
+    return {"schema": "alignx-trace-diff/1", "axes": list(a["axes"]), "a": _describe(a), "b": _describe(b),
             "same_prompt": a["prompt"] == b["prompt"], "settings_changed": settings_changed(a["settings"], b["settings"]),
             "aligned": m, "aligned_prefix": n, "first_divergence": divergence, "divergences": spans, "tokens": rows,
             "routed_differs": differs, "summary": summary, "notes": notes}
 
 
 def _compare_aligned(ta: list[dict[str, Any]], tb: list[dict[str, Any]], pairs: list[tuple[int, int]], n: int,
-                     same_layers: bool) -> tuple[list[dict[str, Any]], list[int], dict[str, Any]]:
+                     same_layers: bool, axes: Sequence[str]) -> tuple[list[dict[str, Any]], list[int], dict[str, Any]]:
     """Per aligned token pair: both weight rows, their differences and top experts; and their summary."""
     rows, differs = [], []
-    layer_sums = [[0.0] * len(AXES) for _ in range(len(ta[0]["layers"]))] if same_layers else None
+    layer_sums = [[0.0] * len(axes) for _ in range(len(ta[0]["layers"]))] if same_layers else None
     for i, j in pairs:
         x, y = ta[i], tb[j]
-        delta = {ax: round(y["weights"][ax] - x["weights"][ax], 6) for ax in AXES}
+        delta = {ax: round(y["weights"][ax] - x["weights"][ax], 6) for ax in axes}
         layer_max = None
         if same_layers:
             diffs = [[abs(q - p) for p, q in zip(rx, ry)] for rx, ry in zip(x["layers"], y["layers"])]
             layer_max = round(max(max(r) for r in diffs), 6)
             for l, r in enumerate(diffs):
                 layer_sums[l] = [s + d for s, d in zip(layer_sums[l], r)]
-        top_a, top_b = _top(x["weights"]), _top(y["weights"])
+        top_a, top_b = _top(x["weights"], axes), _top(y["weights"], axes)
         if top_a != top_b:
             differs.append(i)
         rows.append({"index": i, "index_b": j, "position": x["position"], "position_b": y["position"],
@@ -394,7 +418,7 @@ def _compare_aligned(ta: list[dict[str, Any]], tb: list[dict[str, Any]], pairs: 
                      "top_a": top_a, "top_b": top_b, "routed_differs": top_a != top_b})
     m = len(rows)
     summary = {
-        "mean_abs_delta": {ax: round(sum(abs(r["delta"][ax]) for r in rows) / m, 6) if m else None for ax in AXES},
+        "mean_abs_delta": {ax: round(sum(abs(r["delta"][ax]) for r in rows) / m, 6) if m else None for ax in axes},
         "max_abs_delta": max((r["max_abs_delta"] for r in rows), default=None),
         "n_routed_differs": len(differs),
         "share_routed_differs": round(len(differs) / m, 6) if m else None,
@@ -429,4 +453,5 @@ def schema_markdown() -> str:
     token = TRACE_JSON_SCHEMA["$defs"]["token"]
     return "\n".join([f"Trace (`\"schema\": \"{TRACE_SCHEMA}\"`):", "", *table(TRACE_JSON_SCHEMA), "",
                       "Each entry of `tokens`:", "", *table(token), "",
-                      f"A weights object has the keys {', '.join(f'`{a}`' for a in AXES)} (numbers in [0, 1] summing to 1)."])
+                      (f"A weights object has one key per name in `axes` ({', '.join(f'`{a}`' for a in AXES)} for the "
+                       "HHH bundle), numbers in [0, 1] summing to 1.")])

@@ -42,18 +42,20 @@ def encode_set(
     examples: Sequence[AxisExample],
     max_len: int,
     preamble: Callable[[str], str | None] = lambda axis: None,
+    axes: Sequence[str] = AXES,
 ) -> EncodedSet:
-    """Encode examples (prompt + response), truncated to `max_len` tokens; `preamble(axis)` injects."""
-    ids, starts, axes, teach = [], [], [], []
+    """Encode examples (prompt + response), truncated to `max_len` tokens; `preamble(axis)` injects; each
+    example's axis is recorded as its index in `axes` (the model's)."""
+    ids, starts, labels, teach = [], [], [], []
     for example in examples:
         seq, start = templates.encode_example(tokenizer, example.prompt, example.response, preamble(example.axis))
         if start >= max_len - 1:  # a prompt that leaves no room for the answer teaches nothing
             continue
         ids.append(seq[:max_len])
         starts.append(start)
-        axes.append(AXES.index(example.axis))
+        labels.append(axes.index(example.axis))
         teach.append(not (example.meta.get("mismatched") or example.meta.get("own_answer")))
-    return EncodedSet(ids, starts, axes, templates.template_prefix_length(tokenizer), None if all(teach) else teach)
+    return EncodedSet(ids, starts, labels, templates.template_prefix_length(tokenizer), None if all(teach) else teach)
 
 
 def make_batch(data: EncodedSet, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignx_demo.config import AXES
+from alignx_demo.config import AXES, AXIS_NAME
 
 Split = Literal["train", "calibration", "eval"]
 SPLITS: tuple[str, str, str] = ("train", "calibration", "eval")
@@ -31,11 +31,12 @@ _CALIBRATION_BUCKETS = 900
 
 @dataclass(frozen=True)
 class AxisExample:
-    """One prompt (and, for training data, its reference response) labelled with an HHH axis.
+    """One prompt (and, for training data, its reference response) labelled with an axis: an HHH one for
+    the project's sources, a checkpoint's own for your labelled prompts (`training.labels`).
 
     Attributes:
         id: unique, stable id: "<source>:<row>" plus a suffix for variants of one row.
-        axis: one of `config.AXES`, or "" for an unlabelled prompt (e.g. XSTest's safe prompts,
+        axis: an axis name (`config.AXIS_NAME`; `config.AXES` in the project's data), or "" for an unlabelled prompt (e.g. XSTest's safe prompts,
             which are benign but *look* harmful; their label is kept in `meta`).
         prompt: the user's request (instruction and its input joined by a blank line).
         response: the reference answer; "" for evaluation-only prompt sets.
@@ -53,8 +54,8 @@ class AxisExample:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self.axis not in AXES and self.axis != "":
-            raise ValueError(f"axis must be one of {AXES} or '', got {self.axis!r}")
+        if self.axis != "" and not AXIS_NAME.match(self.axis):
+            raise ValueError(f"axis must be an axis name such as {AXES[0]!r} or '', got {self.axis!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
 

@@ -53,7 +53,7 @@ from alignx_demo.evaluation.routing_eval import (
 )
 from alignx_demo.evaluation.separability import SEPARABILITY_TASK
 from alignx_demo.evaluation.tasks import Context, EvalConfig, Task, run_tasks, runnable
-from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae
+from alignx_demo.modeling.checkpoint import LoadedModel, load_base, load_mocae, require_hhh
 from alignx_demo.modeling.mocae import MoCaEModel
 
 __all__ = [  # names other modules import from here
@@ -218,6 +218,7 @@ def evaluate(
     cfg = config or (EvalConfig.quick_recipe() if quick else EvalConfig())
     selected = select_tasks(tasks)
     start = time.time()
+    require_hhh(model_dir, "evaluate")
     model_dir, data_dir = Path(model_dir), resolve_data_dir(data_dir)
     loaded = load_mocae(model_dir, load_in_4bit=load_in_4bit)
     ctx = Context(cfg, loaded.tokenizer, loaded.mocae,

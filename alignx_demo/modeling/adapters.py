@@ -1,12 +1,13 @@
-"""Bring your own experts: three PEFT LoRA adapters of one base become a MoCaE checkpoint.
+"""Bring your own experts: 2 to 6 PEFT LoRA adapters of one base, named by your axes, become a MoCaE checkpoint.
 
-`import_adapters` writes the checkpoint folder of `modeling.checkpoint` from three existing PEFT LoRA
-adapters of one base: the base is not copied, ranks may differ (zero padding to the largest), and
-adapters that cannot be mixed are refused with a one-sentence `AdapterError`.
+`import_adapters` writes the checkpoint folder of `modeling.checkpoint` from existing PEFT LoRA adapters of
+one base, one per axis, the axes named by you (`MoCaEConfig.axes`, in the order given; the HHH three in any
+order are stored in the bundle's order, so HHH tools keep working): the base is not copied, ranks may differ
+(zero padding to the largest), and adapters that cannot be mixed are refused with a one-sentence `AdapterError`.
 
-Steps, in the order their errors can show: the three axes are named; each adapter folder is read as a
+Steps, in the order their errors can show: the axes are named validly; each adapter folder is read as a
 plain low-rank delta (`read_lora_adapter`); the adapters agree on their base; every adapted module is a
-decoder-layer linear of the base with the adapter's shapes, and all three adapt the same modules; then
+decoder-layer linear of the base with the adapter's shapes, and all adapt the same modules; then
 the experts are written at one rank and one scaling, with zero routers and no calibration.
 """
 
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from alignx_demo.config import AXES, MoCaEConfig
+from alignx_demo.config import AXES, MoCaEConfig, validate_axes
 from alignx_demo.modeling.checkpoint import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, CALIBRATION_FILE, CONFIG_FILE, ROUTER_FILE, CheckpointError, error_reason, read_json,
     read_safetensors, save_lora_adapter,
@@ -35,7 +36,7 @@ IMPORT_SUMMARY = Path("logs") / "imported_experts.json"
 
 
 class AdapterError(CheckpointError):
-    """Three PEFT LoRA adapters that cannot become one MoCaE; the message says why in one sentence."""
+    """PEFT LoRA adapters that cannot become one MoCaE; the message says why in one sentence."""
 
 
 _UNMIXABLE = {
@@ -116,16 +117,16 @@ def read_lora_adapter(folder: str | Path) -> LoraAdapter:
     return LoraAdapter(folder, str(config.get("base_model_name_or_path") or ""), modules)
 
 
-# checking the three against each other and the base ---------------------------------------------------------
+# checking the adapters against each other and the base -----------------------------------------------------
 
-def _check_axes(adapters: dict[str, Any]) -> None:
-    """One adapter for each axis, and no other."""
-    missing = [axis for axis in AXES if axis not in adapters]
-    if missing:
-        raise AdapterError(f"no adapter for {', '.join(missing)}: give one PEFT LoRA adapter folder for each of {', '.join(AXES)}")
-    unknown = sorted(set(adapters) - set(AXES))
-    if unknown:
-        raise AdapterError(f"unknown axis {', '.join(unknown)}: the axes are {', '.join(AXES)}")
+def adapter_axes(adapters: dict[str, Any]) -> tuple[str, ...]:
+    """The checkpoint's axes: the adapters' names in the order given, the HHH three in the bundle's order."""
+    if set(adapters) == set(AXES):
+        return AXES
+    try:
+        return validate_axes(list(adapters))
+    except ValueError as err:
+        raise AdapterError(str(err)) from None
 
 
 def _recorded_bases(read: dict[str, LoraAdapter]) -> dict[str, str]:
@@ -181,13 +182,13 @@ def _layer_targets(adapter: LoraAdapter, skeleton: nn.Module, base_model: str | 
 
 
 def _common_targets(read: dict[str, LoraAdapter], skeleton: nn.Module, base_model: str | Path) -> list[str]:
-    """The target modules all three adapters share (refused when they differ)."""
+    """The target modules all the adapters share (refused when they differ)."""
     targets = {axis: _layer_targets(adapter, skeleton, base_model) for axis, adapter in read.items()}
     if len({frozenset(t) for t in targets.values()}) > 1:
         raise AdapterError("the adapters target different modules ("
                            + "; ".join(f"{axis}: {', '.join(sorted(t))}" for axis, t in targets.items())
-                           + "): MoCaE needs the same target modules in all three")
-    return targets[AXES[0]]
+                           + "): MoCaE needs the same target modules in all of them")
+    return next(iter(targets.values()))
 
 
 # writing the checkpoint ----------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def _write_checkpoint(out: Path, mocae: MoCaEModel, read: dict[str, LoraAdapter]
     other experts goes."""
     config = mocae.config
     out.mkdir(parents=True, exist_ok=True)
-    for axis in AXES:
+    for axis in config.axes:
         save_lora_adapter(out / "experts" / axis, _padded_pairs(mocae, read[axis], config.rank, scaling),
                           rank=config.rank, alpha=config.alpha, target_modules=config.target_modules,
                           fan_in_fan_out=fan_in_fan_out, model_type=config.base_model_type)
@@ -233,7 +234,7 @@ def _summary(source: str, base_model: str | Path, config: MoCaEConfig, adapters:
         "experts": {axis: {"folder": str(Path(adapters[axis]).resolve()), "recorded_base": read[axis].base or None,
                            "ranks": sorted({int(a.shape[0]) for a, _, _ in read[axis].modules.values()}),
                            "scalings": sorted({s for _, _, s in read[axis].modules.values()}),
-                           "modules": len(read[axis].modules)} for axis in AXES},
+                           "modules": len(read[axis].modules)} for axis in config.axes},
         "notices": [f"the adapters record base {b!r}, not {base_model!r}; their module names and shapes fit it"
                     for b in sorted(set(recorded.values())) if b not in (str(base_model), source)],
     }
@@ -242,7 +243,8 @@ def _summary(source: str, base_model: str | Path, config: MoCaEConfig, adapters:
 def import_adapters(
     out: str | Path, base_model: str | Path, adapters: dict[str, str | Path], *, trust_remote_code: bool = False
 ) -> dict[str, Any]:
-    """Write a MoCaE checkpoint in `out` whose three experts are existing PEFT LoRA adapters of `base_model`.
+    """Write a MoCaE checkpoint in `out` whose experts are existing PEFT LoRA adapters of `base_model`, one per
+    axis: `adapters` maps 2 to 6 axis names (`config.validate_axes`) to adapter folders, its order the axes' order.
 
     The base is not copied (`mocae_config.json` records `base_model`); the routers start at zero
     (uniform routing) for `train router`, and there is no calibration until `train calibrate`.
@@ -253,18 +255,19 @@ def import_adapters(
     serves all. A module an adapter leaves out (e.g. `layers_to_transform`) gets a zero expert.
     Returns a summary (also written to `out/logs/imported_experts.json`).
     """
-    _check_axes(adapters)
+    axes = adapter_axes(adapters)
     out = Path(out)
     if (out / "base").exists():
         raise AdapterError(f"{out / 'base'} exists, but a checkpoint of your own experts loads its base from "
                            f"{base_model}: use an empty --out")
-    read = {axis: read_lora_adapter(adapters[axis]) for axis in AXES}
+    read = {axis: read_lora_adapter(adapters[axis]) for axis in axes}
     recorded = _recorded_bases(read)
     source, base_config, skeleton = _base_skeleton(base_model, trust_remote_code)
     targets = _common_targets(read, skeleton, base_model)
     rank = max(a.shape[0] for adapter in read.values() for a, _, _ in adapter.modules.values())
-    scaling = next(iter(read[AXES[0]].modules.values()))[2]
-    config = MoCaEConfig(rank=rank, alpha=scaling * rank, target_modules=targets, router_context=True, base_model=source)
+    scaling = next(iter(read[axes[0]].modules.values()))[2]
+    config = MoCaEConfig(rank=rank, alpha=scaling * rank, target_modules=targets, router_context=True, base_model=source,
+                         axes=axes)
     mocae = MoCaEModel(skeleton, config)  # on the meta device: the expert names and the router shapes
     _write_checkpoint(out, mocae, read, scaling, fan_in_fan_out=base_config.model_type == "gpt2")
     summary = _summary(source, base_model, config, adapters, read, recorded)

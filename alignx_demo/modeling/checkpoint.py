@@ -3,19 +3,19 @@
 Layout (schema version in `mocae_config.json`):
 
     CHECKPOINT/
-      mocae_config.json            MoCaEConfig as JSON
+      mocae_config.json            MoCaEConfig as JSON (its `axes` name the experts; HHH when absent)
       base/                        a Hugging Face model folder with its tokenizer (safetensors)
-      experts/helpful/             a standard PEFT LoRA adapter folder (adapter_config.json +
-      experts/harmless/            adapter_model.safetensors), loadable by PEFT alone
-      experts/honest/
+      experts/<axis>/              per axis (helpful, harmless, honest for the bundle), a standard PEFT
+                                   LoRA adapter folder (adapter_config.json + adapter_model.safetensors),
+                                   loadable by PEFT alone
       router.safetensors           the per-layer routers ("routers.ℓ.proj.weight|bias")
       calibration.safetensors      the calibration stack (optional)
 
 Only safetensors are read: nothing is unpickled, and remote code stays off unless the operator
 passes the trust-remote-code flag.
 
-`modeling.adapters.import_adapters` writes such a folder from three existing PEFT LoRA adapters of one
-base (bring your own experts).
+`modeling.adapters.import_adapters` writes such a folder from 2 to 6 existing PEFT LoRA adapters of one
+base, named by your own axes (bring your own experts).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from alignx_demo.config import AXES, MoCaEConfig
+from alignx_demo.config import AXES, MoCaEConfig, is_hhh
 from alignx_demo.modeling.calibration import CalibrationStack
 from alignx_demo.modeling.families import output_head, peft_target_modules
 from alignx_demo.modeling.mocae import MoCaEModel
@@ -143,7 +143,7 @@ def save_mocae(mocae: MoCaEModel, tokenizer, out: str | Path, base_source: str |
         if getattr(mocae.model, "is_loaded_in_4bit", False):
             raise CheckpointError("a 4-bit base cannot be re-saved; pass base_source=<its folder>")
         _save_base(mocae, tokenizer, base_dir)
-    for k, axis in enumerate(AXES):
+    for k, axis in enumerate(mocae.config.axes):
         save_expert(mocae, k, out / "experts" / axis)
     routers = {f"routers.{k}": v.detach().float().cpu().contiguous() for k, v in mocae.routers.state_dict().items()}
     save_file(routers, str(out / ROUTER_FILE), metadata={"format": "pt"})
@@ -178,6 +178,29 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint file is corrupt: {path} ({what}): expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def read_config(path: Path) -> MoCaEConfig:
+    """The `mocae_config.json` of the checkpoint folder `path`, checked (`MoCaEConfig.from_dict`)."""
+    try:
+        return MoCaEConfig.from_dict(read_json(path / CONFIG_FILE, "MoCaE config"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint file is corrupt: {path / CONFIG_FILE} (MoCaE config): {err}") from err
+
+
+def checkpoint_axes(path: str | Path) -> tuple[str, ...]:
+    """The axes of the checkpoint in `path`, without loading it; the HHH axes where there is none yet (a
+    checkpoint `train all` is about to write)."""
+    path = Path(path)
+    return read_config(path).axes if (path / CONFIG_FILE).exists() else AXES
+
+
+def require_hhh(path: str | Path, tool: str) -> None:
+    """Refuse, in one sentence, a checkpoint whose axes are not the HHH three, for a tool built on the HHH data."""
+    axes = checkpoint_axes(path)
+    if not is_hhh(axes):
+        raise CheckpointError(f"{tool} measures the HHH axes on the project's HHH data, and {path} has the axes "
+                              f"{', '.join(axes)}: use analyze with your labelled prompts instead")
 
 
 CPU_4BIT_BLOCK_OUT, CPU_4BIT_BLOCK_IN = 32, 64
@@ -310,6 +333,15 @@ def load_expert_tensors(folder: Path, config: MoCaEConfig) -> dict[str, torch.Te
     return read_safetensors(folder / ADAPTER_WEIGHTS, f"expert {folder.name} weights")
 
 
+def _check_calibration_axes(calibration: CalibrationStack | None, config: MoCaEConfig, path: Path) -> None:
+    """Refuse a calibration whose class means were fitted for another number of experts than the config's axes."""
+    for part in calibration.parts if calibration is not None else ():
+        means = getattr(part, "class_means", None)
+        if means is not None and means.shape[1] != config.n_experts:
+            raise CheckpointError(f"{path / CALIBRATION_FILE} was fitted for {means.shape[1]} experts, but {path / CONFIG_FILE} "
+                                  f"names {config.n_experts} axes ({', '.join(config.axes)})")
+
+
 def load_mocae(
     path: str | Path,
     *,
@@ -328,10 +360,7 @@ def load_mocae(
         raise CheckpointError(f"checkpoint folder not found: {path}")
     if not allow_untrained and (problem := untrained_problem(path)):
         raise CheckpointError(problem)
-    try:
-        config = MoCaEConfig.from_dict(read_json(path / CONFIG_FILE, "MoCaE config"))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint file is corrupt: {path / CONFIG_FILE} (MoCaE config): {err}") from err
+    config = read_config(path)
     base_model = base_model or (None if (path / "base").exists() else config.base_model or None)
     base_source = base_model if base_model is not None else path / "base"
     if base_model is None:
@@ -351,18 +380,19 @@ def load_mocae(
             calibration = CalibrationStack.load(path / CALIBRATION_FILE)
         except (KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint file is corrupt: {path / CALIBRATION_FILE} (calibration): {err}") from err
+    _check_calibration_axes(calibration, config, path)
     mocae = MoCaEModel(model, config, calibration)
-    experts = [load_expert_tensors(path / "experts" / axis, config) for axis in AXES]
+    experts = [load_expert_tensors(path / "experts" / axis, config) for axis in config.axes]
     with torch.no_grad():
         for name, module in mocae.expert_modules.items():
             for k, tensors in enumerate(experts):
                 a_key, b_key = _peft_key(name, "lora_A"), _peft_key(name, "lora_B")
                 if a_key not in tensors or b_key not in tensors:
-                    raise CheckpointError(f"{path / 'experts' / AXES[k] / ADAPTER_WEIGHTS} lacks weights for {name}")
+                    raise CheckpointError(f"{path / 'experts' / config.axes[k] / ADAPTER_WEIGHTS} lacks weights for {name}")
                 a, b = module.expert(k)
                 if a.shape != tensors[a_key].shape or b.shape != tensors[b_key].shape:
                     raise CheckpointError(
-                        f"{path / 'experts' / AXES[k] / ADAPTER_WEIGHTS}: {name} has shapes "
+                        f"{path / 'experts' / config.axes[k] / ADAPTER_WEIGHTS}: {name} has shapes "
                         f"{tuple(tensors[a_key].shape)}/{tuple(tensors[b_key].shape)}, expected {tuple(a.shape)}/{tuple(b.shape)}"
                     )
                 a.copy_(tensors[a_key])

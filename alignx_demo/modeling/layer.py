@@ -1,7 +1,7 @@
-"""The two trainable pieces of MoCaE: the per-layer router and the fused three-expert linear.
+"""The two trainable pieces of MoCaE: the per-layer router and the fused K-expert linear.
 
-Shapes in comments: B batch, T tokens, D input features, O output features, r LoRA rank, K = 3
-experts.
+Shapes in comments: B batch, T tokens, D input features, O output features, r LoRA rank, K experts
+(the checkpoint's axes, `MoCaEConfig.axes`: 3 for the HHH bundle).
 
 Both are built beside what they serve — a router on its decoder layer's device, an expert's A and B
 on the device of the linear they wrap — so a base split over devices (`device_map="auto"`) needs no
@@ -27,9 +27,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alignx_demo.config import AXES
-
-K = len(AXES)
 HALF = (torch.float16, torch.bfloat16)
 
 
@@ -73,9 +70,10 @@ class RoutingSlot:
     makes (`per_expert`) when the dtypes differ and the others reuse.
     """
 
-    __slots__ = ("_weights", "_cast")
+    __slots__ = ("_weights", "_cast", "k")
 
-    def __init__(self) -> None:
+    def __init__(self, k: int) -> None:
+        self.k = k  # experts of the layer
         self._weights: torch.Tensor | None = None  # (B, T, K)
         self._cast: torch.Tensor | None = None  # _weights in the experts' dtype, when it differs
 
@@ -96,7 +94,7 @@ class RoutingSlot:
             if self._cast is None or self._cast.dtype != dtype:
                 self._cast = w.to(dtype)
             w = self._cast
-        return w.reshape(-1, K, 1)
+        return w.reshape(-1, self.k, 1)
 
 
 class CausalMean:
@@ -153,11 +151,11 @@ class Router(nn.Module):
     logits' scale independent of the residual stream's norm, which grows with depth.
     """
 
-    def __init__(self, hidden_size: int, use_norm: bool = True, use_context: bool = False) -> None:
+    def __init__(self, hidden_size: int, k: int, use_norm: bool = True, use_context: bool = False) -> None:
         super().__init__()
         self.use_norm = use_norm
         self.use_context = use_context
-        self.proj = nn.Linear(hidden_size * (2 if use_context else 1), K)
+        self.proj = nn.Linear(hidden_size * (2 if use_context else 1), k)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
@@ -191,8 +189,8 @@ def _in_out_features(base: nn.Module) -> tuple[int, int]:
 class MoCaELinear(nn.Module):
     """y = W0·x + s · Σ_k p_k · B_k A_k x, computed as one fused pass.
 
-    The K LoRA experts are stored stacked: A = [A_1; A_2; A_3] ∈ R^{Kr×D} and
-    B = [B_1 B_2 B_3] ∈ R^{O×Kr}. One matmul gives all K rank-r projections, each rank block is
+    The K LoRA experts (K = `slot.k`, the checkpoint's axes) are stored stacked: A = [A_1; …; A_K] ∈ R^{Kr×D}
+    and B = [B_1 … B_K] ∈ R^{O×Kr}. One matmul gives all K rank-r projections, each rank block is
     scaled by its routing weight (one broadcast multiply by the layer's p), and one addmm with the
     stacked B maps back, applies s and adds the base's output. The base module
     (nn.Linear, bitsandbytes Linear4bit or GPT-2's Conv1D) is kept and frozen. A and B are created
@@ -211,18 +209,19 @@ class MoCaELinear(nn.Module):
         self.rank = rank
         self.scaling = scaling
         self.slot = slot
+        self.k = k = slot.k
         d_in, d_out = _in_out_features(base)
         self.in_features, self.out_features = d_in, d_out
         self._plain_linear = type(base) is nn.Linear  # applied as F.linear directly (see `_base_forward`)
         device = module_device(base)
         dtype = dtype or expert_dtype(base, device)
-        self.lora_A = nn.Parameter(torch.empty(K * rank, d_in, device=device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(d_out, K * rank, device=device, dtype=dtype))
-        for k in range(K):  # PEFT's default init per expert: A Kaiming-uniform, B zero
-            nn.init.kaiming_uniform_(self.lora_A[k * rank : (k + 1) * rank], a=math.sqrt(5))
+        self.lora_A = nn.Parameter(torch.empty(k * rank, d_in, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, k * rank, device=device, dtype=dtype))
+        for j in range(k):  # PEFT's default init per expert: A Kaiming-uniform, B zero
+            nn.init.kaiming_uniform_(self.lora_A[j * rank : (j + 1) * rank], a=math.sqrt(5))
         self._fused: torch.Tensor | None = None
         self._fused_ptrs: tuple[int, int] = (0, 0)  # data pointers of base.weight and lora_A when fused
-        self._split = (d_out, K * rank)
+        self._split = (d_out, k * rank)
         self._fuse()
 
     def expert(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +283,7 @@ class MoCaELinear(nn.Module):
             y = self._base_forward(x)
             a = F.linear(x if x.dtype == a_weight.dtype else x.to(a_weight.dtype), a_weight)  # (B·T, K·r)
         n = a.shape[0]
-        scaled = (a.view(n, K, self.rank) * self.slot.per_expert(a.dtype)).view(n, K * self.rank)  # rank blocks times p_k
+        scaled = (a.view(n, self.k, self.rank) * self.slot.per_expert(a.dtype)).view(n, self.k * self.rank)  # rank blocks times p_k
         if y.dtype == scaled.dtype:
             out = torch.addmm(y, scaled, b_weight.t(), alpha=self.scaling)  # y + s·scaled·Bᵀ in one op
         else:

@@ -1,4 +1,4 @@
-"""MoCaEModel: a Hugging Face causal LM with three HHH experts and a router per decoder layer.
+"""MoCaEModel: a Hugging Face causal LM with K LoRA experts (the config's axes) and a router per decoder layer.
 
 Injection follows PEFT's tuners: every target linear inside a decoder layer is swapped for a
 `MoCaELinear`, and a forward pre-hook on each decoder layer runs that layer's router on the
@@ -68,7 +68,7 @@ _PRIOR_CACHE_SIZE = 32
 
 
 class MoCaEModel(nn.Module):
-    """A frozen base causal LM + three LoRA experts + one router per decoder layer.
+    """A frozen base causal LM + one LoRA expert per axis (`config.axes`) + one router per decoder layer.
 
     `routing` (a RoutingSettings) is read on every forward, so modes switch per call without
     reloading. `lock` serialises users of the shared model (routing settings and recording are
@@ -102,12 +102,12 @@ class MoCaEModel(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.layers_path, layers = decoder_layers(model)
-        self.slots = [RoutingSlot() for _ in layers]
+        self.slots = [RoutingSlot(config.n_experts) for _ in layers]
         hidden = model.config.hidden_size
         self.routers = nn.ModuleList()
         for layer in layers:  # each router beside its layer
             with torch.device(module_device(layer)):
-                self.routers.append(Router(hidden, config.router_norm, config.router_context))
+                self.routers.append(Router(hidden, config.n_experts, config.router_norm, config.router_context))
         self._context: CausalMean | None = None
         model.register_forward_pre_hook(self._start_forward, with_kwargs=True)
         model.register_forward_hook(self._end_forward, with_kwargs=True)
@@ -209,12 +209,20 @@ class MoCaEModel(nn.Module):
         if tensor is None:
             if len(self._priors) >= _PRIOR_CACHE_SIZE:
                 self._priors.clear()
+            if len(prior) != self.config.n_experts:
+                raise ValueError(f"axis prior has {len(prior)} numbers, but this model has {self.config.n_experts} axes "
+                                 f"({', '.join(self.config.axes)})")
             tensor = self._priors[key] = torch.tensor(prior, dtype=like.dtype, device=like.device)
         return tensor
 
     @property
     def n_layers(self) -> int:
         return len(self.routers)
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The experts' names, in the order of every weight vector this model produces."""
+        return self.config.axes
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

@@ -58,7 +58,6 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from alignx_demo.analysis.routing import RoutingData, collect_routing, prompt_labels, prompt_mean
-from alignx_demo.config import AXES
 from alignx_demo.data.records import AxisExample, eval_prompts
 from alignx_demo.modeling.calibration import CalibrationStack, PooledTemperature, TemperatureScaling
 from alignx_demo.modeling.checkpoint import CALIBRATION_FILE, ROUTER_FILE, load_mocae
@@ -171,7 +170,7 @@ def _pca(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 def fit_natural(fit: RoutingData, selects: Selects, stack: CalibrationStack, cfg: CalibrationConfig
                 ) -> tuple[NaturalGeometry, dict[str, Any]]:
     """Gaussians on the fit part; (λ1, λ2) chosen on the select sets."""
-    n_layers, k = fit.logits.shape[0], len(AXES)
+    n_layers, k = fit.logits.shape[0], fit.logits.shape[-1]
     means, comps, class_means, precisions, priors = [], [], [], [], []
     for layer in range(n_layers):
         mean, comp = _pca(fit.features[layer], cfg.pca_dim)
@@ -319,7 +318,7 @@ def calibrate(out: str | Path, examples: list[AxisExample], cfg: CalibrationConf
     out = Path(out)
     loaded = load_mocae(out, load_in_4bit=load_in_4bit)
     routers = fingerprint(load_file(str(out / ROUTER_FILE)))
-    cal = [e for axis in AXES for e in eval_prompts(examples, axis, cfg.max_per_axis, split="calibration", mixed=True)]
+    cal = [e for axis in loaded.mocae.axes for e in eval_prompts(examples, axis, cfg.max_per_axis, split="calibration", mixed=True)]
     data = collect_routing(loaded.mocae, loaded.tokenizer, cal, max_len=cfg.max_len)
     shifted = collect_routing(loaded.mocae, loaded.tokenizer, list(shift), max_len=cfg.max_len) if shift else None
     stack, report = fit_calibration(data, cfg, shifted)

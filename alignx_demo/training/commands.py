@@ -197,24 +197,23 @@ def _add_stage(sub: argparse._SubParsersAction, name: str, help_text: str) -> ar
 
 
 def parse_experts(text: str) -> dict[str, str]:
-    """`helpful=DIR,harmless=DIR,honest=DIR` as {axis: folder}; a ValueError says what is wrong."""
-    from alignx_demo.config import AXES  # noqa: PLC0415
+    """`NAME=DIR,NAME=DIR,…` as {axis: folder} in the order given (2 to 6 axes, `config.validate_axes`); a
+    ValueError says what is wrong."""
+    from alignx_demo.config import validate_axes  # noqa: PLC0415
 
     experts: dict[str, str] = {}
     for item in (part.strip() for part in text.split(",")):
         axis, sep, folder = item.partition("=")
         axis, folder = axis.strip(), folder.strip()
         if not sep or not axis or not folder:
-            raise ValueError(f"--experts takes axis=DIR pairs separated by commas, got {item!r}")
-        if axis not in AXES:
-            raise ValueError(f"--experts: unknown axis {axis!r}; the axes are {', '.join(AXES)}")
+            raise ValueError(f"--experts takes NAME=DIR pairs separated by commas, got {item!r}")
         if axis in experts:
             raise ValueError(f"--experts names {axis} twice")
         experts[axis] = folder
-    missing = [axis for axis in AXES if axis not in experts]
-    if missing:
-        raise ValueError(f"--experts lacks {', '.join(f'{a}=DIR' for a in missing)}: give one PEFT LoRA adapter folder "
-                         f"for each of {', '.join(AXES)}")
+    try:
+        validate_axes(list(experts))
+    except ValueError as err:
+        raise ValueError(f"--experts: {err}") from None
     return experts
 
 
@@ -298,9 +297,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse._SubParsersActi
     _add_snapshot(stages)
     _add_stage(stages, "experts", "Stage 1: the three prompt-injected LoRA experts and the feature bank")
     router = _add_stage(stages, "router", "Stage 2: the per-layer routers (base and experts frozen)")
-    router.add_argument("--experts", default=None, metavar="helpful=DIR,harmless=DIR,honest=DIR",
-                        help="bring your own experts: three PEFT LoRA adapters of --base-model (ranks may differ) become "
-                             "the checkpoint's experts in OUT before the routers are trained")
+    router.add_argument("--experts", default=None, metavar="NAME=DIR,NAME=DIR,...",
+                        help="bring your own experts: 2 to 6 PEFT LoRA adapters of --base-model (ranks may differ), named "
+                             "by your axes (e.g. helpful=DIR,harmless=DIR,honest=DIR), become the checkpoint's experts in "
+                             "OUT before the routers are trained")
     _add_stage(stages, "calibrate", "fit temperature, natural- and fractal-geometry calibration")
     _add_stage(stages, "baselines", "joint SFT, sequential SFT and uniform merge adapters")
     _add_all(stages)

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from alignx_demo.config import AXES, RoutingSettings
+from alignx_demo.config import RoutingSettings
 from alignx_demo.data.batches import EncodedSet, encode_set, make_batch  # noqa: F401  (re-exported for training)
 from alignx_demo.modeling.mocae import MoCaEModel
 from alignx_demo.training.common import JsonlLog, lr_at, process_state
@@ -28,8 +28,8 @@ from alignx_demo.training.common import JsonlLog, lr_at, process_state
 
 def balanced_indices(data: EncodedSet, rng: np.random.Generator, batch_size: int) -> list[int]:
     """A batch with each axis equally likely (within each axis, examples uniformly)."""
-    by_axis = [np.flatnonzero(np.array(data.axes) == k) for k in range(len(AXES))]
-    present = [idx for idx in by_axis if len(idx)]
+    labels = np.array(data.axes)
+    present = [np.flatnonzero(labels == k) for k in np.unique(labels)]
     return [int(rng.choice(present[int(rng.integers(len(present)))])) for _ in range(batch_size)]
 
 
@@ -65,7 +65,7 @@ def routing_losses(
     m = mask.to(p.dtype)[None].expand(p.shape[0], -1, -1)  # (L, B, T)
     entropy = (token_entropy * m).sum() / m.sum()
     usage = mean_p.mean(0)
-    balance = (usage * (usage.clamp_min(1e-8) * len(AXES)).log()).sum()
+    balance = (usage * (usage.clamp_min(1e-8) * p.shape[-1]).log()).sum()
     return {"route": route, "entropy": entropy, "balance": balance}
 
 

@@ -20,8 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from alignx_demo.config import is_hhh
 from alignx_demo.data.ood import calibration_shift_set
 from alignx_demo.data.readers import load_axis_data
+from alignx_demo.modeling.checkpoint import checkpoint_axes
 from alignx_demo.modeling.provenance import untrained_problem
 from alignx_demo.training.common import end_process_group, is_main_process, set_seed, set_threads, wait_for_everyone
 
@@ -106,10 +108,13 @@ def run_stages(
         unfit = [n for n in names if n not in ("router", "calibrate")]
         if unfit:
             raise ValueError(f"--prompts trains the router and the calibration only, not {', '.join(unfit)}")
-        examples, problems = labelled_examples(prompts)
+        examples, problems = labelled_examples(prompts, checkpoint_axes(out))
         for problem in problems:
             print(f"notice: {problem}", file=sys.stderr)
     else:
+        if not is_hhh(axes := checkpoint_axes(out)):
+            raise ValueError(f"the checkpoint in {out} has the axes {', '.join(axes)}, and the project's data trains the HHH "
+                             "axes only: pass your labelled prompts with --prompts FILE")
         examples = load_axis_data(data_dir, quick=quick, max_per_source=max_per_source,
                                   exclude_heldout_categories=True).examples
     summaries: dict[str, Any] = {}

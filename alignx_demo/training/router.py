@@ -62,8 +62,8 @@ class RouterConfig:
 
 
 def training_rows(tokenizer: Any, examples: list[AxisExample], cfg: RouterConfig, labelled: bool = False) -> list[AxisExample]:
-    """What the routers train on: the data roles of the project's sources (`roles.router_examples`), or — your own
-    labelled rows (`training.labels`) — every train row as given, its answer (if any) included."""
+    """What the routers train on: the data roles of the project's HHH sources (`roles.router_examples`), or —
+    your own labelled rows (`training.labels`, any axes) — every train row as given, its answer (if any) included."""
     if labelled:
         return [e for e in examples if e.split == "train"]
     return [e for axis in AXES
@@ -87,7 +87,7 @@ def own_answer_rows(mocae: MoCaEModel, tokenizer: Any, rows: list[AxisExample], 
                          "--own-answers, then again with it")
     seen: set[str] = set()
     chosen = []
-    for axis in AXES:
+    for axis in mocae.axes:
         answered = [e for e in rows if e.axis == axis and e.response and not e.meta.get("mismatched")
                     and not (e.prompt in seen or seen.add(e.prompt))]
         answered.sort(key=lambda e: stable_rank(e.id))
@@ -126,7 +126,7 @@ def train_router(
     if cfg.context_scope not in ("sequence", "prompt"):
         raise ValueError(f"context_scope must be 'sequence' or 'prompt', got {cfg.context_scope!r}")
     mocae.config.context_scope = cfg.context_scope  # the routers learn the scope they will be served with
-    data = encode_set(tokenizer, train, cfg.max_len)
+    data = encode_set(tokenizer, train, cfg.max_len, axes=mocae.axes)
     for p in mocae.expert_parameters():
         p.requires_grad_(False)
     result = train_loop(

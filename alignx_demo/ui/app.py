@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts, load_artefacts
+from alignx_demo.config import AXES, is_hhh
 from alignx_demo.serving import ModelContext
 from alignx_demo.ui.about import build_about_tab
 from alignx_demo.ui.collapse import build_collapse_tab
@@ -19,7 +20,7 @@ from alignx_demo.ui.notice import experts_markdown, honest_notice, live_intro, s
 from alignx_demo.ui.results import build_results_tab
 from alignx_demo.ui.routing_analysis import build_analysis_tab
 from alignx_demo.ui.served import serve, token_cap
-from alignx_demo.ui.theme import CSS
+from alignx_demo.ui.theme import AXIS_LABELS, CSS
 from alignx_demo.ui.tradeoff import build_tradeoff_tab
 
 TITLE = "AlignX Demo — Mixture of Calibrated Experts"
@@ -29,6 +30,9 @@ HEADER = (
     "collapse the three axes."
 )
 TAB_IDS = ("live", "compare", "collapse", "tradeoff", "analysis", "benchmarks", "about")
+HHH_ONLY = ("This tab belongs to the HHH bundle: it shows the helpful, harmless and honest experts, and the served "
+            "model's experts are {axes}.")
+"""The one sentence a tab made for the HHH axes shows instead of its content when the served model has other axes."""
 
 
 def status_html(context: ModelContext) -> str:
@@ -37,6 +41,18 @@ def status_html(context: ModelContext) -> str:
     if context.loaded is None:
         return f'<p class="ax-notice">⚠ {html.escape(context.problem or "no model loaded")}</p>'
     return f"<p>Model loaded: <b>{html.escape(context.name)}</b> · details in the About tab</p>"
+
+
+def custom_header(axes: tuple[str, ...]) -> str:
+    """The header for a model with its own axes: its experts named, no HHH claims."""
+    names = ", ".join(f"**{AXIS_LABELS[a]}**" for a in axes)
+    return (f"A language model with {len(axes)} experts — {names} — mixed token by token by a calibrated router: "
+            "watch which expert shapes each word and switch calibration off.")
+
+
+def hhh_only(axes: tuple[str, ...]) -> None:
+    """In place of a tab made for the HHH axes: one sentence saying so."""
+    gr.Markdown(HHH_ONLY.format(axes=", ".join(axes)), elem_classes=["ax-hhh-only"])
 
 
 class AppBlocks(gr.Blocks):
@@ -65,36 +81,40 @@ def build_demo(context: ModelContext, precomputed: str | Path | Artefacts | None
     """The whole app for one served model, under the operator's `context.limits`; `precomputed` is the
     artefact folder (default `precomputed/`); `against`, the operator's second model for the Routing
     analysis comparison (`--compare-model`)."""
+    axes = context.loaded.mocae.axes if context.loaded is not None else AXES
+    hhh = is_hhh(axes)
     artefacts = precomputed if isinstance(precomputed, Artefacts) else load_artefacts(precomputed)
     key = serve(context)
     limits = context.limits
     worth = honest_notice(context, artefacts)
     with AppBlocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"# {TITLE}\n{HEADER}")
+        gr.Markdown(f"# {TITLE}\n{HEADER if hhh else custom_header(axes)}")
         gr.HTML(status_html(context), elem_id="model-status")
         items: dict[str, gr.Tab] = {}
         with gr.Tabs(overflow_behavior="wrap", elem_id="tabs") as tabs:
             with _tab(items, "Live routing", "live"):
                 live = build_live_tab(key, artefacts, context.loaded is not None, worth,
-                                      live_intro(artefacts.get("answers"), served_fingerprint(context)))
+                                      live_intro(artefacts.get("answers"), served_fingerprint(context)), axes)
             with _tab(items, "Calibrated vs uncalibrated", "compare"):
-                compare = build_compare_tab(key, artefacts, worth)
+                compare = build_compare_tab(key, artefacts, worth, axes)
             with _tab(items, "Axis Collapse", "collapse"):
                 copy_link_row("collapse")
-                build_collapse_tab(key, artefacts)
+                build_collapse_tab(key, artefacts) if hhh else hhh_only(axes)
             with _tab(items, "Trade-off", "tradeoff"):
-                tradeoff = build_tradeoff_tab(key, worth, experts_markdown(artefacts.get("answers"), served_fingerprint(context)))
+                tradeoff = (build_tradeoff_tab(key, worth, experts_markdown(artefacts.get("answers"), served_fingerprint(context)))
+                            if hhh else hhh_only(axes))
             with _tab(items, "Routing analysis", "analysis"):
                 copy_link_row("analysis")
                 build_analysis_tab(key, artefacts, tabs, live, against)
             with _tab(items, "Benchmarks", "benchmarks"):
                 copy_link_row("benchmarks")
-                build_results_tab(artefacts.folder)
+                build_results_tab(artefacts.folder) if hhh else hhh_only(axes)
             with _tab(items, "About", "about"):
                 copy_link_row("about")
                 build_about_tab(context, artefacts)
         caps = {"live": token_cap(key), "compare": token_cap(key, several=True), "tradeoff": token_cap(key, several=True)}
-        wire_links(demo, tabs, items, {"live": live.link, "compare": compare, "tradeoff": tradeoff}, caps)
+        targets = {"live": live.link, "compare": compare} | ({"tradeoff": tradeoff} if hhh else {})
+        wire_links(demo, tabs, items, targets, caps)
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     return demo
 

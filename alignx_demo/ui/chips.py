@@ -10,22 +10,24 @@ live in the `title` attribute, escaped too.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from alignx_demo.config import AXES
-from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, mix_color, muted, text_color
+from alignx_demo.ui.theme import AXIS_LABELS, axis_colors, mix_color, muted, text_color
 
 
-def legend_html(flips: bool = False) -> str:
+def legend_html(flips: bool = False, axes: Sequence[str] = AXES) -> str:
+    """The swatch of each of the model's `axes` and how to read the chips."""
     items = "".join(
-        f'<span><span class="ax-swatch" style="background:{AXIS_COLORS[a]}"></span>{AXIS_LABELS[a]} expert</span>'
-        for a in AXES
+        f'<span><span class="ax-swatch" style="background:{color}"></span>{html.escape(AXIS_LABELS[a])} expert</span>'
+        for a, color in axis_colors(axes).items()
     )
+    mix = "the three routing weights" if len(axes) == 3 else f"the {len(axes)} routing weights"
     extra = '<span><span class="ax-swatch ax-flip-swatch"></span>top expert differs between the two routings</span>' if flips else ""
     return (
         f'<div class="ax-legend">{items}{extra}'
-        "<span>· chip colour = mix of the three routing weights · greyer, dashed = prompt token · hover a chip for details</span></div>"
+        f"<span>· chip colour = mix of {mix} · greyer, dashed = prompt token · hover a chip for details</span></div>"
     )
 
 
@@ -34,7 +36,7 @@ def _visible(text: str) -> str:
 
 
 def chip_title(token: dict[str, Any]) -> str:
-    weights = ", ".join(f"{a} {token['weights'][a]:.2f}" for a in AXES)
+    weights = ", ".join(f"{a} {w:.2f}" for a, w in token["weights"].items())
     layers = "\n".join(
         f"  layer {i}: " + " / ".join(f"{v:.2f}" for v in row) for i, row in enumerate(token["layers"])
     )
@@ -42,7 +44,7 @@ def chip_title(token: dict[str, Any]) -> str:
     return (
         f"{kind} #{token['position']} (id {token['id']})\n{weights}\n"
         f"top expert: {token['top_expert']} · entropy {token['entropy']:.3f} nats\n"
-        f"per layer (helpful / harmless / honest):\n{layers}"
+        f"per layer ({' / '.join(token['weights'])}):\n{layers}"
     )
 
 

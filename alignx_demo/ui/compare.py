@@ -8,7 +8,7 @@ is filled in the last update. Reliability diagrams come from the precomputed eva
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,14 +16,14 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.config import AXES
+from alignx_demo.ui import stops
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.links import LinkTarget, copy_link_row
 from alignx_demo.ui.notice import notice_block
 from alignx_demo.ui.plots import empty_figure, reliability_figure, shares_figure
-from alignx_demo.ui import stops
 from alignx_demo.ui.runner import shares, stream_stoppable
-from alignx_demo.ui.slides import download_row, download_updates, write_run_downloads
 from alignx_demo.ui.served import MODEL_EVENT, token_cap
+from alignx_demo.ui.slides import download_row, download_updates, write_run_downloads
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import MODES, TEMPERATURE_RANGE, TOP_P_RANGE, one_of, settings_from, visitor_errors
 
@@ -73,7 +73,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"| mean confidence (top weight) | {cal['mean_confidence']:.3f} | {unc['mean_confidence']:.3f} |",
         f"| mean routing entropy (nats) | {cal['mean_entropy']:.3f} | {unc['mean_entropy']:.3f} |",
     ]
-    rows += [f"| {AXIS_LABELS[a]} share | {cal['axis_shares'][a]:.0%} | {unc['axis_shares'][a]:.0%} |" for a in AXES]
+    rows += [f"| {AXIS_LABELS[a]} share | {cal['axis_shares'][a]:.0%} | {unc['axis_shares'][a]:.0%} |" for a in cal["axis_shares"]]
     rows.append(f"| generated tokens | {cal['generated']} | {unc['generated']} |")
     diverge = ("the generated texts are identical" if f["texts_diverge_at"] is None
                else f"the texts diverge at token #{f['texts_diverge_at']}")
@@ -176,9 +176,10 @@ def intro_markdown(reliability: dict[str, Any] | None) -> str:
     return text + (f" **On this model:** {'; '.join(parts)}." if parts else "")
 
 
-def build_compare_tab(key: int, artefacts: Artefacts, worth: str | None = None) -> LinkTarget:
+def build_compare_tab(key: int, artefacts: Artefacts, worth: str | None = None, axes: Sequence[str] = AXES) -> LinkTarget:
+    """The components and events of the calibrated-vs-uncalibrated tab, for a model with these `axes`."""
     gr.Markdown(intro_markdown(artefacts.get("reliability")), elem_id="compare-intro")
-    gr.HTML(legend_html(flips=True))
+    gr.HTML(legend_html(flips=True, axes=axes))
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, value="Do vaccines cause autism?", elem_id="compare-prompt")

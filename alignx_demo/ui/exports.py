@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -19,20 +20,23 @@ from typing import Any
 from alignx_demo.config import AXES
 
 PREFIX = "alignx-export-"
+LAYER_COLUMN = re.compile(r"layer\d+_")
+"""A per-layer column of `trace_csv` (`layer3_helpful`), told apart from the axis columns before them."""
 KEEP_S = 3600
 """Export folders older than this are removed when a new export is written."""
 
 
 def trace_csv(trace: dict[str, Any]) -> str:
-    tokens = trace.get("tokens") or []
+    """One row per token: its weight per axis of the trace (`axes`), then per layer."""
+    tokens, axes = trace.get("tokens") or [], trace.get("axes") or list(AXES)
     n_layers = len(tokens[0]["layers"]) if tokens else 0
-    layer_cols = [f"layer{l}_{a}" for l in range(n_layers) for a in AXES]
+    layer_cols = [f"layer{l}_{a}" for l in range(n_layers) for a in axes]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["position", "is_prompt", "text", "id", "top_expert", "entropy", *AXES, *layer_cols])
+    writer.writerow(["position", "is_prompt", "text", "id", "top_expert", "entropy", *axes, *layer_cols])
     for t in tokens:
         writer.writerow([t["position"], int(t["is_prompt"]), t["text"], t["id"], t["top_expert"], t["entropy"],
-                         *(t["weights"][a] for a in AXES), *(v for row in t["layers"] for v in row)])
+                         *(t["weights"][a] for a in axes), *(v for row in t["layers"] for v in row)])
     return out.getvalue()
 
 
@@ -51,14 +55,16 @@ def runs_csv(panels: list[tuple[str, dict[str, Any]]]) -> str:
 
 def tokens_from_csv(text: str) -> list[dict[str, Any]]:
     """The token entries of a CSV written by `trace_csv` (numbers as written, i.e. 6 decimals)."""
-    rows = list(csv.DictReader(io.StringIO(text)))
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    axes = [c for c in header[header.index("entropy") + 1 :] if not LAYER_COLUMN.match(c)]  # the trace's axes, in order
+    n_layers = sum(1 for c in header if LAYER_COLUMN.match(c)) // len(axes)
     tokens = []
-    for row in rows:
-        n_layers = sum(1 for k in row if k.startswith("layer")) // len(AXES)
+    for row in reader:
         tokens.append({
             "text": row["text"], "id": int(row["id"]), "position": int(row["position"]), "is_prompt": row["is_prompt"] == "1",
-            "weights": {a: float(row[a]) for a in AXES},
-            "layers": [[float(row[f"layer{l}_{a}"]) for a in AXES] for l in range(n_layers)],
+            "weights": {a: float(row[a]) for a in axes},
+            "layers": [[float(row[f"layer{l}_{a}"]) for a in axes] for l in range(n_layers)],
             "entropy": float(row["entropy"]), "top_expert": row["top_expert"],
         })
     return tokens

@@ -18,7 +18,7 @@ research tools of `ui.research`: the settle curve of every complete trace shown,
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -29,16 +29,16 @@ from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.analysis.map_prompts import EXAMPLES
 from alignx_demo.config import AXES
 from alignx_demo.generation import clean_prompt
-from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui import stops
+from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import write_exports
 from alignx_demo.ui.links import LinkTarget, copy_link_row
 from alignx_demo.ui.notice import notice_block
 from alignx_demo.ui.plots import effects_figure, heatmap_figure, settle_figure, weights_figure
-from alignx_demo.ui.slides import download_row, download_updates, write_slides
 from alignx_demo.ui.research import attribute_run, load_saved, rerun_and_diff, settle_view
 from alignx_demo.ui.runner import shares, stream_trace
 from alignx_demo.ui.served import MODEL_EVENT, token_cap
+from alignx_demo.ui.slides import download_row, download_updates, write_slides
 from alignx_demo.ui.stories import build_stories_panel
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import (
@@ -237,8 +237,9 @@ def _controls(key: int, artefacts: Artefacts, model_ready: bool) -> _Controls:
     return _Controls(prompt, run_btn, stop_btn, example_pick, calibrated, mode, max_new, do_sample, temperature, top_p, seed)
 
 
-def _views(worth: str) -> _Views:
-    """Chips and summary, the weights plot and heatmap, the settle curve and attribution, the downloads."""
+def _views(worth: str, axes: Sequence[str]) -> _Views:
+    """Chips and summary, the weights plot and heatmap (of one of the model's `axes`), the settle curve and
+    attribution, the downloads."""
     chips = gr.HTML(chips_html([], empty=EMPTY_CHIPS), label="Chips HTML", elem_id="live-chips")
     if worth:
         gr.HTML(notice_block(worth), elem_classes=["ax-worth-row"])
@@ -249,8 +250,8 @@ def _views(worth: str) -> _Views:
             gr.Markdown("Each line is one expert's routing weight (mean over layers) at each token; the grey band is "
                         "the prompt.", elem_classes=["ax-caption"])
         with gr.Column(min_width=300):
-            heat_axis = gr.Radio(list(AXES), value=AXES[0], label="Heatmap axis")
-            heatmap = gr.Plot(heatmap_figure(None, AXES[0]), show_label=False, elem_id="live-heatmap", elem_classes=["ax-plot"])
+            heat_axis = gr.Radio(list(axes), value=axes[0], label="Heatmap axis")
+            heatmap = gr.Plot(heatmap_figure(None, axes[0]), show_label=False, elem_id="live-heatmap", elem_classes=["ax-plot"])
             gr.Markdown("The stronger a cell's colour, the more the chosen expert weighs at that layer (row) and token "
                         "(column); the dashed line separates prompt from answer.", elem_classes=["ax-caption"])
     with gr.Row():
@@ -265,7 +266,7 @@ def _views(worth: str) -> _Views:
             attribution_text = gr.Markdown(label="Attribution summary", elem_id="live-attribution")
             effects_plot = gr.Plot(effects_figure(None), show_label=False, elem_id="live-effects", elem_classes=["ax-plot"])
             gr.Markdown("Each expert's effect on each generated token: how much its log-probability drops when that "
-                        "expert is removed (the other two renormalised), all seven variants in one forward pass. "
+                        "expert is removed (the others renormalised), all variants in one forward pass. "
                         "Afterwards each chip's hover shows weight against effect per expert.", elem_classes=["ax-caption"])
     with gr.Row():
         csv_file = gr.File(label="Download trace (CSV)", interactive=False, visible=False, min_width=260, elem_id="live-csv",
@@ -295,19 +296,20 @@ def _saved_panel() -> _SavedPanel:
     return _SavedPanel(saved_file, saved_text, show_btn, diff_btn, diff_chips, diff_text, diff_json)
 
 
-def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, worth: str | None = None, intro: str = "") -> LiveTab:
-    """The components and events of the live tab (inside an open gr.Blocks/gr.Tab); `worth` is the honest notice
-    (`ui.notice`) shown beside its output."""
+def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, worth: str | None = None, intro: str = "",
+                   axes: Sequence[str] = AXES) -> LiveTab:
+    """The components and events of the live tab (inside an open gr.Blocks/gr.Tab) for a model with these `axes`;
+    `worth` is the honest notice (`ui.notice`) shown beside its output."""
     if intro:
         gr.Markdown(intro, elem_id="live-intro")
     build_stories_panel(artefacts)  # on a phone the page's CSS moves it below the prompt (theme.CSS, #stories)
-    gr.HTML(legend_html())
+    gr.HTML(legend_html(axes=axes))
     controls = _controls(key, artefacts, model_ready)
     link = LinkTarget({"prompt": controls.prompt, "tokens": controls.max_new, "sample": controls.do_sample,
                        "temperature": controls.temperature, "top_p": controls.top_p, "seed": controls.seed,
                        "calibrated": controls.calibrated, "mode": controls.mode}, "live-generate")
     copy_link_row(TAB, link)
-    views = _views(worth)
+    views = _views(worth, axes)
     saved = _saved_panel()
     with gr.Accordion("Trace (JSON, as returned by the API)", open=False):
         views.trace = gr.JSON(label="Trace")

@@ -21,7 +21,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from alignx_demo.config import AXES
-from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR, text_color
+from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, MISROUTED_COLOR, axis_colors, text_color
 
 FONT = dict(color="#7a7a86", size=12)
 CONFIG = {"displayModeBar": "hover", "displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -96,19 +96,20 @@ def empty_figure(message: str, height: int = 90) -> go.Figure:
 
 
 def axis_lines(x: list[Any], weights: list[dict[str, float]], hover: list[str]) -> go.Figure:
-    """A figure with one line per axis: `weights[i][axis]` at `x[i]`, each point's hover led by `hover[i]`."""
+    """A figure with one line per axis (the weights' keys): `weights[i][axis]` at `x[i]`, each point's hover led by
+    `hover[i]`."""
     fig = Figure()
-    for axis in AXES:
+    for axis, color in axis_colors(weights[0] if weights else AXES).items():
         fig.add_trace(go.Scatter(
             x=x, y=[w[axis] for w in weights], mode="lines+markers", name=AXIS_LABELS[axis],
-            line=dict(color=AXIS_COLORS[axis], width=2), marker=dict(size=4),
+            line=dict(color=color, width=2), marker=dict(size=4),
             customdata=hover, hovertemplate="%{customdata}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>",
         ))
     return fig
 
 
 def weights_figure(trace: dict[str, Any] | None) -> go.Figure:
-    """The three layer-mean weights per token; the prompt's span is shaded and labelled."""
+    """The layer-mean weights per token, one line per axis; the prompt's span is shaded and labelled."""
     tokens = (trace or {}).get("tokens") or []
     if not tokens:
         return empty_figure("Routing weights per token appear here while generating.")
@@ -132,15 +133,16 @@ def heatmap_figure(trace: dict[str, Any] | None, axis: str) -> go.Figure:
     tokens = (trace or {}).get("tokens") or []
     if not tokens:
         return empty_figure("The per-layer heatmap appears here after a generation.")
-    if axis not in AXES:
-        axis = AXES[0]
-    k = AXES.index(axis)
+    axes = trace.get("axes") or list(AXES)
+    if axis not in axes:
+        axis = axes[0]
+    k = axes.index(axis)
     n_layers = len(tokens[0]["layers"])
     z = [[t["layers"][layer][k] for t in tokens] for layer in range(n_layers)]
     text = [[f"#{t['position']} “{_token_label(t)}”{' (prompt)' if t['is_prompt'] else ''}" for t in tokens] for _ in range(n_layers)]
     fig = Figure(go.Heatmap(
         z=z, x=list(range(len(tokens))), y=list(range(n_layers)), zmin=0, zmax=1, text=text,
-        colorscale=[[0, "rgba(128,128,128,0.08)"], [1, AXIS_COLORS[axis]]],
+        colorscale=[[0, "rgba(128,128,128,0.08)"], [1, axis_colors(axes)[axis]]],
         hovertemplate="layer %{y}<br>%{text}<br>" + AXIS_LABELS[axis] + " %{z:.2f}<extra></extra>",
         colorbar=dict(title=dict(text=AXIS_LABELS[axis], side="right"), thickness=8, len=0.9),
     ))
@@ -163,9 +165,9 @@ def shares_figure(rows: dict[str, dict[str, float]], title: str, height: int = 2
         return empty_figure("Shares appear here after a run.")
     names = list(rows)
     fig = Figure()
-    for axis in AXES:
+    for axis, color in axis_colors(rows[names[0]]).items():  # the runs' axes, in the model's order
         fig.add_trace(go.Bar(x=names, y=[rows[n].get(axis, 0.0) for n in names], name=AXIS_LABELS[axis],
-                             marker_color=AXIS_COLORS[axis], hovertemplate="%{x}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>"))
+                             marker_color=color, hovertemplate="%{x}<br>" + AXIS_LABELS[axis] + " %{y:.2f}<extra></extra>"))
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1], title="mean weight")
     return _layout(fig, title, height=height)
@@ -381,9 +383,9 @@ def effects_figure(attribution: dict[str, Any] | None) -> go.Figure:
     fig = Figure()
     x = [f"{t['position']}" for t in tokens]
     labels = [f"#{t['position']} “{_token_label(t)}”" for t in tokens]
-    for axis in AXES:
+    for axis, color in axis_colors(attribution.get("axes") or AXES).items():
         fig.add_trace(go.Bar(
-            x=x, y=[t["effect"][axis] for t in tokens], name=AXIS_LABELS[axis], marker_color=AXIS_COLORS[axis],
+            x=x, y=[t["effect"][axis] for t in tokens], name=AXIS_LABELS[axis], marker_color=color,
             customdata=[[label, t["weights"][axis]] for label, t in zip(labels, tokens)],
             hovertemplate="%{customdata[0]}<br>" + AXIS_LABELS[axis] + ": effect %{y:+.3f} nats, weight %{customdata[1]:.2f}"
                           "<extra></extra>",

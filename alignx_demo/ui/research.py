@@ -86,7 +86,7 @@ def attribution_details(attribution: dict[str, Any]) -> dict[int, str]:
     for t in attribution["tokens"]:
         local = t.get("local")
         lines = [f"  {a}: weight {t['weights'][a]:.2f} · effect " + (f"{local['effect'][a]:+.3f} here, " if local else "")
-                 + f"{t['effect'][a]:+.3f} whole run" for a in AXES]
+                 + f"{t['effect'][a]:+.3f} whole run" for a in attribution.get("axes", AXES)]
         tops = [f"{scope} {s['top_effect'] or NO_TOP_EFFECT[s['outcome']]}"
                 for scope, s in (("here", local), ("whole run", t)) if s is not None]
         details[t["position"]] = ("counterfactual attribution (effect = how much removing the expert lowers this "

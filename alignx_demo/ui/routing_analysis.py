@@ -51,7 +51,7 @@ from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.exports import write_downloads
 from alignx_demo.ui.plots import confusion_figure
 from alignx_demo.ui.results import scroll_hint
-from alignx_demo.ui.served import MODEL_EVENT, SERVED, gpu, gpu_seconds, limits_of, serve, served_model
+from alignx_demo.ui.served import MODEL_EVENT, SERVED, gpu, gpu_seconds, limits_of, serve, served_axes, served_model
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import GenerationError, flag, visitor_errors
 
@@ -103,7 +103,7 @@ def analyze(key: int, prompts_file: Any, calibrated: Any, progress: Progress | N
     calibrated = flag(calibrated, "calibrated")
     path, name = uploaded(prompts_file)
     try:
-        rows, problems = parse_prompt_file(path, name=name)
+        rows, problems = parse_prompt_file(path, name=name, axes=served_axes(key))
     except ValueError as err:
         raise GenerationError(str(err).replace(str(path), name)) from None
     result = analyze_plain(key, rows, calibrated, progress, rejected=problems)
@@ -184,7 +184,7 @@ def compare_against(key: int, against_key: int | None, prompts_file: Any, calibr
     if prompts_file or shipped_slice is None:
         path, name = uploaded(prompts_file)
         try:
-            rows, problems = parse_prompt_file(path, name=name)
+            rows, problems = parse_prompt_file(path, name=name, axes=served_axes(key))
         except ValueError as err:
             raise GenerationError(str(err).replace(str(path), name)) from None
         comparison = compare_plain(key, against_key, rows, calibrated, DEFAULT_GENERATE_TOKENS, progress, problems)

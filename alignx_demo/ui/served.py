@@ -63,6 +63,11 @@ def served_model(key: int) -> ModelContext:
     return context
 
 
+def served_axes(key: int) -> tuple[str, ...]:
+    """The served model's axes (its experts' names): what an uploaded file's labels must name."""
+    return served_model(key).loaded.mocae.axes
+
+
 def token_cap(key: int, several: bool = False) -> int:
     """Highest max_new_tokens of an endpoint of the served model (`several`: one that runs several
     generations per request); see `ModelContext.new_token_cap`."""

@@ -25,7 +25,7 @@ from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.exports import export_folder
 from alignx_demo.ui.plots import CONFIG
 from alignx_demo.ui.runner import shares
-from alignx_demo.ui.theme import AXIS_COLORS, AXIS_LABELS, CSS, mix_color, muted, text_color
+from alignx_demo.ui.theme import AXIS_LABELS, CSS, axis_colors, mix_color, muted, text_color
 
 SLIDE_CSS = """
 body { margin: 0; background: #ffffff; color: #111827;
@@ -91,7 +91,12 @@ def run_settings(trace: dict[str, Any]) -> str:
 def run_weights(trace: dict[str, Any]) -> str:
     """The run's weight of each axis (`runner.shares`, as the page's summaries show them)."""
     share = shares(trace)
-    return "Run weights: " + " · ".join(f"{AXIS_LABELS[a]} {share.get(a, 0.0):.0%}" for a in AXES)
+    return "Run weights: " + " · ".join(f"{AXIS_LABELS[a]} {share.get(a, 0.0):.0%}" for a in _axes([("", trace)]))
+
+
+def _axes(panels: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The runs' axes (one model's: the first run's), the HHH ones for runs that do not say."""
+    return list(panels[0][1].get("axes") or AXES) if panels else list(AXES)
 
 
 def _models(panels: list[tuple[str, dict[str, Any]]]) -> str:
@@ -138,7 +143,7 @@ def slides_html(panels: list[tuple[str, dict[str, Any]]], title: str, settings_l
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_text(title)}</title><style>{CSS}{SLIDE_CSS}</style></head>\n<body><main>"
-        f"<header><h1>{_text(title)}</h1>{settings}{notice_html(notice)}{legend_html()}</header>"
+        f"<header><h1>{_text(title)}</h1>{settings}{notice_html(notice)}{legend_html(axes=_axes(panels))}</header>"
         f'<section class="sl-panels sl-cols-{_columns(len(panels))}">{body}</section>'
         f"{_figures_html(figures or [])}<footer>{_text(footer_text(panels))}</footer></main></body></html>\n"
     )
@@ -291,12 +296,13 @@ def _footer_png(panels: list[tuple[str, dict[str, Any]]], width: int) -> Image.I
     image = Image.new("RGB", (width, 120), "white")
     draw = ImageDraw.Draw(image)
     font, x = _font("regular", 20), 0.0
-    for axis in AXES:
-        draw.rounded_rectangle((x, 4, x + 22, 26), radius=4, fill=AXIS_COLORS[axis])
+    axes = _axes(panels)
+    for axis, color in axis_colors(axes).items():
+        draw.rounded_rectangle((x, 4, x + 22, 26), radius=4, fill=color)
         name = f"{AXIS_LABELS[axis]} expert"
         draw.text((x + 30, 15), name, font=font, fill=INK, anchor="lm")
         x += 30 + font.getlength(name) + 28
-    rest = "· chip colour = mix of the three routing weights · greyer = prompt token"
+    rest = f"· chip colour = mix of the {'three' if len(axes) == 3 else len(axes)} routing weights · greyer = prompt token"
     draw.text((x, 15), _wrap(rest, font, width - x, 1)[0], font=font, fill=GREY, anchor="lm")
     y = _draw_text(draw, footer_text(panels), 40, width, "regular", 18, GREY, 2)
     return image.crop((0, 0, width, y))

@@ -1,12 +1,35 @@
-"""One fixed colour per HHH axis, used identically by every tab and plot, and the page's CSS."""
+"""One fixed colour per axis, used identically by every tab and plot, and the page's CSS.
+
+The HHH axes keep their own colours; a checkpoint's own axes (`MoCaEConfig.axes`) take the colours of a
+fixed colour-blind-safe palette in the order of its axes (`axis_colors`), so a model's colours are the same
+on every tab, in every download and on every visit."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from alignx_demo.config import AXES
 
 AXIS_COLORS: dict[str, str] = {"helpful": "#2563eb", "harmless": "#16a34a", "honest": "#d97706"}
-AXIS_LABELS: dict[str, str] = {"helpful": "Helpful", "harmless": "Harmless", "honest": "Honest"}
 assert tuple(AXIS_COLORS) == AXES
+PALETTE = ("#cc79a7", "#0072b2", "#d55e00", "#009e73", "#e69f00", "#56b4e9")
+"""Okabe and Ito's colour-blind-safe colours (yellow left out: too light on white), for axes other than the HHH ones."""
+
+
+class _Labels(dict):
+    """Axis names as the page writes them: the HHH ones as before, any other capitalised."""
+
+    def __missing__(self, axis: str) -> str:
+        return axis[:1].upper() + axis[1:]
+
+
+AXIS_LABELS: dict[str, str] = _Labels(helpful="Helpful", harmless="Harmless", honest="Honest")
+
+
+def axis_colors(axes: Iterable[str]) -> dict[str, str]:
+    """{axis: colour} of a model's axes, in order: an HHH name keeps its colour, the others take `PALETTE`'s in turn."""
+    free = iter(PALETTE)
+    return {axis: AXIS_COLORS.get(axis) or next(free) for axis in axes}
 MISROUTED_COLOR = "#dc2626"
 """Marks misrouted map points and tokens whose top expert flips between two routings."""
 
@@ -67,8 +90,9 @@ def _hex(channels: list[float]) -> str:
 
 
 def mix_color(weights: dict[str, float]) -> str:
-    """The weighted mix of the three axis colours, as a CSS hex colour."""
-    return _hex([sum(weights.get(axis, 0.0) * _rgb(AXIS_COLORS[axis])[c] for axis in AXES) for c in range(3)])
+    """The weighted mix of the axis colours (`axis_colors` of the weights' axes, in their order), as a CSS hex colour."""
+    colors = axis_colors(weights)
+    return _hex([sum(w * _rgb(colors[axis])[c] for axis, w in weights.items()) for c in range(3)])
 
 
 def muted(color: str) -> str:
