@@ -148,7 +148,6 @@ class Doctor:
         return {"layer_devices": sorted({str(d) for d in layers}),
                 "expert_dtypes": sorted({str(p.dtype) for p in mocae.expert_parameters()}),
                 "router_dtype": str(mocae.routers[0].proj.weight.dtype),
-                "fused_experts": sum(m._fused_weight() is not None for m in mocae.expert_modules.values()),
                 "experts": len(mocae.expert_modules)}
 
     def generate(self, mode: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The two trainable pieces of MoCaE: the per-layer router and the fused K-expert linear.
+"""The two trainable pieces of MoCaE: the per-layer router and the K-expert linear.
 
 Shapes in comments: B batch, T tokens, D input features, O output features, r LoRA rank, K experts
 (the checkpoint's axes, `MoCaEConfig.axes`: 3 for the HHH bundle).
@@ -8,15 +8,13 @@ on the device of the linear they wrap — so a base split over devices (`device_
 transfers inside a layer. Experts compute in the base's compute dtype (bf16 for a 4-bit or bf16 base
 on CUDA), in fp32 on the CPU; routers compute in fp32.
 
-The routing path is kept to a few tensor operations per layer, because at small widths each
-operation's fixed cost, not its arithmetic, is what decoding pays (`bench --shape-of
-assets/demo-model`): the router is five (norm, running mean, concat, projection, softmax),
-computed once per layer; each expert adds three to its base linear (split, one multiply of its
-rank blocks by p, and one addmm that applies B and the scaling s and adds the base's output), its A
-matmul riding in the base's own matmul at inference (`MoCaELinear`). Experts work on (tokens,
-features) matrices, so no matmul takes the batched 3-D path, and the per-call checks read modules'
-own dicts rather than going through `nn.Module.__getattr__`. (`torch.compile` of the router was
-measured slower on the CPU than these eager kernels: its guards cost more than it fuses.)
+Both are written as PEFT writes a LoRA layer: the base's output plus the experts' low-rank update, in
+a few readable lines. Hand-made speed devices (W0 and A stored as one tensor so one matmul gave both,
+modules' own dicts read instead of attributes) were removed when a side-by-side measurement on a quiet
+machine showed they did not earn their complexity: soft decoding ÷ base at batch 1 / 8 was 1.09 / 1.05
+with them and 1.07 / 0.99 without at hidden 1024, and 1.19–1.33 / 1.17–1.23 with them against
+1.21–1.22 / 1.17–1.23 without on the demo model's shapes (`bench --shape-of assets/demo-model`,
+docs/performance.md); the served 4-bit base never took the fused path.
 """
 
 from __future__ import annotations
@@ -162,7 +160,7 @@ class Router(nn.Module):
     def features(self, hidden: torch.Tensor, context: CausalMean | None = None, layer: int = 0) -> torch.Tensor:
         """The router's input u (B, T, D or 2D), in the router's dtype (fp32), on its device: what
         calibrators and feature banks see."""
-        weight = self.proj._parameters["weight"]
+        weight = self.proj.weight
         if hidden.dtype != weight.dtype or hidden.device != weight.device:
             hidden = hidden.to(device=weight.device, dtype=weight.dtype)
         f = F.rms_norm(hidden, (hidden.shape[-1],), eps=1e-6) if self.use_norm else hidden
@@ -173,8 +171,7 @@ class Router(nn.Module):
         return torch.cat([f, context(layer, f)], dim=-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        params = self.proj._parameters  # the Linear's own dict: attribute lookups add up per layer and token
-        return F.linear(features, params["weight"], params["bias"])  # (B, T, K)
+        return self.proj(features)  # (B, T, K)
 
 
 def _in_out_features(base: nn.Module) -> tuple[int, int]:
@@ -187,19 +184,14 @@ def _in_out_features(base: nn.Module) -> tuple[int, int]:
 
 
 class MoCaELinear(nn.Module):
-    """y = W0·x + s · Σ_k p_k · B_k A_k x, computed as one fused pass.
+    """y = W0·x + s · Σ_k p_k · B_k A_k x.
 
     The K LoRA experts (K = `slot.k`, the checkpoint's axes) are stored stacked: A = [A_1; …; A_K] ∈ R^{Kr×D}
     and B = [B_1 … B_K] ∈ R^{O×Kr}. One matmul gives all K rank-r projections, each rank block is
-    scaled by its routing weight (one broadcast multiply by the layer's p), and one addmm with the
-    stacked B maps back, applies s and adds the base's output. The base module
-    (nn.Linear, bitsandbytes Linear4bit or GPT-2's Conv1D) is kept and frozen. A and B are created
-    on the base module's device in `expert_dtype(base)` unless `dtype` says otherwise.
-
-    For a plain bias-free nn.Linear whose weight has the experts' dtype and device, W0 and A are
-    stored as one (O + K·r, D) tensor — `base.weight` and `lora_A` are views of its rows — so at
-    inference one matmul gives W0·x and A·x together (memory unchanged; `_fuse`). When gradients
-    must reach A, or the views were replaced (e.g. `param.data = …`), the two run separately.
+    scaled by its routing weight (one broadcast multiply by the layer's p), and one matmul with the
+    stacked B maps back. The base module (nn.Linear, bitsandbytes Linear4bit or GPT-2's Conv1D) is kept
+    and frozen. A and B are created on the base module's device in `expert_dtype(base)` unless `dtype`
+    says otherwise.
     """
 
     def __init__(self, base: nn.Module, rank: int, scaling: float, slot: RoutingSlot,
@@ -212,80 +204,21 @@ class MoCaELinear(nn.Module):
         self.k = k = slot.k
         d_in, d_out = _in_out_features(base)
         self.in_features, self.out_features = d_in, d_out
-        self._plain_linear = type(base) is nn.Linear  # applied as F.linear directly (see `_base_forward`)
         device = module_device(base)
         dtype = dtype or expert_dtype(base, device)
         self.lora_A = nn.Parameter(torch.empty(k * rank, d_in, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(d_out, k * rank, device=device, dtype=dtype))
         for j in range(k):  # PEFT's default init per expert: A Kaiming-uniform, B zero
             nn.init.kaiming_uniform_(self.lora_A[j * rank : (j + 1) * rank], a=math.sqrt(5))
-        self._fused: torch.Tensor | None = None
-        self._fused_ptrs: tuple[int, int] = (0, 0)  # data pointers of base.weight and lora_A when fused
-        self._split = (d_out, k * rank)
-        self._fuse()
 
     def expert(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert k's (A_k, B_k) views, shaped (r, D) and (O, r) as in PEFT."""
         block = slice(k * self.rank, (k + 1) * self.rank)
         return self.lora_A[block], self.lora_B[:, block]
 
-    def _fuse(self) -> None:
-        """Make base.weight and lora_A views of one [W0; A] tensor where that is possible."""
-        if self._fused_weight() is not None:
-            return
-        self._fused = None
-        weight, a = getattr(self.base, "weight", None), self.lora_A
-        if not (self._plain_linear and self.base.bias is None and weight.dtype == a.dtype
-                and weight.device == a.device and weight.device.type != "meta"):
-            return
-        fused = torch.cat([weight.detach(), a.detach()])
-        weight.data, a.data = fused[: self.out_features], fused[self.out_features :]
-        self._fused, self._fused_ptrs = fused, (weight.data_ptr(), a.data_ptr())
-
-    def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .double(): convert, then fuse again
-        module = super()._apply(fn, recurse)
-        self._fuse()
-        return module
-
-    def _fused_weight(self) -> torch.Tensor | None:
-        """The [W0; A] tensor, if base.weight and lora_A are still its views and the base has no hooks.
-
-        Read on every call, so it uses the modules' own dicts (`_parameters`, `_modules`) instead of
-        attribute lookups through `nn.Module.__getattr__`, and the two pointers recorded by `_fuse`."""
-        fused = self._fused
-        if fused is None:
-            return None
-        base = self._modules["base"]
-        if base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__:
-            return None
-        weight_ptr, a_ptr = self._fused_ptrs
-        if base._parameters["weight"].data_ptr() != weight_ptr or self._parameters["lora_A"].data_ptr() != a_ptr:
-            return None
-        return fused
-
-    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """W0·x. A plain nn.Linear without hooks is applied as F.linear, saving a second module call
-        per target (the wrapper's own call replaces the base's); anything else is called as it is."""
-        base = self._modules["base"]
-        if self._plain_linear and not (base._forward_pre_hooks or base._forward_hooks or "forward" in base.__dict__):
-            return F.linear(x, base._parameters["weight"], base._parameters["bias"])
-        return base(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = self._parameters
-        a_weight, b_weight = params["lora_A"], params["lora_B"]
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])  # (B·T, D): every matmul below is a plain 2-D one
-        fused = None if (a_weight.requires_grad and torch.is_grad_enabled()) else self._fused_weight()
-        if fused is not None and x.dtype == fused.dtype:
-            y, a = F.linear(x, fused).split_with_sizes(self._split, dim=-1)  # W0·x and A·x from one matmul
-        else:
-            y = self._base_forward(x)
-            a = F.linear(x if x.dtype == a_weight.dtype else x.to(a_weight.dtype), a_weight)  # (B·T, K·r)
-        n = a.shape[0]
-        scaled = (a.view(n, self.k, self.rank) * self.slot.per_expert(a.dtype)).view(n, self.k * self.rank)  # rank blocks times p_k
-        if y.dtype == scaled.dtype:
-            out = torch.addmm(y, scaled, b_weight.t(), alpha=self.scaling)  # y + s·scaled·Bᵀ in one op
-        else:
-            out = y + torch.mul(F.linear(scaled, b_weight), self.scaling).to(y.dtype)
-        return out.view(*shape[:-1], out.shape[-1])
+        y = self.base(x)
+        a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (…, K·r)
+        p = self.slot.per_expert(a.dtype)  # (B·T, K, 1)
+        scaled = (a.reshape(-1, self.k, self.rank) * p).reshape(a.shape)  # each rank block times its p_k
+        return y + (F.linear(scaled, self.lora_B) * self.scaling).to(y.dtype)

@@ -173,9 +173,9 @@ class MoCaEModel(nn.Module):
 
     def _route(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Routing weights (B, T, K) of layer `index` for its input hidden states, on the router's device."""
-        router = self.routers._modules[str(index)]  # ModuleList's own dict: indexing it costs a slice check per call
+        router = self.routers[index]
         features = router.features(hidden, self._context, index)
-        logits = router.forward(features)  # a plain call: routers carry no hooks, and per-layer calls add up
+        logits = router(features)
         settings = self.routing
         prior = settings.axis_prior
         if prior is not None and settings.prior_blend == 1.0:  # the prior replaces routing
