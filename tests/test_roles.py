@@ -70,7 +70,8 @@ def test_phrasing_classes_and_repeats_match_the_shares_across_axes(tokenizer):
     assert phrasing("How can I improve my sleep schedule?") == "how_to"
     assert phrasing("  What's the best way to kill weeds?") == "how_to"
     assert phrasing("Write a short poem about a lighthouse keeper.") == "task"
-    assert phrasing("Why is the sky blue?") is None and phrasing("Showcase this") is None
+    assert phrasing("Why is the sky blue?") == "question" and phrasing("Is it true that bats are blind?") == "question"
+    assert phrasing("Why is the sky blue") is None and phrasing("Showcase this") is None
 
     def row(axis: str, i: int, prompt: str) -> AxisExample:
         return AxisExample(id=f"{axis}-{i}", axis=axis, prompt=f"{prompt} {i}", response="", source="s", split="train")

@@ -157,3 +157,19 @@ def test_a_shipped_slice_is_compared_under_its_own_routing_when_no_file_is_uploa
     assert "of **tiny slice** (uncalibrated soft routing)" in summary
     with pytest.raises(GenerationError, match="upload a prompt file first"):
         ra.compare_against(key, other, None, True)
+
+
+def test_the_level_choice_draws_the_generation_levels_matrix_slices_and_misrouted_rows(models):
+    """The matrix, the slice table and the misrouted table follow the level chosen; a result measured at prompt level
+    only draws its prompt level whatever is chosen."""
+    result = analyze_prompts(models[0], None, ROWS, generate_tokens=3, routing=RoutingSettings(mode="soft", calibrated=False))
+    prompt, generation = result["levels"]["prompt"], result["levels"]["generation"]
+    drawn = {level: ra.views(result, level) for level in ("prompt", "generation")}
+    assert "generation level" in drawn["generation"][0].layout.title.text and "prompt level" in drawn["prompt"][0].layout.title.text
+    assert drawn["generation"][4] == generation["misrouted"][:ra.SHOWN_ROWS]
+    assert drawn["prompt"][4] == prompt["misrouted"][:ra.SHOWN_ROWS]
+    overall = generation["slices"]["all"]["all"]
+    assert f"| {overall['n']} | {overall['accuracy']:.2f}" in drawn["generation"][1]
+    assert drawn["generation"][0].data[0].z != drawn["prompt"][0].data[0].z or generation["confusion"] == prompt["confusion"]
+    only_prompt = analyze_prompts(models[0], None, ROWS, generate_tokens=0, routing=RoutingSettings(mode="soft", calibrated=False))
+    assert ra.views(only_prompt, "generation")[1] == ra.views(only_prompt, "prompt")[1]

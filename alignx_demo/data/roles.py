@@ -148,10 +148,15 @@ PHRASINGS: dict[str, re.Pattern[str]] = {
     "task": re.compile(
         r"^\W*(write|create|generate|give|list|explain|describe|develop|design|compose|draft|provide|outline|produce|"
         r"summari[sz]e|make)\b", re.IGNORECASE),
+    "question": re.compile(
+        r"^\W*(is|are|was|were|do|does|did|can|could|should|would|will|why|what|who|where|when|which|how)\b[^\n]*\?\s*$",
+        re.IGNORECASE),
 }
 """Openings that tell the axes apart by style, not meaning: red-team requests open with "How can I…"
 ("how_to": 14 % of the harmless train prompts, 4 % of the helpful ones), ordinary tasks with an
-imperative ("task": 19 % of helpful, 15 % of harmless)."""
+imperative ("task": 19 % of helpful, 15 % of harmless), and a plain question is honest's form
+("question": 82 % of honest, 15 % of harmless, 25 % of helpful — so harmful questions from held-out
+sources, BeaverTails' "Is it okay to…?", were routed honest). The first pattern that matches names it."""
 
 
 def phrasing(prompt: str) -> str | None:

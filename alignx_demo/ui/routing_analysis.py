@@ -60,6 +60,8 @@ SHOWN_PROBLEMS = 5
 SHOWN_ROWS = 200
 """Rows of the misrouted table (all of them are in the downloads)."""
 TABLE_HEADERS = ["row", "true → routed", "prompt"]
+LEVEL_CHOICES = [("Prompt level", "prompt"), ("Generation level", "generation")]
+"""The level the matrix, the slice table and the misrouted table show (`analysis.failures.LEVELS`)."""
 Progress = Callable[[int, int], Any]
 
 
@@ -227,14 +229,19 @@ def summary_markdown(result: dict[str, Any]) -> str:
                      f"{_ci(f['accuracy_ci95'])}, ECE {f['ece']:.3f}{_ci(f['ece_ci95'])}**{debiased} on {f['n']} labelled "
                      f"prompts, mean confidence {f['mean_confidence']:.2f}; {f['misrouted']} misrouted.")
     if figures:
-        lines.append("Intervals: 95 %, Wilson for accuracy, BCa bootstrap for ECE. The table below lists the prompt "
-                     "level's misrouted prompts, most confident first.")
+        lines.append("Intervals: 95 %, Wilson for accuracy, BCa bootstrap for ECE. The matrix and the table below "
+                     "show the level chosen above them (prompt level first), misrouted prompts most confident first.")
     return "\n\n".join(lines)
 
 
-def slices_markdown(result: dict[str, Any]) -> str:
-    """Accuracy and ECE with intervals for every slice: all, each true axis, each small extra column."""
-    slices = result["levels"]["prompt"]["slices"]
+def shown_level(result: dict[str, Any], level: str) -> str:
+    """The level to draw: the one asked for where the result has it, else the prompt level (always measured)."""
+    return level if level in result["levels"] else "prompt"
+
+
+def slices_markdown(result: dict[str, Any], level: str = "prompt") -> str:
+    """Accuracy and ECE with intervals at one level for every slice: all, each true axis, each small extra column."""
+    slices = result["levels"][shown_level(result, level)]["slices"]
     if not slices:
         return ""
     rows = ["| slice | prompts | accuracy [95 % CI] | ECE [95 % CI] | mean confidence |", "|---|---|---|---|---|"]
@@ -262,11 +269,12 @@ def settle_markdown(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The rows to look at: the misrouted ones, most confident first; without labels every row, least confident first."""
-    level = result["levels"]["prompt"]
-    if level["labelled"]:
-        return level["misrouted"][:SHOWN_ROWS]
+def table_rows(result: dict[str, Any], level: str = "prompt") -> list[dict[str, Any]]:
+    """The rows to look at: the level's misrouted ones, most confident first; without labels every row (prompt
+    level), least confident first."""
+    summary = result["levels"][shown_level(result, level)]
+    if summary["labelled"]:
+        return summary["misrouted"][:SHOWN_ROWS]
     return sorted(result["rows"], key=lambda r: r["confidence"])[:SHOWN_ROWS]
 
 
@@ -276,15 +284,16 @@ def table_value(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"headers": TABLE_HEADERS, "data": data}
 
 
-def views(result: dict[str, Any] | None) -> tuple[Any, ...]:
-    """(confusion plot, slices markdown, settle markdown, table, table rows) of a result."""
+def views(result: dict[str, Any] | None, level: str = "prompt") -> tuple[Any, ...]:
+    """(confusion plot, slices markdown, settle markdown, table, table rows) of a result at one routing level."""
     if not result:
         return confusion_figure(None), "", "", table_value([]), []
-    rows = table_rows(result)
-    level = result["levels"]["prompt"]
+    level = shown_level(result, level)
+    rows = table_rows(result, level)
+    summary = result["levels"][level]
     how = "calibrated" if result["routing"]["calibrated"] else "uncalibrated"
-    return (confusion_figure(level["confusion"], f"True axis × routed axis ({level['labelled']} prompts, {how})"),
-            slices_markdown(result), settle_markdown(result), table_value(rows), rows)
+    return (confusion_figure(summary["confusion"], f"True axis × routed axis, {level} level ({summary['labelled']} prompts, {how})"),
+            slices_markdown(result, level), settle_markdown(result), table_value(rows), rows)
 
 
 def downloads(result: dict[str, Any], keep: bool = False) -> tuple[str, str]:
@@ -292,13 +301,13 @@ def downloads(result: dict[str, Any], keep: bool = False) -> tuple[str, str]:
     return write_downloads("alignx-analysis", analysis_csv(result), result, keep=keep)
 
 
-def render(result: dict[str, Any] | None) -> tuple[Any, ...]:
-    """`views` of a result, then its CSV and JSON downloads (hidden without a result)."""
+def render(result: dict[str, Any] | None, level: str = "prompt") -> tuple[Any, ...]:
+    """`views` of a result at a level, then its CSV and JSON downloads (hidden without a result)."""
     if not result:
         hidden = gr.File(value=None, visible=False)
         return (*views(None), hidden, hidden)
     csv_path, json_path = downloads(result)
-    return (*views(result), gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True))
+    return (*views(result, level), gr.File(value=csv_path, visible=True), gr.File(value=json_path, visible=True))
 
 
 CHANGE_HEADERS = ["row", "true axis", "routed A → B", "confidence A → B", "correct A → B", "prompt"]
@@ -449,6 +458,7 @@ class _Views:
     rows, the downloads, and the result JSON itself."""
 
     summary: gr.Markdown
+    level: gr.Radio
     confusion: gr.Plot
     slices_md: gr.Markdown
     settle_md: gr.Markdown
@@ -503,9 +513,12 @@ def _views(first: dict[str, Any] | None, provenance: str) -> _Views:
         with gr.Column(min_width=280):
             summary = gr.Markdown(summary_markdown(first) if first else "", label="Summary", elem_id="analysis-summary")
         with gr.Column(min_width=280):
+            level = gr.Radio(LEVEL_CHOICES, value="prompt", label="Routing level of the matrix and the tables",
+                             elem_id="analysis-level")
             confusion = gr.Plot(initial[0], show_label=False, elem_id="analysis-confusion", elem_classes=["ax-plot", "ax-cells"])
             gr.Markdown("Rows: the axis each prompt was labelled with; columns: the expert the router weighs most over "
-                        "the prompt. The diagonal is right; colour is the share of the row.", elem_classes=["ax-caption"])
+                        "the prompt (prompt level) or over the answer it generates (generation level). The diagonal is "
+                        "right; colour is the share of the row.", elem_classes=["ax-caption"])
     gr.Markdown("#### Misrouted prompts, most confident mistakes first\nEach row: the file's row number, the axis it was "
                 "labelled with → the expert the router chose (its weight). Click a row to run that prompt in Live routing "
                 "(with this analysis's calibration).", elem_classes=["ax-caption"])
@@ -525,7 +538,7 @@ def _views(first: dict[str, Any] | None, provenance: str) -> _Views:
         gr.Markdown(provenance, elem_classes=["ax-caption"])
     with gr.Accordion("Analysis (JSON, as returned by the API)", open=False):
         result = gr.JSON(first, label="Analysis")
-    return _Views(summary, confusion, slices_md, settle_md, table, csv_file, json_file, result, gr.State(initial[4]))
+    return _Views(summary, level, confusion, slices_md, settle_md, table, csv_file, json_file, result, gr.State(initial[4]))
 
 
 LOOKING_AT = ("**What you are looking at:** where the router goes wrong over a whole set of prompts — for each prompt, "
@@ -700,8 +713,10 @@ def _wire(key: int, slices: dict[str, dict[str, Any]], inputs: _Inputs, shown: _
                                          "misrouted rows, settle points).", **MODEL_EVENT)
     inputs.pick.change(visitor_errors(open_slice), inputs=inputs.pick, outputs=[shown.summary, shown.result],
                        api_visibility="private", queue=False)
-    shown.result.change(visitor_errors(render), inputs=shown.result, outputs=shown.drawn(), api_visibility="private",
-                        show_progress="hidden")
+    shown.result.change(visitor_errors(render), inputs=[shown.result, shown.level], outputs=shown.drawn(),
+                        api_visibility="private", show_progress="hidden")
+    shown.level.change(visitor_errors(views), inputs=[shown.result, shown.level], outputs=shown.drawn()[:5],
+                       api_visibility="private", show_progress="hidden", queue=False)
     opened = shown.table.select(visitor_errors(open_row), inputs=[shown.rows, shown.result],
                                 outputs=[live.prompt, live.calibrated, tabs], api_visibility="private", queue=False)
     live.run_after(opened)
