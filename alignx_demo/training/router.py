@@ -76,10 +76,11 @@ def own_answer_rows(mocae: MoCaEModel, tokenizer: Any, rows: list[AxisExample], 
     the model writes under its current routers (soft, uncalibrated: what the routers train under), labelled
     with the prompt's axis and marked `meta["own_answer"]` — routed, never learned as text.
 
-    Why: routers trained only on the sources' answers see a refusal after every harmful request, but a model
-    that complies writes fluent, helpful-looking text after it, and the routers follow that text into the
-    helpful expert while generating. Routing the model's own answers by what the prompt asked (on-policy, as
-    DAgger trains on the states the learner reaches) teaches them to hold the prompt's axis through them."""
+    Why: routers trained only on the sources' answers see a refusal after every harmful request, but the model
+    itself often hedges or complies ("i'm not certain…"), and the routers follow that text into the honest or
+    helpful expert while generating (on the MiniLM candidate, 0.66–0.81 of held-out harmful prompts were
+    routed honest over their answers). Routing the model's own answers by what the prompt asked (on-policy,
+    as DAgger trains on the states the learner reaches) teaches them to hold the prompt's axis through them."""
     from tqdm.auto import tqdm
 
     if all(not bool(p.any()) for p in mocae.routers.parameters()):
