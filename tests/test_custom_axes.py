@@ -225,7 +225,7 @@ def test_the_page_serves_your_axes_on_live_and_routing_analysis(two_axes, two_lo
     from alignx_demo.serving import ModelContext
     from alignx_demo.ui.app import LAUNCH_KWARGS, build_demo
 
-    demo = build_demo(ModelContext(two_loaded), tmp_path / "no-precomputed")
+    demo = build_demo(ModelContext(two_loaded), Path(__file__).parent.parent / "precomputed")  # the HHH bundle's
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **LAUNCH_KWARGS)
     try:
         client = Client(demo.local_url, verbose=False)
@@ -240,6 +240,7 @@ def test_the_page_serves_your_axes_on_live_and_routing_analysis(two_axes, two_lo
         assert analysis["levels"]["prompt"]["confusion"]["true"] == ["formal", "casual"]
         page = httpx.get(demo.local_url.rstrip("/") + "/config", timeout=30).text  # the page's components
         assert "This tab belongs to the HHH bundle" in page and "Formal expert" in page and "Helpful expert" not in page
+        assert '"elem_id":"stories"' not in page and "Do vaccines cause autism?" not in page  # the bundle's stories, examples
     finally:
         demo.close()
 

@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
-from alignx_demo.config import AXES
+from alignx_demo.config import AXES, is_hhh
 from alignx_demo.ui import stops
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.links import LinkTarget, copy_link_row
@@ -177,12 +177,16 @@ def intro_markdown(reliability: dict[str, Any] | None) -> str:
 
 
 def build_compare_tab(key: int, artefacts: Artefacts, worth: str | None = None, axes: Sequence[str] = AXES) -> LinkTarget:
-    """The components and events of the calibrated-vs-uncalibrated tab, for a model with these `axes`."""
-    gr.Markdown(intro_markdown(artefacts.get("reliability")), elem_id="compare-intro")
+    """The components and events of the calibrated-vs-uncalibrated tab, for a model with these `axes` (the shipped
+    reliability diagrams and first prompt are the HHH bundle's: a model of other axes gets neither)."""
+    hhh = is_hhh(axes)
+    data = artefacts.get("reliability") if hhh else None
+    gr.Markdown(intro_markdown(data), elem_id="compare-intro")
     gr.HTML(legend_html(flips=True, axes=axes))
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
-            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, value="Do vaccines cause autism?", elem_id="compare-prompt")
+            first = "Do vaccines cause autism?" if hhh else ""
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=6, value=first, elem_id="compare-prompt")
             with gr.Row():
                 run_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="compare-stop")
@@ -219,9 +223,9 @@ def build_compare_tab(key: int, artefacts: Artefacts, worth: str | None = None, 
 
     gr.Markdown("### Reliability of routing on held-out prompts\nEach point is a confidence bin: how often the router's top axis is the "
                 "prompt's true axis, against how confident it was. On the diagonal = calibrated; below = over-confident.")
-    data = artefacts.get("reliability")
     if data is None:
-        gr.HTML(notice_html(artefacts.notice("reliability")))
+        gr.HTML(notice_html(artefacts.notice("reliability") if hhh else
+                            "the shipped reliability diagrams are the HHH bundle's; `analyze` a labelled file for this model's"))
     else:
         gr.Markdown(f"Source: {data['source']} · built by `{data['command']}` · model {data['model']}")
         with gr.Row():

@@ -27,7 +27,7 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.analysis.map_prompts import EXAMPLES
-from alignx_demo.config import AXES
+from alignx_demo.config import AXES, is_hhh
 from alignx_demo.generation import clean_prompt
 from alignx_demo.ui import stops
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
@@ -209,19 +209,21 @@ def _example_choices(artefacts: Artefacts) -> list[str]:
             for t in artefacts.get("examples")["traces"]]
 
 
-def _controls(key: int, artefacts: Artefacts, model_ready: bool) -> _Controls:
-    """The prompt with its examples and buttons, beside the routing and generation settings."""
+def _controls(key: int, artefacts: Artefacts, model_ready: bool, hhh: bool = True) -> _Controls:
+    """The prompt with its examples and buttons, beside the routing and generation settings; the example prompts and
+    precomputed traces are the HHH bundle's, so a model with axes of its own (`hhh` False) gets neither."""
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             prompt = gr.Textbox(label="Prompt", lines=3, max_lines=8, placeholder="Ask something…", elem_id="live-prompt")
-            examples = [p for group in EXAMPLES.values() for p in group]
-            gr.Examples(examples, inputs=prompt, label="Examples: " + ", ".join(EXAMPLES))
+            if hhh:
+                examples = [p for group in EXAMPLES.values() for p in group]
+                gr.Examples(examples, inputs=prompt, label="Examples: " + ", ".join(EXAMPLES))
             with gr.Row():
                 run_btn = gr.Button("Generate", variant="primary", elem_id="live-generate")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="live-stop")
-            if not model_ready and artefacts.get("examples"):
+            if not model_ready and artefacts.get("examples") and hhh:
                 gr.Markdown("No model is loaded, but you can look at precomputed example generations:")
-            example_choices = _example_choices(artefacts)
+            example_choices = _example_choices(artefacts) if hhh else []
             example_pick = gr.Dropdown(example_choices, value=None, label="…or show a precomputed example trace",
                                        visible=bool(example_choices))
         with gr.Column(scale=1, min_width=240):
@@ -302,9 +304,11 @@ def build_live_tab(key: int, artefacts: Artefacts, model_ready: bool, worth: str
     `worth` is the honest notice (`ui.notice`) shown beside its output."""
     if intro:
         gr.Markdown(intro, elem_id="live-intro")
-    build_stories_panel(artefacts)  # on a phone the page's CSS moves it below the prompt (theme.CSS, #stories)
+    hhh = is_hhh(axes)
+    if hhh:  # the stories replay the HHH bundle's runs
+        build_stories_panel(artefacts)  # on a phone the page's CSS moves it below the prompt (theme.CSS, #stories)
     gr.HTML(legend_html(axes=axes))
-    controls = _controls(key, artefacts, model_ready)
+    controls = _controls(key, artefacts, model_ready, hhh)
     link = LinkTarget({"prompt": controls.prompt, "tokens": controls.max_new, "sample": controls.do_sample,
                        "temperature": controls.temperature, "top_p": controls.top_p, "seed": controls.seed,
                        "calibrated": controls.calibrated, "mode": controls.mode}, "live-generate")

@@ -45,13 +45,23 @@ from alignx_demo.analysis.failures import (
     level_figures,
 )
 from alignx_demo.analysis.prompt_files import parse_prompt_file
-from alignx_demo.config import RoutingSettings
+from alignx_demo.config import RoutingSettings, is_hhh
 from alignx_demo.serving import ModelContext
 from alignx_demo.ui.chips import notice_html
 from alignx_demo.ui.exports import write_downloads
 from alignx_demo.ui.plots import confusion_figure
 from alignx_demo.ui.results import scroll_hint
-from alignx_demo.ui.served import MODEL_EVENT, SERVED, gpu, gpu_seconds, limits_of, serve, served_axes, served_model
+from alignx_demo.ui.served import (
+    MODEL_EVENT,
+    SERVED,
+    gpu,
+    gpu_seconds,
+    limits_of,
+    model_ready,
+    serve,
+    served_axes,
+    served_model,
+)
 from alignx_demo.ui.theme import AXIS_LABELS
 from alignx_demo.ui.validation import GenerationError, flag, visitor_errors
 
@@ -473,7 +483,7 @@ class _Views:
         return [self.confusion, self.slices_md, self.settle_md, self.table, self.rows, self.csv_file, self.json_file]
 
 
-def _inputs(key: int, artefacts: Artefacts, slices: dict[str, dict[str, Any]]) -> _Inputs:
+def _inputs(slices: dict[str, dict[str, Any]], notice: str | None) -> _Inputs:
     """The upload with its calibration and Analyze button, beside the shipped slices (or a notice why there are none)."""
     with gr.Row():
         with gr.Column(scale=3, min_width=280):
@@ -487,8 +497,7 @@ def _inputs(key: int, artefacts: Artefacts, slices: dict[str, dict[str, Any]]) -
             pick = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="…or a slice this project ships",
                                visible=bool(choices), elem_id="analysis-shipped")
             if not slices:
-                gr.HTML(notice_html(artefacts.notice("analysis")
-                                    or f"No shipped slices in the routing analysis file; rebuild it with `{HOW_TO_BUILD}`."))
+                gr.HTML(notice_html(notice or f"No shipped slices in the routing analysis file; rebuild it with `{HOW_TO_BUILD}`."))
     return _Inputs(prompts_file, calibrated, run_btn, pick)
 
 
@@ -654,9 +663,12 @@ def _against(against: ModelContext | None) -> _Against | None:
 def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any, against: ModelContext | None = None) -> None:
     """The tab's components and events; `live` is the live tab's handles (`live.LiveTab`), `tabs` the page's tabs,
     `against` the second model the operator serves for comparison (None: the section says how to add one)."""
-    slices = shipped(artefacts)
-    gr.Markdown(intro_markdown(slices, artefacts.notice("analysis")), elem_id="analysis-intro")
-    inputs = _inputs(key, artefacts, slices)
+    hhh = not model_ready(key) or is_hhh(served_axes(key))  # without a model the page shows the bundle's artefacts
+    slices = shipped(artefacts) if hhh else {}  # the shipped slices are the HHH bundle's prompts and routing
+    notice = (artefacts.notice("analysis") if hhh else
+              "the shipped slices are the HHH bundle's: upload a file labelled with this model's axes")
+    gr.Markdown(intro_markdown(slices, notice), elem_id="analysis-intro")
+    inputs = _inputs(slices, notice)
     shown = _views(next(iter(slices.values()))["result"] if slices else None, _provenance(key, artefacts, slices))
     _wire(key, slices, inputs, shown, tabs, live)
     section = _against(against)
