@@ -254,3 +254,15 @@ def test_palette_keeps_hhh_colours_and_gives_others_distinct_ones():
     assert axis_colors(["formal", "helpful"]) == {"formal": PALETTE[0], "helpful": AXIS_COLORS["helpful"]}
     assert mix_color({"formal": 1.0, "casual": 0.0}) == PALETTE[0] and AXIS_LABELS["formal"] == "Formal"
     assert mix_color(dict(zip(AXES, (0.2, 0.5, 0.3)))) == "#548956"  # the HHH mix, as before this change
+
+
+def test_a_second_model_of_other_axes_is_refused_in_one_sentence(two_loaded, checkpoint):
+    """The Routing analysis comparison pairs routing over the same axes: a second model of other axes gets one sentence."""
+    from alignx_demo.serving import ModelContext
+    from alignx_demo.ui import routing_analysis as ra
+
+    hhh = load_mocae(checkpoint, load_in_4bit=False)
+    notice = ra.second_model_notice(ModelContext(two_loaded), hhh.mocae.axes)
+    assert "routes over other axes (formal, casual) than the served model (helpful, harmless, honest)" in notice
+    assert notice.count(". ") == 0 and ra.second_model_notice(ModelContext(two_loaded), ("formal", "casual")) is None
+    assert ra.second_model_notice(ModelContext(hhh), None) is None

@@ -132,19 +132,24 @@ Stage = Callable[[str, int, int], Any]
 """Progress of a comparison: (side "A" or "B", rows done, rows of that side)."""
 
 
-def second_model_notice(against: ModelContext | None) -> str | None:
-    """Why the comparison cannot run on this server (no second model configured, or it did not load); None when it can."""
+def second_model_notice(against: ModelContext | None, axes: tuple[str, ...] | None = None) -> str | None:
+    """Why the comparison cannot run on this server (no second model configured, it did not load, or it routes over
+    other axes than the served model's `axes`); None when it can."""
     if against is None:
         return NO_SECOND_MODEL
     if against.loaded is None:
         return f"The second model (B) is not loaded, so there is nothing to compare with: {against.problem or 'no model loaded'}"
+    if axes is not None and against.loaded.mocae.axes != axes:
+        return (f"The second model (B) routes over other axes ({', '.join(against.loaded.mocae.axes)}) than the served "
+                f"model ({', '.join(axes)}), so its routing cannot be paired with the served model's.")
     return None
 
 
-def second_model(against_key: int | None) -> ModelContext:
-    """The operator's second model by its `serve` key; a GenerationError with `second_model_notice` when there is none."""
+def second_model(against_key: int | None, axes: tuple[str, ...] | None = None) -> ModelContext:
+    """The operator's second model by its `serve` key; a GenerationError with `second_model_notice` when there is none
+    (or it routes over other axes than `axes`)."""
     context = SERVED.get(against_key) if against_key is not None else None
-    notice = second_model_notice(context)
+    notice = second_model_notice(context, axes)
     if notice:
         raise GenerationError(notice)
     return context
@@ -167,7 +172,8 @@ def compare_plain(key: int, against_key: int | None, rows: list[dict[str, Any]],
     """The served model (A) against the operator's second model (B) on the same rows, under one request's limits
     (plain data in and out): A routes up to `max_analysis_rows` rows in half of `request_seconds`, B the rows A
     analysed in what is left, then `compare_models` pairs them; both analyses are under "analyses"."""
-    context_a, context_b = served_model(key), second_model(against_key)
+    context_a = served_model(key)
+    context_b = second_model(against_key, context_a.loaded.mocae.axes)
     limits = limits_of(key)
     started = time.monotonic()
     settings = {"routing": RoutingSettings(mode="soft", calibrated=calibrated), "generate_tokens": generate_tokens,
@@ -191,7 +197,7 @@ def compare_against(key: int, against_key: int | None, prompts_file: Any, calibr
     """The served model against the operator's second model on an uploaded prompt file (with `calibrated` routing) or,
     without one, on a shipped slice's prompts (`shipped_slice`: {"label", "result"}, under that slice's own
     routing); (summary markdown, comparison JSON)."""
-    second_model(against_key)  # the notice first, before any file is read
+    second_model(against_key, served_axes(key))  # the notice first, before any file is read
     calibrated = flag(calibrated, "calibrated")
     if prompts_file or shipped_slice is None:
         path, name = uploaded(prompts_file)
@@ -628,10 +634,10 @@ class _Against:
         return [self.table, self.details, self.csv_file, self.json_file]
 
 
-def _against(against: ModelContext | None) -> _Against | None:
+def _against(against: ModelContext | None, axes: tuple[str, ...] | None) -> _Against | None:
     """The comparison section: one sentence when it cannot run here, else the Compare button and where its result shows."""
     gr.Markdown("#### Compare with a second model", elem_id="analysis-against-heading")
-    notice = second_model_notice(against)
+    notice = second_model_notice(against, axes)
     if against is None:
         gr.HTML(notice_html(notice), elem_id="analysis-against-notice")
         return None
@@ -671,7 +677,7 @@ def build_analysis_tab(key: int, artefacts: Artefacts, tabs: gr.Tabs, live: Any,
     inputs = _inputs(slices, notice)
     shown = _views(next(iter(slices.values()))["result"] if slices else None, _provenance(key, artefacts, slices))
     _wire(key, slices, inputs, shown, tabs, live)
-    section = _against(against)
+    section = _against(against, served_axes(key) if model_ready(key) else None)
     if section is not None:
         _wire_against(key, serve(against), slices, inputs, section)
 
