@@ -12,7 +12,8 @@ Both are written as PEFT writes a LoRA layer: the base's output plus the experts
 a few readable lines. Hand-made speed devices (W0 and A stored as one tensor so one matmul gave both,
 modules' own dicts read instead of attributes) were removed when a side-by-side measurement on a quiet
 machine showed they did not earn their complexity: soft decoding ÷ base at batch 1 / 8 was 1.09 / 1.05
-with them and 1.07 / 0.99 without at hidden 1024, and 1.19–1.33 / 1.17–1.23 with them against
+with them and 1.07 / 0.99 without at hidden 1024, 1.00 / 1.10 against 1.05 / 0.98 at the Llama-7B
+shapes (per-round spreads 0.86–1.27), and 1.19–1.33 / 1.17–1.23 with them against
 1.21–1.22 / 1.17–1.23 without on the demo model's shapes (`bench --shape-of assets/demo-model`,
 docs/performance.md); the served 4-bit base never took the fused path.
 """
