@@ -202,7 +202,7 @@ class MoCaELinear(nn.Module):
         self.rank = rank
         self.scaling = scaling
         self.slot = slot
-        self.k = k = slot.k
+        k = slot.k  # the layer's experts, one per axis
         d_in, d_out = _in_out_features(base)
         self.in_features, self.out_features = d_in, d_out
         device = module_device(base)
@@ -221,5 +221,5 @@ class MoCaELinear(nn.Module):
         y = self.base(x)
         a = F.linear(x.to(self.lora_A.dtype), self.lora_A)  # (…, K·r)
         p = self.slot.per_expert(a.dtype)  # (B·T, K, 1)
-        scaled = (a.reshape(-1, self.k, self.rank) * p).reshape(a.shape)  # each rank block times its p_k
+        scaled = (a.reshape(-1, self.slot.k, self.rank) * p).reshape(a.shape)  # each rank block times its p_k
         return y + (F.linear(scaled, self.lora_B) * self.scaling).to(y.dtype)
