@@ -95,25 +95,32 @@ class IncrementalDecoder:
     """Turns a stream of token ids into text pieces without splitting multi-byte characters.
 
     Decodes a short window around the newest token and emits only the new, complete text;
-    a piece that would end in a broken character waits for the next token.
+    a piece that would end in a broken character waits for the next token. A tokenizer that cleans
+    up its spaces (WordPiece: "i ' m" reads "i'm") is decoded with that cleanup, and a piece ending
+    in a spaced apostrophe waits too, since the next token decides whether the space goes, so the
+    pieces add up to what `tokenizer.decode` gives.
     """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool) -> None:
         self.tokenizer = tokenizer
         self.skip = skip_special_tokens
+        self.cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
         self.ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
         self.emitted = ""
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=self.cleanup)
+
+    def _unfinished(self, text: str) -> bool:
+        return text.endswith("\ufffd") or (self.cleanup and text.endswith(" '"))
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+        if len(text) > len(prefix) and not self._unfinished(text):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
             piece = text[len(prefix) :]
             self.emitted += piece

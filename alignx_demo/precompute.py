@@ -52,6 +52,7 @@ from alignx_demo.analysis.regimes import (
 )
 from alignx_demo.analysis.stories import build_stories
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
+from alignx_demo.data.ood import OOD_SLICE_NAMES, OOD_SLICES, SEEN_BY_DEFAULT_TRAINING, ood_prompt_rows
 
 MODEL_DEFAULT = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 BASELINES_SUMMARY = Path("logs") / "baselines_summary.json"
@@ -71,7 +72,8 @@ def read_report(path: str | Path, fingerprint: str, model_dir: Path) -> dict[str
 
 
 def reliability_from_report(report: dict[str, Any]) -> dict[str, Any]:
-    """Per split: the uncalibrated routing and the fullest calibrated variant the report measured."""
+    """Per split: the uncalibrated routing and the fullest calibrated variant the report measured; with the
+    report's out-of-distribution routing, its pooled never-seen slices as the split "ood" (prompt level only)."""
     from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS
 
     splits = {}
@@ -81,6 +83,12 @@ def reliability_from_report(report: dict[str, Any]) -> dict[str, Any]:
         if calibrated:
             entry["calibrated"] = _variant(variants[calibrated[-1]], calibrated[-1])
         splits[split] = entry
+    pooled = report.get("routing_ood", {}).get("pooled_unseen", {})
+    if pooled.get("n_prompts"):  # the out-of-distribution slices no training or calibration step saw
+        names = {label: cell["variant"] for label, cell in pooled["summary"]["prompt"].items()}
+        splits["ood"] = {run: {"variant": names[label], "prompt_metrics": pooled["variants"][names[label]]["prompt"],
+                               "token_metrics": None, "bins": pooled["reliability"]["prompt"][label]}
+                         for run, label in (("uncalibrated", "raw"), ("calibrated", "calibrated")) if label in names}
     return splits
 
 
@@ -342,7 +350,7 @@ def run_precompute(
         elif step == "examples":
             write_json(out, "examples", head | {"traces": example_traces(loaded, quick)})
         elif step == "analysis":
-            write_json(out, "analysis", head | shipped_analysis(loaded, pairs))
+            write_json(out, "analysis", head | shipped_analysis(loaded, pairs, data_dir, quick))
         elif step == "stories":
             write_json(out, "stories", head | build_stories(loaded, max_new_tokens=16 if quick else 48,
                                                              candidates=3 if quick else None, progress=bar.set_postfix_str))
@@ -368,25 +376,34 @@ def _map_step(loaded: Any, model_dir: Path, out: Path, head: dict[str, Any], pai
             "notes": [f"{r}: {why}" for r, why in regimes.missing.items()]}
 
 
-SHIPPED_SLICES = {"map_prompts_calibrated": True, "map_prompts_uncalibrated": False}
-"""The routing analyses precompute ships: the map prompts under calibrated and under raw routing."""
 
 
-def shipped_analysis(loaded: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """`failures.analyze_prompts` of the map prompts (written for this project, labelled by axis; never
-    trained on) under calibrated and uncalibrated soft routing: the slices the Routing analysis tab
-    shows without model work."""
-    from alignx_demo.analysis.failures import analyze_prompts
+def shipped_analysis(loaded: Any, pairs: list[tuple[str, str]], data_dir: str | Path | None = None,
+                     quick: bool = False) -> dict[str, Any]:
+    """`failures.analyze_prompts` (prompt and generation level) under calibrated and uncalibrated soft routing of
+    the map prompts (written for this project, labelled by axis; never trained on) and, with `data_dir`, of the
+    out-of-distribution slices no training or calibration step sees (`data.ood`; shown by their data ids, as
+    their text is not shipped): the slices the Routing analysis tab shows without model work."""
+    from alignx_demo.analysis.failures import analyze_prompts, redact_prompts
+    from alignx_demo.evaluation.tasks import EvalConfig  # the prompts `evaluate` routes per slice
 
-    rows = [{"prompt": p, "axis": a} for a, p in pairs]
+    sets = {"map_prompts": ([{"prompt": p, "axis": a} for a, p in pairs], f"Map prompts ({len(pairs)}, written for this project)",
+                            "the Axis Collapse map's prompts, each labelled with the axis it was written for "
+                            "(`alignx_demo/analysis/map_prompts.py`); none is a training prompt")}
+    if data_dir is not None:
+        unseen = [name for name in OOD_SLICES if name not in SEEN_BY_DEFAULT_TRAINING]
+        per_slice = 4 if quick else EvalConfig.ood_per_slice
+        rows = ood_prompt_rows(data_dir, per_slice=per_slice, slices=unseen)
+        sets["ood"] = (rows, f"Out of distribution ({len(rows)} prompts: {', '.join(OOD_SLICE_NAMES[n] for n in unseen)})",
+                       f"the first {per_slice} prompts of each out-of-distribution slice that no training or calibration "
+                       "step sees (`alignx_demo/data/ood.py`), labelled by the axis they belong to; shown by data ids")
     slices = {}
-    for name, calibrated in SHIPPED_SLICES.items():
-        result = analyze_prompts(loaded, None, rows, routing=RoutingSettings(mode="soft", calibrated=calibrated))
-        how = "calibrated" if result["routing"]["calibrated"] else "uncalibrated"
-        slices[name] = {"label": f"Map prompts ({len(rows)}, written for this project) · {how} routing",
-                        "what": "the Axis Collapse map's prompts, each labelled with the axis it was written for "
-                                "(`alignx_demo/analysis/map_prompts.py`); none is a training prompt",
-                        "result": result}
+    for key, (rows, label, what) in sets.items():
+        for calibrated in (True, False):
+            result = analyze_prompts(loaded, None, rows, routing=RoutingSettings(mode="soft", calibrated=calibrated))
+            how = "calibrated" if result["routing"]["calibrated"] else "uncalibrated"
+            slices[f"{key}_{how}"] = {"label": f"{label} · {how} routing", "what": what,
+                                      "result": redact_prompts(result) if key == "ood" else result}
     return {"slices": slices}
 
 

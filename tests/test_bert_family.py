@@ -178,3 +178,40 @@ def test_doctor_passes_every_step_on_a_bert_checkpoint(bert_checkpoint, tmp_path
     failed = {s["name"]: s.get("error") for s in report["steps"] if not s["ok"]}
     assert done.returncode == 0 and not failed, (failed, done.stderr[-2000:])
     assert "bert" in report["steps"][1]["details"]["description"]
+
+
+def uncased_wordpiece():
+    """A tiny uncased WordPiece tokenizer that cleans up its spaces, as the MiniLM base's does."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "'", ",", ".", "?", "i", "m", "t", "s", "can", "it", "sure", "you", "do", "fine", "un", "##der",
+             "##stand", "the"]
+    wordpiece = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]", clean_up_tokenization_spaces=True)
+
+
+def test_streamed_wordpiece_text_reads_as_the_full_decode():
+    """The uncased WordPiece decoding spaces apostrophes ("i ' m"); streamed pieces get the tokenizer's
+    own clean-up, so they add up to `decode` ("i'm"), held back only while an apostrophe waits."""
+    from alignx_demo.generation import IncrementalDecoder
+
+    tokenizer = uncased_wordpiece()
+    ids = tokenizer("I'm sure you can't, it's fine. I understand '", add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tokenizer, skip_special_tokens=True)
+    pieces = [decoder.push(i) for i in ids]
+    assert "".join(pieces) + decoder.remainder() == tokenizer.decode(ids) == "i'm sure you can't, it's fine. i understand '"
+    assert pieces[1] == "" and pieces[2] == "'m", "the apostrophe waits for the token that decides its spaces"
+
+
+def test_the_header_says_an_uncased_model_writes_lowercase(bert_checkpoint):
+    from alignx_demo.serving import ModelContext
+    from alignx_demo.ui.app import status_html
+
+    loaded = load_mocae(bert_checkpoint, load_in_4bit=False)
+    assert "lowercase" not in status_html(ModelContext(loaded))
+    loaded.tokenizer = uncased_wordpiece()
+    assert "reads and writes lowercase" in status_html(ModelContext(loaded))

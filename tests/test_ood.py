@@ -84,9 +84,9 @@ def test_missing_mt_bench_file_leaves_that_slice_out(tmp_path):
 def test_ood_prompt_rows_for_the_routing_analysis_tab(data_dir):
     rows = ood_prompt_rows(data_dir, per_slice=5)
     assert Counter(r["slice"] for r in rows) == dict.fromkeys(OOD_SLICES, 5)
-    assert all(set(r) == {"prompt", "axis", "slice"} and r["axis"] in AXES for r in rows)
+    assert all(set(r) == {"prompt", "axis", "slice", "id"} and r["axis"] in AXES for r in rows)
     slices = load_ood_slices(data_dir)
-    assert [r["prompt"] for r in rows if r["slice"] == "advbench"] == [e.prompt for e in slices["advbench"][:5]]
+    assert [(r["prompt"], r["id"]) for r in rows if r["slice"] == "advbench"] == [(e.prompt, e.id) for e in slices["advbench"][:5]]
     assert {r["slice"] for r in ood_prompt_rows(data_dir, per_slice=None, slices=["mt_bench"])} == {"mt_bench"}
 
 
@@ -202,6 +202,13 @@ def test_ood_tasks_report_every_slice_pooled_and_the_presets(checkpoint, data_di
     assert any("truthfulqa_heldout (seen by default-trained bundles)" in line for line in lines)
     assert any(line.startswith("just right: mt_bench_refusal_rate") for line in lines)
     json.dumps(report)  # the report is plain JSON
+    from alignx_demo.precompute import reliability_from_report
+
+    shown = reliability_from_report(report)["ood"]  # the Compare tab's out-of-distribution diagram
+    for run, label in (("uncalibrated", "raw"), ("calibrated", "calibrated")):
+        cell = ood["pooled_unseen"]["summary"]["prompt"][label]
+        assert shown[run]["prompt_metrics"]["ece"] == cell["ece"] and shown[run]["variant"] == cell["variant"]
+        assert sum(b["count"] for b in shown[run]["bins"]) == cell["n"] == 12
 
 
 @pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data not present")

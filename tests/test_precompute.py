@@ -263,12 +263,30 @@ def test_the_stories_artefact_is_built_and_every_label_follows_its_runs(trained_
     assert [r["trace"]["settings"]["routing"]["calibrated"] for r in data["stories"][2]["runs"]] == [True, False]
 
 
-def test_the_shipped_routing_analysis_covers_the_map_prompts_both_ways(trained_precomputed):
+def test_the_shipped_routing_analysis_covers_the_map_prompts_and_the_unseen_slices_both_ways(trained_run, trained_precomputed):
+    """Both levels, both routings; the out-of-distribution slices (4 prompts each with --quick) by data id, never text."""
+    from alignx_demo.data.ood import ood_prompt_rows
+
     data = json.loads((trained_precomputed / FILES["analysis"]).read_text())
     slices = data["slices"]
-    assert list(slices) == ["map_prompts_calibrated", "map_prompts_uncalibrated"]
+    assert list(slices) == ["map_prompts_calibrated", "map_prompts_uncalibrated", "ood_calibrated", "ood_uncalibrated"]
+    rows = ood_prompt_rows(trained_run[1], per_slice=4, slices=["mt_bench", "beavertails", "advbench", "xstest"])
     for name, entry in slices.items():
         result = entry["result"]
-        assert result["analysed"] == 36 and {r["axis"] for r in result["rows"]} == set(AXES)
+        n = 36 if name.startswith("map_prompts") else len(rows)
+        assert result["analysed"] == n and {r["axis"] for r in result["rows"]} <= set(AXES)
         assert result["routing"]["calibrated"] == name.endswith("_calibrated")
-        assert sum(map(sum, result["levels"]["prompt"]["confusion"]["matrix"])) == 36
+        for level in ("prompt", "generation"):
+            assert sum(map(sum, result["levels"][level]["confusion"]["matrix"])) == n, (name, level)
+    ood = slices["ood_calibrated"]["result"]
+    assert [r["prompt"] for r in ood["rows"]] == [r["id"] for r in rows] and ood["prompts_redacted"]
+    assert set(ood["levels"]["prompt"]["slices"]["slice"]) == {"mt_bench", "beavertails", "advbench", "xstest"}
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, dict)):
+            for item in value.values() if isinstance(value, dict) else value:
+                yield from strings(item)
+
+    shipped = list(strings(slices["ood_calibrated"])) + list(strings(slices["ood_uncalibrated"]))
+    assert not any(r["prompt"] in s for r in rows for s in shipped), "no benchmark text is shipped"

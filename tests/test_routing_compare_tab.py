@@ -173,3 +173,22 @@ def test_the_level_choice_draws_the_generation_levels_matrix_slices_and_misroute
     assert drawn["generation"][0].data[0].z != drawn["prompt"][0].data[0].z or generation["confusion"] == prompt["confusion"]
     only_prompt = analyze_prompts(models[0], None, ROWS, generate_tokens=0, routing=RoutingSettings(mode="soft", calibrated=False))
     assert ra.views(only_prompt, "generation")[1] == ra.views(only_prompt, "prompt")[1]
+
+
+def test_a_slice_shipped_by_data_ids_shows_ids_and_is_never_rerun(models):
+    """The out-of-distribution slices ship their prompts' data ids, not the benchmark text: every prompt the tab
+    shows is an id, the summary says why, and neither the comparison nor a click on a row can route an id as text."""
+    from alignx_demo.analysis.failures import redact_prompts
+
+    rows = [r | {"id": f"tiny:{i}"} for i, r in enumerate(ROWS)]
+    result = analyze_prompts(models[0], None, rows, generate_tokens=2, routing=RoutingSettings(mode="soft", calibrated=False))
+    shipped = redact_prompts(result)
+    shown = [r["prompt"] for r in shipped["rows"]] + [r["prompt"] for lv in shipped["levels"].values() for r in lv["misrouted"]]
+    assert shown and all(p.startswith("tiny:") for p in shown)
+    assert not {p for p, _, _ in LABELLED_PROMPTS} & set(json.dumps(shipped["rows"]).split('"'))
+    assert shipped["levels"]["prompt"]["confusion"] == result["levels"]["prompt"]["confusion"]
+    assert result["rows"][0]["prompt"] == ROWS[0]["prompt"], "the analysis itself is left as it was"
+    assert "Each prompt is shown by its data id" in ra.summary_markdown(shipped)
+    key, other = keys(*models)
+    with pytest.raises(GenerationError, match="data ids, not their text"):
+        ra.compare_against(key, other, None, True, {"label": "OOD slice", "result": shipped})

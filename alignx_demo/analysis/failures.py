@@ -33,6 +33,7 @@ debiased ECE's) with a paired bootstrap over prompts (`analysis.statistics`).
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import itertools
@@ -413,6 +414,21 @@ def _route_rows(mocae: Any, tokenizer: Any, todo: list[dict[str, Any]], routing:
         if progress is not None:
             progress(len(analysed), len(todo))
     return analysed, False
+
+
+REDACTED = ("Each prompt is shown by its data id, not its text: the benchmark text is not shipped with the app "
+            "(the ids name rows of the data files in `../shared/data`)")
+"""Why a shipped analysis of benchmark prompts shows ids (`redact_prompts`)."""
+
+
+def redact_prompts(result: dict[str, Any], column: str = "id") -> dict[str, Any]:
+    """The analysis with every prompt replaced by its row's `column` value (a data id), for shipping an analysis of
+    prompts whose text may not be copied; "prompts_redacted" says so, and such a slice cannot be rerun."""
+    out = copy.deepcopy(result)
+    for row in [*out["rows"], *(r for level in out["levels"].values() for r in level["misrouted"])]:
+        row["prompt"] = str(row["extra"][column])
+    out["prompts_redacted"] = REDACTED
+    return out
 
 
 # two models on the same prompts ---------------------------------------------------------------------------

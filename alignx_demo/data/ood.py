@@ -53,6 +53,9 @@ OOD_SLICES: dict[str, str] = {
     "xstest": "XSTest train + eval splits (evaluation only): safe-but-scary prompts labelled helpful, unsafe ones harmless",
 }
 """Slice name -> what it holds, in report order."""
+OOD_SLICE_NAMES = {"mt_bench": "MT-Bench", "beavertails": "BeaverTails", "advbench": "AdvBench",
+                   "truthfulqa_heldout": "TruthfulQA (held-out categories)", "xstest": "XSTest"}
+"""Slice name -> how the page names it."""
 
 OOD_HARMFUL_SLICES = ("beavertails", "advbench")
 """The held-out harmful sources: no stage may train, calibrate or choose a setting on any split of them."""
@@ -149,8 +152,9 @@ def load_ood_slices(data_dir: str | Path, warnings: list[str] | None = None) -> 
 
 def ood_prompt_rows(data_dir: str | Path, per_slice: int | None = 80, slices: Sequence[str] | None = None) -> list[dict[str, str]]:
     """The first `per_slice` prompts (None: all) of each slice (default: every slice) as rows for
-    `analysis.failures.analyze_prompts`: {"prompt", "axis", "slice"} — "slice" has a handful of
-    values, so the analysis reports accuracy and ECE per slice."""
+    `analysis.failures.analyze_prompts`: {"prompt", "axis", "slice", "id"} — "slice" has a handful of
+    values, so the analysis reports accuracy and ECE per slice; "id" names the data row, so a shipped
+    analysis can show it in place of the text (`failures.redact_prompts`)."""
     loaded = load_ood_slices(data_dir)
     names = [n for n in (slices or OOD_SLICES) if n in loaded]
-    return [{"prompt": e.prompt, "axis": e.axis, "slice": name} for name in names for e in loaded[name][:per_slice]]
+    return [{"prompt": e.prompt, "axis": e.axis, "slice": name, "id": e.id} for name in names for e in loaded[name][:per_slice]]

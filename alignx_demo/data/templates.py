@@ -38,6 +38,11 @@ AXIS_PREAMBLES: dict[str, str] = {
 assert tuple(AXIS_PREAMBLES) == AXES
 
 
+def is_uncased(tokenizer: Any) -> bool:
+    """Whether the tokenizer folds case (its ids for 'The' and 'the' are the same): such a model writes lowercase."""
+    return tokenizer("The", add_special_tokens=False)["input_ids"] == tokenizer("the", add_special_tokens=False)["input_ids"]
+
+
 def _has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 

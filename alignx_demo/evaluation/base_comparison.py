@@ -33,11 +33,7 @@ from typing import Any
 import torch
 
 from alignx_demo.data.behaviour import on_topic
-from alignx_demo.data.templates import encode_example, encode_prompt
-
-def is_uncased(tokenizer: Any) -> bool:
-    """Whether the tokenizer folds case (its ids for 'The' and 'the' are the same)."""
-    return tokenizer("The", add_special_tokens=False)["input_ids"] == tokenizer("the", add_special_tokens=False)["input_ids"]
+from alignx_demo.data.templates import encode_example, encode_prompt, is_uncased
 
 
 def context_of(model: Any) -> int:

@@ -10,6 +10,7 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts, load_artefacts
 from alignx_demo.config import AXES, is_hhh
+from alignx_demo.data.templates import is_uncased
 from alignx_demo.serving import ModelContext
 from alignx_demo.ui.about import build_about_tab
 from alignx_demo.ui.collapse import build_collapse_tab
@@ -40,7 +41,8 @@ def status_html(context: ModelContext) -> str:
     are in the About tab)."""
     if context.loaded is None:
         return f'<p class="ax-notice">⚠ {html.escape(context.problem or "no model loaded")}</p>'
-    return f"<p>Model loaded: <b>{html.escape(context.name)}</b> · details in the About tab</p>"
+    case = " · its vocabulary is uncased, so it reads and writes lowercase" if is_uncased(context.loaded.tokenizer) else ""
+    return f"<p>Model loaded: <b>{html.escape(context.name)}</b>{case} · details in the About tab</p>"
 
 
 def custom_header(axes: tuple[str, ...]) -> str:

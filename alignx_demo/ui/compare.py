@@ -127,9 +127,11 @@ def compare_downloads(result: dict[str, Any] | None, worth: str | None) -> list[
                                                 figures=[_shares_plot(result)], notice=worth))
 
 
-SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest"}
+SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest",
+                "ood": "Out of distribution: MT-Bench, BeaverTails, AdvBench, XSTest"}
 """Titles of the reliability data's held-out sets."""
-SPLIT_WORDS = {"eval": "the evaluation split's prompts", "xstest_shifted": "XSTest's prompts (a shifted set)"}
+SPLIT_WORDS = {"eval": "the evaluation split's prompts", "xstest_shifted": "XSTest's prompts (a shifted set)",
+               "ood": "prompts of sources no training or calibration step saw"}
 
 
 def reliability_sentence(variants: dict[str, dict[str, Any]], where: str) -> str:

@@ -208,6 +208,9 @@ def compare_against(key: int, against_key: int | None, prompts_file: Any, calibr
         comparison = compare_plain(key, against_key, rows, calibrated, DEFAULT_GENERATE_TOKENS, progress, problems)
     else:
         result, name = shipped_slice["result"], shipped_slice["label"]
+        if result.get("prompts_redacted"):
+            raise GenerationError(f"{name} ships its prompts' data ids, not their text, so the second model cannot route "
+                                  "them; upload the prompts as a file instead")
         comparison = compare_plain(key, against_key, slice_rows(result), bool(result["routing"]["calibrated"]),
                                    int(result.get("generate_tokens") or 0), progress)
     comparison["prompts_file"] = name
@@ -231,6 +234,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
         lines.append(f"⚠ …and {len(problems) - SHOWN_PROBLEMS} more rows left out (all listed in the JSON download).")
     for notice in result.get("notices") or []:
         lines.append(f"⚠ {plain(notice)}")
+    if result.get("prompts_redacted"):
+        lines.append(f"ℹ {plain(result['prompts_redacted'])}.")
     figures = level_figures(result) if "levels" in result else []
     if any(f.get("skipped") == "no labelled rows" for f in figures):
         lines.append("No row has an axis label, so there is no accuracy or confusion matrix: add an `axis` column "
@@ -721,6 +726,9 @@ def _wire(key: int, slices: dict[str, dict[str, Any]], inputs: _Inputs, shown: _
         index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not rows or not isinstance(index, int) or not 0 <= index < len(rows):
             raise GenerationError("that row is not in the table any more; analyse again")
+        if (result or {}).get("prompts_redacted"):
+            raise GenerationError(f"{rows[index]['prompt']} is a data id, not the prompt's text (the benchmark text is not "
+                                  "shipped), so it cannot run in Live routing")
         calibrated_run = bool((result or {}).get("routing", {}).get("calibrated", True))
         return rows[index]["prompt"], calibrated_run, gr.Tabs(selected="live")
 
