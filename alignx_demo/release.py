@@ -3,12 +3,11 @@
 The bundle is the checkpoint folder without the resumable training state (`checkpoints/`, the
 optimizer) and without the tokenizer's own folder (`base/` holds the tokenizer). The model card
 is written from the run's own summaries and an evaluation report — every figure in it comes from
-a file the training or `evaluate` wrote — plus greedy samples for the first five eval-split
-prompts of each axis (not chosen by hand), and the licences of the data it was trained and
-evaluated on.
+a file the training or `evaluate` wrote — plus greedy samples for the first five map prompts of
+each axis (written for this project, not chosen by their answers: the benchmark text is not
+committed), and the licences of the data it was trained and evaluated on.
 
-The licences are read at release time from `SOURCES.md` in the data directory (which `release`
-needs anyway, for the samples) and matched to the files `data.sources` reads: `SOURCES.md` is the
+The licences are read at release time from `SOURCES.md` in the data directory and matched to the files `data.sources` reads: `SOURCES.md` is the
 authority on where each file came from and under which terms, so a card written from it cannot
 drift from it the way a table copied into this module would.
 """
@@ -22,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
-from alignx_demo.data.readers import load_axis_data
-from alignx_demo.data.records import eval_prompts
+from alignx_demo.analysis.map_prompts import MAP_PROMPTS
 from alignx_demo.data.sources import SOURCES, Source
 from alignx_demo.evaluation.presets import OOD_RATES
 from alignx_demo.evaluation.presets import target_lines as preset_lines
@@ -49,14 +47,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "–" if value is None else str(value)
 
 
-def samples(loaded: Any, data_dir: str | Path, per_axis: int = 5, new_tokens: int = 48) -> dict[str, list[tuple[str, str, str]]]:
-    """Greedy answers of calibrated MoCaE (as served) for the first distinct eval-split prompts of each axis."""
-    examples = load_axis_data(data_dir).examples
+def samples(loaded: Any, per_axis: int = 5, new_tokens: int = 48) -> dict[str, list[tuple[str, str, str]]]:
+    """Greedy answers of calibrated MoCaE (as served) to the first map prompts of each axis (`MAP_PROMPTS`:
+    written for this project, so the card quotes no benchmark text)."""
     out: dict[str, list[tuple[str, str, str]]] = {}
     for axis in AXES:
-        prompts = [e.prompt for e in eval_prompts(examples, axis, per_axis)]
         rows = []
-        for prompt in prompts:
+        for prompt in MAP_PROMPTS[axis][:per_axis]:
             run = RoutedGeneration(loaded.mocae, loaded.tokenizer, prompt, GenerationSettings(max_new_tokens=new_tokens), RoutingSettings())
             tokens = [t for t in run if not t.is_prompt]
             top = max(AXES, key=lambda a: sum(t.weights[a] for t in tokens)) if tokens else "–"
@@ -66,14 +63,17 @@ def samples(loaded: Any, data_dir: str | Path, per_axis: int = 5, new_tokens: in
 
 
 def quantization_line(loaded: Any) -> str:
-    """Which linear layers of the served base are 4-bit NF4 (all but `lm_head` is the target)."""
+    """Which linear layers of the served base are 4-bit NF4 (all but the output head — `lm_head`, BERT's
+    `cls.predictions.decoder` — is the target)."""
     import bitsandbytes as bnb  # noqa: PLC0415
     from torch import nn  # noqa: PLC0415
 
-    linears = {name: module for name, module in loaded.mocae.model.named_modules() if isinstance(module, nn.Linear)}
+    model = loaded.mocae.model
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    head = next((name for name, module in linears.items() if module is model.get_output_embeddings()), "lm_head")
     full = sorted(name for name, module in linears.items() if not isinstance(module, bnb.nn.Linear4bit))
-    kept = [name for name in full if not name.endswith("lm_head")]
-    where = "every one but `lm_head`" if not kept else f"all but {len(kept)} ({', '.join(kept[:4])}…) and `lm_head`"
+    kept = [name for name in full if name != head]
+    where = f"every one but the output head `{head}`" if not kept else f"all but {len(kept)} ({', '.join(kept[:4])}…) and the output head `{head}`"
     return f"4-bit NF4 as served: {len(linears) - len(full)} of {len(linears)} linear layers of the base, {where}."
 
 
@@ -450,7 +450,8 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     if agreement:
         lines += ["", f"Refusal detector vs XSTest human labels: agreement {agreement['agreement']:.3f}, precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f} (n = {agreement['n']})."]
     lines += licences or []
-    lines += ["", "## Samples (calibrated MoCaE, greedy, first five distinct eval-split prompts per axis, not chosen)", ""]
+    lines += ["", "## Samples (calibrated MoCaE, greedy, the first five map prompts per axis — written for this project, "
+              "not chosen by their answers)", ""]
     for axis, rows in sample_rows.items():
         lines.append(f"### {axis}")
         for prompt, answer, top in rows:
@@ -475,7 +476,7 @@ def release(run: str | Path, to: str | Path, data_dir: str | Path, eval_report: 
         raise ValueError(f"bundle is {size / 2**20:.1f} MiB, over the {MAX_BUNDLE_BYTES / 2**20:.0f} MiB limit")
     loaded = load_mocae(to, load_in_4bit=True)
     served = [quantization_line(loaded), f"Bundle size {size / 2**20:.1f} MiB (limit {MAX_BUNDLE_BYTES / 2**20:.0f} MiB)."]
-    card = model_card(to, report, samples(loaded, data_dir), served, data_licence_lines(data_dir),
+    card = model_card(to, report, samples(loaded), served, data_licence_lines(data_dir),
                       ood=_read(Path(ood_report)) if ood_report else None,
                       comparison=_read(Path(base_comparison)) if base_comparison else None)
     (to / "MODEL_CARD.md").write_text(card, encoding="utf-8")

@@ -188,11 +188,12 @@ def composite(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _samples(outputs: dict[tuple[str, str, str], Any], names: Sequence[str]) -> dict[str, Any]:
-    """The first three (prompt, greedy answer) pairs of each greedy prompt set, per system."""
+    """The first three (data id, greedy answer) pairs of each greedy prompt set, per system: ids, since the
+    benchmark text is not committed."""
     labels = {"harmful": "harmful", "xstest_safe": "xstest_safe", "truthfulqa_mc": "truthfulqa"}
     out: dict[str, Any] = {}
     for name in names:
-        out[name] = {label: [(i.prompt, a) for i, a in zip(*outputs[(name, "greedy", key)])][:3]
+        out[name] = {label: [(i.id, a) for i, a in zip(*outputs[(name, "greedy", key)])][:3]
                      for key, label in labels.items() if (name, "greedy", key) in outputs}
     return out
 

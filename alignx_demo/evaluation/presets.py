@@ -108,10 +108,9 @@ def _meets(value: float | None, op: str, threshold: float) -> bool | None:
 
 def rates_report(items: list[AxisExample], outputs: dict[str, Any], groups_named: tuple[str, ...] = GROUPS,
                  rates: dict[str, tuple[str, Callable[[str], bool]]] = RATES,
-                 targets: tuple[tuple[str, str, str, float], ...] = PRESET_TARGETS, *, shares_by_group: bool = False,
-                 sample_key: Callable[[AxisExample], str] = lambda i: i.prompt) -> dict[str, Any]:
-    """Rates with intervals per preset and group, the targets beside them, a few samples ((sample_key
-    of the item, answer)) and, with `shares_by_group`, the mean axis shares of each group's answers."""
+                 targets: tuple[tuple[str, str, str, float], ...] = PRESET_TARGETS, *, shares_by_group: bool = False) -> dict[str, Any]:
+    """Rates with intervals per preset and group, the targets beside them, a few samples ((data id, answer): the
+    benchmark text is not committed) and, with `shares_by_group`, the mean axis shares of each group's answers."""
     groups = [i.meta["group"] for i in items]
     report: dict[str, Any] = {"presets": {}, "calibration": outputs.get("_calibration"),
                               "counts": {g: groups.count(g) for g in groups_named}}
@@ -129,7 +128,7 @@ def rates_report(items: list[AxisExample], outputs: dict[str, Any], groups_named
         row["targets"] = [{"rate": key, "target": f"{op} {threshold:.2f}", "value": row[key]["value"],
                            "met": _meets(row[key]["value"], op, threshold)}
                           for preset, key, op, threshold in targets if preset == name]
-        row["samples"] = {g: [(sample_key(i), text) for i, (text, _) in zip(items, answers) if i.meta["group"] == g][:2]
+        row["samples"] = {g: [(i.id, text) for i, (text, _) in zip(items, answers) if i.meta["group"] == g][:2]
                           for g in groups_named}
         report["presets"][name] = row
     return report
@@ -202,7 +201,7 @@ def ood_preset_candidates(ctx: Context) -> list[AxisExample]:
 def ood_preset_report(ctx: Context, items: list[AxisExample], outputs: dict[str, Any]) -> dict[str, Any]:
     """`rates_report` of the OOD groups, rates and targets, with axis shares per group; samples name their
     prompt by id (e.g. "mt_bench:101"), not by text: the report may be committed, the data files' text may not."""
-    return rates_report(items, outputs, OOD_GROUPS, OOD_RATES, OOD_PRESET_TARGETS, shares_by_group=True, sample_key=lambda i: i.id)
+    return rates_report(items, outputs, OOD_GROUPS, OOD_RATES, OOD_PRESET_TARGETS, shares_by_group=True)
 
 
 PRESETS_OOD_TASK = Task(
