@@ -376,8 +376,6 @@ def _map_step(loaded: Any, model_dir: Path, out: Path, head: dict[str, Any], pai
             "notes": [f"{r}: {why}" for r, why in regimes.missing.items()]}
 
 
-
-
 def shipped_analysis(loaded: Any, pairs: list[tuple[str, str]], data_dir: str | Path | None = None,
                      quick: bool = False) -> dict[str, Any]:
     """`failures.analyze_prompts` (prompt and generation level) under calibrated and uncalibrated soft routing of
@@ -388,15 +386,15 @@ def shipped_analysis(loaded: Any, pairs: list[tuple[str, str]], data_dir: str | 
     from alignx_demo.evaluation.tasks import EvalConfig  # the prompts `evaluate` routes per slice
 
     sets = {"map_prompts": ([{"prompt": p, "axis": a} for a, p in pairs], f"Map prompts ({len(pairs)}, written for this project)",
-                            "the Axis Collapse map's prompts, each labelled with the axis it was written for "
-                            "(`alignx_demo/analysis/map_prompts.py`); none is a training prompt")}
+                            ("the Axis Collapse map's prompts, each labelled with the axis it was written for "
+                             "(`alignx_demo/analysis/map_prompts.py`); none is a training prompt"))}
     if data_dir is not None:
         unseen = [name for name in OOD_SLICES if name not in SEEN_BY_DEFAULT_TRAINING]
         per_slice = 4 if quick else EvalConfig.ood_per_slice
         rows = ood_prompt_rows(data_dir, per_slice=per_slice, slices=unseen)
         sets["ood"] = (rows, f"Out of distribution ({len(rows)} prompts: {', '.join(OOD_SLICE_NAMES[n] for n in unseen)})",
-                       f"the first {per_slice} prompts of each out-of-distribution slice that no training or calibration "
-                       "step sees (`alignx_demo/data/ood.py`), labelled by the axis they belong to; shown by data ids")
+                       (f"the first {per_slice} prompts of each out-of-distribution slice that no training or calibration "
+                        "step sees (`alignx_demo/data/ood.py`), labelled by the axis they belong to; shown by data ids"))
     slices = {}
     for key, (rows, label, what) in sets.items():
         for calibrated in (True, False):

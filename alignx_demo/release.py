@@ -7,9 +7,10 @@ a file the training or `evaluate` wrote — plus greedy samples for the first fi
 each axis (written for this project, not chosen by their answers: the benchmark text is not
 committed), and the licences of the data it was trained and evaluated on.
 
-The licences are read at release time from `SOURCES.md` in the data directory and matched to the files `data.sources` reads: `SOURCES.md` is the
-authority on where each file came from and under which terms, so a card written from it cannot
-drift from it the way a table copied into this module would.
+The licences are read at release time from `SOURCES.md` in the data directory and matched to the
+files `data.sources` reads: `SOURCES.md` is the authority on where each file came from and under
+which terms, so a card written from it cannot drift from it the way a table copied into this module
+would.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 from alignx_demo.analysis.map_prompts import MAP_PROMPTS
+from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 from alignx_demo.data.sources import SOURCES, Source
 from alignx_demo.evaluation.presets import OOD_RATES
 from alignx_demo.evaluation.presets import target_lines as preset_lines
@@ -73,7 +74,8 @@ def quantization_line(loaded: Any) -> str:
     head = next((name for name, module in linears.items() if module is model.get_output_embeddings()), "lm_head")
     full = sorted(name for name, module in linears.items() if not isinstance(module, bnb.nn.Linear4bit))
     kept = [name for name in full if name != head]
-    where = f"every one but the output head `{head}`" if not kept else f"all but {len(kept)} ({', '.join(kept[:4])}…) and the output head `{head}`"
+    where = (f"every one but the output head `{head}`" if not kept
+             else f"all but {len(kept)} ({', '.join(kept[:4])}…) and the output head `{head}`")
     return f"4-bit NF4 as served: {len(linears) - len(full)} of {len(linears)} linear layers of the base, {where}."
 
 
@@ -450,8 +452,8 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     if agreement:
         lines += ["", f"Refusal detector vs XSTest human labels: agreement {agreement['agreement']:.3f}, precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f} (n = {agreement['n']})."]
     lines += licences or []
-    lines += ["", "## Samples (calibrated MoCaE, greedy, the first five map prompts per axis — written for this project, "
-              "not chosen by their answers)", ""]
+    lines += ["", ("## Samples (calibrated MoCaE, greedy, the first five map prompts per axis — written for this project, "
+                   "not chosen by their answers)"), ""]
     for axis, rows in sample_rows.items():
         lines.append(f"### {axis}")
         for prompt, answer, top in rows:

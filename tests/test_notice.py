@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from alignx_demo.analysis.artefacts import Artefacts, load_artefacts, model_fingerprint
 from alignx_demo.modeling import load_mocae

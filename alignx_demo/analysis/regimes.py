@@ -121,7 +121,7 @@ class Representation:
         return cls(kind, int(depth))
 
     def describe(self, n_layers: int) -> str:
-        where = (f"the last decoder layer's output (after the final norm)" if self.depth == n_layers
+        where = ("the last decoder layer's output (after the final norm)" if self.depth == n_layers
                  else f"the input of decoder layer {self.depth} (the own-token part of its router features)")
         if self.kind == "answer":
             return f"RMS-normed hidden state at the first answer position (what the model is about to say), {where}"

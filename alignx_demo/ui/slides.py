@@ -15,7 +15,6 @@ import functools
 import html
 import io
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
