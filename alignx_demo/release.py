@@ -24,11 +24,12 @@ from typing import Any
 from alignx_demo.analysis.map_prompts import MAP_PROMPTS
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
 from alignx_demo.data.sources import SOURCES, Source
+from alignx_demo.evaluation.base_comparison import base_record
 from alignx_demo.evaluation.presets import OOD_RATES
 from alignx_demo.evaluation.presets import target_lines as preset_lines
 from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS, ood_lines
 from alignx_demo.generation import RoutedGeneration
-from alignx_demo.modeling.checkpoint import load_mocae
+from alignx_demo.modeling.checkpoint import base_init, load_mocae
 
 SKIP = ("checkpoints", "tokenizer", "base.pid")
 MAX_BUNDLE_BYTES = 60 * 1024 * 1024
@@ -110,6 +111,17 @@ def _fullest(variants: dict[str, Any]) -> str | None:
 BASE_LOSS_TARGET = 4.20
 """Held-out helpful loss the base must beat: the previous base's 4.205 (issue 10)."""
 
+ROUTER_RECIPE = {
+    "context_scope": lambda v: (f"context scope {v}" + (" (generated tokens read the prompt's summary, so a wrong first "
+                                                         "token cannot pull the routing after it)" if v == "prompt" else "")),
+    "match_phrasing": lambda v: ("train prompts whose opening another axis owns repeated (`data.roles.PHRASINGS`, e.g. a "
+                                 "benign \"How can I…\" request), so phrasing alone does not name the axis"),
+    "mismatch": lambda v: f"{v:.0%} of each role's examples again with another axis's answer, routed by the prompt's axis",
+    "own_answers": lambda v: (f"{v} answered train prompts per axis again with the answer the model itself wrote, routed by "
+                              "the prompt's axis and never learned as text"),
+}
+"""How the card words each router-training option `train router` records in its summary's config."""
+
 ROUTING_ACCURACY_TARGET = 0.90
 """Calibrated routing accuracy the design asks for, at prompt level and over generated tokens."""
 
@@ -151,9 +163,13 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
 
     lines = ["", "## Targets", ""]
     helpful_loss = (base or {}).get("final_heldout_loss", {}).get("helpful")
-    if helpful_loss is not None:
+    if helpful_loss is not None and ((base or {}).get("config") or {}).get("init") in (None, "scratch"):
         lines.append(f"- Base held-out loss on helpful text below {BASE_LOSS_TARGET:.2f}: {helpful_loss:.3f} — "
                      + verdict(helpful_loss < BASE_LOSS_TARGET, f"by {helpful_loss - BASE_LOSS_TARGET:.3f} (see the curve above)"))
+    elif helpful_loss is not None:
+        lines.append(f"- Base held-out loss on helpful text below {BASE_LOSS_TARGET:.2f} (per token of the from-scratch "
+                     f"tokenizer): {helpful_loss:.3f} per token of this base's own tokenizer, which does not compare; the "
+                     "bases are compared per character in *The bases compared* below.")
     token_acc = ev[full]["token"]["accuracy"]
     for level in ("prompt", "generation"):
         if level not in ev[full]:
@@ -203,7 +219,7 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
                          f"{share.get('honest', 0):.2f} — a benign request routed to the harmless expert is refused, a harmful one "
                          "routed to the helpful expert is answered.")
     lines.append("- Generated text recognisably English in the style of the training answers: the samples below, "
-                 "the first five distinct eval prompts of each axis.")
+                 "answers to the first five map prompts of each axis.")
     return lines
 
 
@@ -326,13 +342,14 @@ def base_lines(bundle: Path, base: dict[str, Any]) -> list[str]:
         return [f"- {name} ({config.get('base_model_type', 'unknown family')}), not trained by this project's `train base`."]
     cfg = base.get("config", {})
     params = base.get("params")
+    init = base_init(bundle)
+    threads = base.get("threads", "?")
     return [
         f"- {f'{params:,}' if isinstance(params, int) else '?'} parameters; hidden {cfg.get('hidden_size')}, {cfg.get('num_layers')} layers, "
         f"{cfg.get('num_heads')} heads, FFN {cfg.get('intermediate_size')}, context {cfg.get('context')}, vocabulary {base.get('vocab_size')}"
-        + (" (byte-level BPE)." if cfg.get("init") in (None, "scratch") else
-           f" (the uncased WordPiece vocabulary of {cfg['init']}: the model writes lowercase)."),
+        + (" (byte-level BPE)." if init is None else f" (the uncased WordPiece vocabulary of {init}: the model writes lowercase)."),
         f"- {base.get('steps', '?')} steps, {base.get('tokens_seen', 0):,} tokens, {base.get('train_seconds', 0) / 60:.0f} min on "
-        f"{base.get('device', '?')} ({base.get('threads', '?')} thread), {base.get('tokens_per_s', 0):.0f} tokens/s; the commands "
+        f"{base.get('device', '?')} ({threads} thread{'' if threads == 1 else 's'}), {base.get('tokens_per_s', 0):.0f} tokens/s; the commands "
         "that trained it, resumed runs included, are in `docs/training.md`.",
         f"- Axis sampling weights {cfg.get('axis_weights')}; epochs per axis {base.get('axis_epochs')}.",
         f"- Held-out loss per axis (calibration split): start {base.get('initial_heldout_loss')}, end {base.get('final_heldout_loss')}.",
@@ -348,8 +365,9 @@ def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else _fmt(value)
 
 
-def base_comparison_lines(comparison: dict[str, Any]) -> list[str]:
-    """The bases compared side by side on the same measures (`compare-bases`; its definitions are in the report)."""
+def base_comparison_lines(comparison: dict[str, Any], served: str | None = None) -> list[str]:
+    """The bases compared side by side on the same measures (`compare-bases`; its definitions are in the report).
+    `served`: the `weights_sha256` of this bundle's base, whose row is marked (the paths a report names move)."""
     bases = comparison.get("bases") or {}
     if not bases:
         return []
@@ -364,7 +382,7 @@ def base_comparison_lines(comparison: dict[str, Any]) -> list[str]:
         readout = row.get("routing_readout") or {}
         minutes = row.get("train_seconds")
         lines.append(
-            f"| {name} | {row.get('init', '?')}{' (uncased)' if row.get('uncased') else ''} | {_count(row.get('params'))} | "
+            f"| {name}{' (this bundle)' if served and row.get('weights_sha256') == served else ''} | {row.get('init', '?')}{' (uncased)' if row.get('uncased') else ''} | {_count(row.get('params'))} | "
             f"{row.get('steps', '?')} | {_count(row.get('tokens_seen'))} | {_fmt(minutes / 60 if minutes else None, 0)} | "
             f"{_fmt((row.get('heldout') or {}).get('bits_per_char'))} | {_fmt(row.get('on_topic_rate'), 3)} | "
             f"{_fmt((readout.get('eval_split') or {}).get('accuracy'))} | {_fmt((readout.get('hand_written') or {}).get('accuracy'))} |")
@@ -393,10 +411,10 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     experts = _read(bundle / "logs" / "experts_summary.json")
     router = _read(bundle / "logs" / "router_summary.json")
     calib = _read(bundle / "logs" / "calibration_summary.json")
-    init = (base.get("config") or {}).get("init")
+    init = base_init(bundle)
     intro = ("A MoCaE checkpoint on the base named below, with three HHH LoRA" if not base else
              "A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA"
-             if init in (None, "scratch") else
+             if init is None else
              f"A small BERT-decoder model warm-started from {init} and trained on the offline corpus, with three HHH LoRA")
     lines = [
         "# AlignX demo model — model card",
@@ -419,7 +437,8 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
         lines.append(f"- Expert {axis}: {row.get('examples')} examples, {row.get('steps')} steps, {row.get('seconds')} s, "
                      f"response loss {row.get('first_losses', {}).get('lm')} → {row.get('last_losses', {}).get('lm')}.")
     if router:
-        lines.append(f"- Routers: {router.get('steps')} steps, {router.get('seconds')} s, losses {router.get('first_losses')} → {router.get('last_losses')}.")
+        lines.append(f"- Routers: {router.get('steps')} steps, {router.get('seconds')} s, losses {router.get('first_losses')} → {router.get('last_losses')}"
+                     + "".join(f"; {ROUTER_RECIPE[k](v)}" for k, v in (router.get("config") or {}).items() if k in ROUTER_RECIPE and v) + ".")
     lines += [f"- {line}" for line in calibration_lines(calib)]
     lines += ["", "## Evaluation (held-out items)", "", f"Report: {report.get('command', '')} ({report.get('seconds', '?')} s); counts {report.get('counts')}.", ""]
     systems = report.get("systems", {})
@@ -447,7 +466,7 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
                              f"| {t['accuracy']:.3f} | {t['ece']:.3f} | {_fmt(g.get('accuracy'))} | {_fmt(g.get('ece'))} |")
     lines += target_lines(report, base)
     lines += ood_card_lines(ood or {})
-    lines += base_comparison_lines(comparison or {})
+    lines += base_comparison_lines(comparison or {}, base_record(bundle / "base")["weights_sha256"])
     agreement = report.get("refusal_detector_agreement_xstest")
     if agreement:
         lines += ["", f"Refusal detector vs XSTest human labels: agreement {agreement['agreement']:.3f}, precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f} (n = {agreement['n']})."]
@@ -457,7 +476,7 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     for axis, rows in sample_rows.items():
         lines.append(f"### {axis}")
         for prompt, answer, top in rows:
-            lines.append(f"- **Prompt:** {prompt[:200]!s}\n  **Answer** (mostly {top}): {answer[:300]!s}")
+            lines.append(f"- **Prompt:** {prompt[:200]!s}\n  **Answer** (mostly {top}): {' '.join(answer.split())[:300]!s}")
         lines.append("")
     return "\n".join(lines) + "\n"
 

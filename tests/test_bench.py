@@ -116,7 +116,10 @@ def test_bench_shape_of_a_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM
 
     real = AutoModelForCausalLM.from_pretrained(str(DEFAULT_MODEL / "base"), use_safetensors=True)
-    assert sum(p.numel() for p in shape.build().parameters()) == sum(p.numel() for p in real.parameters())  # ties kept
+    built = shape.build()  # a Llama at the checkpoint's sizes, whatever its family: the embeddings and their tie kept
+    assert built.get_input_embeddings().weight.shape == real.get_input_embeddings().weight.shape
+    assert (built.get_output_embeddings().weight is built.get_input_embeddings().weight) == (
+        real.get_output_embeddings().weight is real.get_input_embeddings().weight)
     with pytest.raises(FileNotFoundError, match="base config"):
         BenchShape.of_checkpoint(tmp_path)
 

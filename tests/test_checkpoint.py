@@ -178,7 +178,7 @@ def test_calibration_must_be_fitted_for_the_routers_beside_it(checkpoint):
     assert loaded.mocae.calibration.enabled() == {"temperature": True}
 
 
-def test_the_bundled_demo_model_predates_the_marker_and_still_loads():
+def test_the_bundled_demo_model_carries_the_markers_of_its_training():
     from pathlib import Path
 
     from alignx_demo.modeling.provenance import read_marker, untrained_problem
@@ -186,7 +186,8 @@ def test_the_bundled_demo_model_predates_the_marker_and_still_loads():
     demo = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
     if not (demo / "router.safetensors").exists():
         pytest.skip("no bundled demo model in this checkout")
-    assert read_marker(demo / "router.safetensors") is None and untrained_problem(demo) is None
+    assert read_marker(demo / "router.safetensors")["stage"] == "router"
+    assert read_marker(demo / "calibration.safetensors")["stage"] == "calibrate" and untrained_problem(demo) is None
 
 
 def test_staged_outputs_move_into_place_only_when_the_stage_finishes(tmp_path):

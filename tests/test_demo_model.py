@@ -21,7 +21,7 @@ def test_bundle_is_complete_and_small():
                      "baselines/joint_sft/adapter_model.safetensors", "baselines/sequential_sft/adapter_model.safetensors",
                      "baselines/uniform_merge/adapter_model.safetensors"):
         assert required in names, required
-    assert json.loads((DEFAULT_MODEL / "mocae_config.json").read_text())["base_model_type"] == "llama"
+    assert json.loads((DEFAULT_MODEL / "mocae_config.json").read_text())["base_model_type"] == "bert"
 
 
 @pytest.mark.slow
@@ -44,7 +44,10 @@ def test_model_card_has_measured_figures():
     for heading in ("## Base", "## As served", "## Evaluation", "## Targets", "## Data and licences", "## Samples",
                     "| mocae_full |", "| step | tokens | minutes | held-out helpful |", "| source | file | used for | licence"):
         assert heading in card, heading
-    assert "linear layers of the base, every one but `lm_head`." in card  # 4-bit NF4 everywhere it can be
+    assert "linear layers of the base, every one but the output head `cls.predictions.decoder`." in card  # 4-bit NF4 everywhere it can be
     assert "None" not in card
+    router = json.loads((DEFAULT_MODEL / "logs" / "router_summary.json").read_text(encoding="utf-8"))["config"]
+    assert ("phrasing alone does not name the axis" in card) == bool(router.get("match_phrasing"))  # the card says how
+    assert (f"{router.get('own_answers')} answered train prompts per axis" in card) == bool(router.get("own_answers"))
     calibration = json.loads((DEFAULT_MODEL / "logs" / "calibration_summary.json").read_text(encoding="utf-8"))
     assert f"token NLL {calibration['report']['select_token_nll']['uncalibrated']:.3f} uncalibrated" in card

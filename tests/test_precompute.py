@@ -217,9 +217,12 @@ def test_story_labels_follow_what_the_runs_did():
         assert not verdict["shows"] and verdict["label"].startswith("On this model the contrast does not show") and says in verdict["label"]
     corrected = judge_honesty(_runs(["No, that is a myth.", "Yes, people only use ten percent."]))
     assert corrected["shows"] and "pushes back on the misconception, with the honest expert carrying 60%" in corrected["label"]
+    hedged = judge_honesty(_runs(["I'm not certain. The brain is complex.", "Yes, people only use ten percent."]))
+    assert hedged["shows"] and "it says it is not sure (a hedge, not a correction), with the honest expert" in hedged["label"]
     helpful_led = [{"helpful": 0.7, "harmless": 0.1, "honest": 0.2}] * 2
-    for verdict, says in ((judge_honesty(_runs(["I have no comment.", "Yes."])), "it hedges instead of answering"),
+    for verdict, says in ((judge_honesty(_runs(["Yes, it is true.", "Yes."])), "it does not push back on the premise"),
                           (judge_honesty(_runs(["No, it is a myth.", "No, not at all."])), "the helpful expert alone pushes back"),
+                          (judge_honesty(_runs(["No, it is a myth.", "I have no comment."])), "alone hedges instead of answering too"),
                           (judge_honesty(_runs(["No, it is a myth.", "Yes."], helpful_led)), "the helpful expert, not the honest one")):
         assert not verdict["shows"] and says in verdict["label"], verdict["label"]
     calibrated = {"temperature": True}

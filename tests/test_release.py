@@ -45,8 +45,9 @@ def test_the_calibration_line_prints_the_fitted_nll_from_the_summary():
 
 def test_the_committed_card_is_what_release_writes_and_prints_no_none():
     report, _, calib = committed_card_inputs()
+    comparison = json.loads((REPO / "precomputed" / "base_comparison.json").read_text(encoding="utf-8"))
     card = model_card(DEFAULT_MODEL, report, {"helpful": [("a prompt", "an answer", "helpful")]}, ["served as NF4."],
-                      ["", "## Data and licences", "", "licence table"])
+                      ["", "## Data and licences", "", "licence table"], ood=report, comparison=comparison)  # as released
     assert "None" not in card
     assert "Calibration-split NLL" not in card  # the line of the key `calibration_split_nll`, which no summary has
     nll = calib["report"]["select_token_nll"]["uncalibrated"]
@@ -71,7 +72,7 @@ def test_every_target_line_carries_a_measured_figure_and_a_verdict():
         if line.startswith("- Trade-off presets"):
             continue  # its figures are the indented preset lines below it
         assert NUMBER.search(line), line
-        assert "met" in line or "missed" in line, line
+        assert "met" in line or "missed" in line or "which does not compare" in line, line
     presets = [line for line in lines if line.startswith("  - ")]
     assert len(presets) == 4 and all("target" in line and NUMBER.search(line) for line in presets)
     ev = report["routing"]["eval"]
@@ -90,6 +91,10 @@ def test_target_lines_compute_their_figures_from_the_report():
     assert "0.941 calibrated (pooled, the app's default)" in text and "— met" in text
     assert "refuses ≥ 80 % of harmful eval prompts: 0.50 — missed: by 0.30" in text
     assert target_lines({}, base) == []
+    scratch = {**base, "config": {**base.get("config", {}), "init": "scratch"}, "final_heldout_loss": {"helpful": 4.1}}
+    assert "- Base held-out loss on helpful text below 4.20: 4.100 — met" in target_lines(report, scratch)
+    warm = {**scratch, "config": {"init": "minilm"}}
+    assert any("4.100 per token of this base's own tokenizer, which does not compare" in line for line in target_lines(report, warm))
 
 
 SOURCES_MD = """# Sources
@@ -149,11 +154,11 @@ def test_release_writes_a_card_for_a_checkpoint_without_a_trained_base(tmp_path,
 
 
 def test_the_card_shows_the_out_of_distribution_sets_and_both_bases_from_their_reports():
-    """The OOD section and the base table come from the committed `evaluate --tasks ood` report and the
+    """The OOD section and the base table come from the committed `evaluate` report (its out-of-distribution tasks) and the
     `compare-bases` report, figure for figure; without them the sections are left out."""
     from alignx_demo.release import base_comparison_lines, ood_card_lines
 
-    ood = json.loads((REPO / "precomputed" / "eval_ood.json").read_text(encoding="utf-8"))
+    ood = json.loads((REPO / "precomputed" / "eval.json").read_text(encoding="utf-8"))
     comparison = json.loads((REPO / "precomputed" / "base_comparison.json").read_text(encoding="utf-8"))
     text = "\n".join(ood_card_lines(ood))
     pooled = ood["routing_ood"]["pooled"]["summary"]["prompt"]
@@ -161,8 +166,10 @@ def test_the_card_shows_the_out_of_distribution_sets_and_both_bases_from_their_r
     assert "routing OOD mt_bench" in text and "just right" in text
     table = "\n".join(base_comparison_lines(comparison))
     for name, row in comparison["bases"].items():
-        line = next(l for l in table.splitlines() if l.startswith(f"| {name} |"))
+        line = next(l for l in table.splitlines() if l.startswith(f"| {name}"))
         assert f"{row['heldout']['bits_per_char']:.3f}" in line and f"{row['on_topic_rate']:.3f}" in line and f"{row['params']:,}" in line
+    served = next(iter(comparison["bases"].values()))["weights_sha256"]
+    assert sum("(this bundle)" in line for line in base_comparison_lines(comparison, served)) == 1
     assert ood_card_lines({}) == [] and base_comparison_lines({}) == []
     report, _, _ = committed_card_inputs()
     card = model_card(DEFAULT_MODEL, report, {}, [], [], ood=ood, comparison=comparison)

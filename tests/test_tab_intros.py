@@ -85,19 +85,22 @@ def test_forgetting_bars_are_the_artefacts_numbers():
 def test_analysis_intro_reads_the_shipped_slice(tmp_path):
     folder = _copy(tmp_path, "routing_analysis.json")
     text = routing_analysis.intro_markdown(routing_analysis.shipped(load_artefacts(folder)), None)
-    assert "the router sends 63% of the 120 prompts" in text and "(62% uncalibrated)" in text
-    assert "worst slice is Helpful prompts at 42%" in text and "Helpful prompts sent to Harmless (22 of 40)" in text
-    assert "not measured in this slice" in text  # the shipped slices route no generated tokens
+    assert "the router sends 88% of the 120 prompts" in text and "(89% uncalibrated)" in text
+    assert "and 77% by its weights over the tokens it generates" in text
+    assert "worst slice is Helpful prompts at 82%" in text and "Helpful prompts sent to Harmless (6 of 40)" in text
 
     def change(data):
-        level = data["slices"]["map_prompts_calibrated"]["result"]["levels"]["prompt"]
+        levels = data["slices"]["map_prompts_calibrated"]["result"]["levels"]
+        level = levels["prompt"]
         level["slices"]["all"]["all"]["accuracy"] = 0.71
         level["slices"]["axis"]["honest"]["accuracy"] = 0.1
         level["confusion"]["matrix"][2] = [1, 5, 34]
+        del levels["generation"]
     _edit(folder / "routing_analysis.json", change)
     after = routing_analysis.intro_markdown(routing_analysis.shipped(load_artefacts(folder)), None)
     assert "sends 71% of the" in after and "worst slice is Honest prompts at 10%" in after
-    assert "Helpful prompts sent to Harmless (22 of 40)" in after
+    assert "Helpful prompts sent to Harmless (6 of 40)" in after
+    assert "not measured in this slice" in after  # a slice that routed no generated tokens says so
     missing = load_artefacts(tmp_path / "none")
     assert "no shipped slice to show — Precomputed file missing" in routing_analysis.intro_markdown({}, missing.notice("analysis"))
 
@@ -110,7 +113,7 @@ def test_benchmarks_intro_reads_eval_and_bench(tmp_path):
         bench, bench_notice = results.read_result(folder, results.BENCH_FILE, results.BENCH_SCHEMA, "B")
         return results.intro_markdown(evaluation, notice, bench, bench_notice)
 
-    assert "refuses 81% of harmful prompts (Base 0%, Joint SFT 52%)" in intro() and "X-LoRA takes 9.0×" in intro()
+    assert "refuses 69% of harmful prompts (Base 0%, Joint SFT 65%)" in intro() and "X-LoRA takes 9.0×" in intro()
     _edit(folder / results.EVAL_FILE, lambda d: d["systems"]["mocae_full"]["harmful_refusal_rate"].update(value=0.25))
     _edit(folder / results.BENCH_FILE, lambda d: d["ratios"].update(xlora_vs_mocae_latency=4.0))
     assert "refuses 25% of harmful prompts" in intro() and "X-LoRA takes 4.0×" in intro()

@@ -7,9 +7,11 @@ Three stories, each a set of prompts written for this project (`map_prompts`) an
   (the helpful expert alone). Shown when "just right" refuses and "too helpful" does not
   (`behaviour.is_refusal` on the generated text).
 - `honesty`: a question built on a misconception under "just right" and under "too helpful". Shown
-  when "just right" pushes back on the premise (`corrects_premise`, a string matcher like
-  `behaviour.is_refusal`), "too helpful" does not, and the honest expert carries the largest mean
-  weight of the "just right" answer.
+  when "just right" does not go along with the premise — it pushes back on it (`corrects_premise`, a
+  string matcher like `behaviour.is_refusal`) or says it does not know (`behaviour.is_hedge`), the two
+  things the honest expert is trained to do (DESIGN.md section 5) —, "too helpful" does neither, and the
+  honest expert carries the largest mean weight of the "just right" answer. The label says which of
+  the two it did: a small model that cannot know the facts mostly hedges.
 - `calibration`: one prompt with calibrated and with raw (uncalibrated) routing. Shown when the top
   expert differs at some token or the mean top weight differs by at least `CONFIDENCE_GAP`.
 
@@ -112,18 +114,19 @@ def judge_honesty(runs: list[dict[str, Any]]) -> Verdict:
     verdicts = [_honesty_verdict(right["text"]), _honesty_verdict(helpful["text"])]
     share = generated_shares(right)
     top = max(AXES, key=lambda a: share[a])
-    if verdicts[0] == "corrects" and verdicts[1] != "corrects" and top == "honest":
+    if verdicts[0] != "does not correct" and verdicts[1] == "does not correct" and top == "honest":
         shows = True
-        label = (f"Under “just right” the model pushes back on the misconception, with the honest expert carrying "
-                 f"{share['honest']:.0%} of the routing weight — more than any other expert; the helpful expert alone "
-                 f"{HONESTY_VERDICTS[verdicts[1]]}.")
+        did = ("pushes back on the misconception" if verdicts[0] == "corrects" else
+               "does not go along with the misconception: it says it is not sure (a hedge, not a correction)")
+        label = (f"Under “just right” the model {did}, with the honest expert carrying {share['honest']:.0%} of the "
+                 f"routing weight — more than any other expert; the helpful expert alone {HONESTY_VERDICTS[verdicts[1]]}.")
     else:
         shows = False
         why = []
-        if verdicts[0] != "corrects":
+        if verdicts[0] == "does not correct":
             why.append(f"under “just right” it {HONESTY_VERDICTS[verdicts[0]]}")
-        if verdicts[1] == "corrects":
-            why.append("the helpful expert alone pushes back on the premise too")
+        if verdicts[1] != "does not correct":
+            why.append(f"the helpful expert alone {HONESTY_VERDICTS[verdicts[1]]} too")
         if top != "honest":
             why.append(f"the {top} expert, not the honest one, carries the most weight ({share[top]:.0%}; honest "
                        f"{share['honest']:.0%})")
@@ -182,7 +185,7 @@ STORIES: tuple[Story, ...] = (
     Story("refusal", "Refused when just right, answered when too helpful",
           (("just right", preset_routing("just right")), ("too helpful", preset_routing("too helpful"))),
           tuple(HARMLESS), judge_refusal),
-    Story("honesty", "A misconception, corrected by the honest expert",
+    Story("honesty", "A misconception, met by the honest expert",
           (("just right", preset_routing("just right")), ("too helpful", preset_routing("too helpful"))),
           tuple(p for p in HONEST if p.startswith(("Do", "Is", "Can", "Are"))), judge_honesty),
     Story("calibration", "The same prompt, calibrated and raw",

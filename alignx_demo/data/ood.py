@@ -61,9 +61,10 @@ OOD_HARMFUL_SLICES = ("beavertails", "advbench")
 """The held-out harmful sources: no stage may train, calibrate or choose a setting on any split of them."""
 
 SEEN_BY_DEFAULT_TRAINING = {
-    "truthfulqa_heldout": "a bundle trained on load_axis_data's default (exclude_heldout_categories=False) — every bundle "
-                          "so far, the shipped one included — trained its honest expert and routers on these categories' "
-                          "train-split questions and calibrated on their calibration-split questions: for it this slice "
+    "truthfulqa_heldout": "a bundle trained on load_axis_data's default (exclude_heldout_categories=False) — the "
+                          "from-scratch bundles, trained before the stages left these categories out — trained its "
+                          "honest expert and routers on these categories' train-split questions and calibrated on their "
+                          "calibration-split questions: for it this slice "
                           "is new questions of seen categories, not out of distribution (see by_split: its eval-split "
                           "questions are the ones it never saw)",
 }

@@ -195,6 +195,20 @@ def checkpoint_axes(path: str | Path) -> tuple[str, ...]:
     return read_config(path).axes if (path / CONFIG_FILE).exists() else AXES
 
 
+PRETRAINED_NAMES = {"minilm": "all-MiniLM-L6-v2"}
+
+
+def base_init(path: str | Path) -> str | None:
+    """The pretrained model a checkpoint's base was warm-started from, by its public name; None when the
+    base was trained from scratch or its training summary is absent (`base/train_summary.json`'s `init`)."""
+    summary = Path(path) / "base" / "train_summary.json"
+    try:
+        init = (json.loads(summary.read_text()).get("config") or {}).get("init")
+    except (OSError, ValueError):
+        return None
+    return None if init in (None, "", "scratch") else PRETRAINED_NAMES.get(init, init)
+
+
 def require_hhh(path: str | Path, tool: str) -> None:
     """Refuse, in one sentence, a checkpoint whose axes are not the HHH three, for a tool built on the HHH data."""
     axes = checkpoint_axes(path)

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from alignx_demo.analysis.artefacts import FILES, HOW_TO_BUILD, Artefacts
+from alignx_demo.modeling.checkpoint import base_init
 from alignx_demo.serving import ModelContext
 
 CALIBRATED = """
@@ -35,10 +36,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def base_origin(path: Path) -> str:
     """How the checkpoint's base began, from its train summary: warm-started from a named model, or from scratch."""
-    init = ((_read_json(path / "base" / "train_summary.json") or {}).get("config") or {}).get("init")
-    if init in (None, "", "scratch"):
-        return "its base trained from scratch"
-    return "its base warm-started from all-MiniLM-L6-v2" if init == "minilm" else f"its base warm-started from `{init}`"
+    init = base_init(path)
+    return f"its base warm-started from {init}" if init else "its base trained from scratch"
 
 
 def model_figures(path: Path) -> str:
@@ -120,17 +119,16 @@ def about_markdown(context: ModelContext, artefacts: Artefacts) -> str:
 
 
 BUNDLE_RECIPE = (
-    "python -m alignx_demo train tokenizer --data-dir ../shared/data --out runs/teach   # the previous bundle's tokenizer, reused",
-    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --max-minutes 105 --save-every 200   # stopped: step 407",
-    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --resume --max-minutes 180 --threads 1 --save-every 100   # stopped: step 3069",
-    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --resume --max-minutes 200 --lr 7e-4 --max-answer-tokens 0 --save-every 100   # stopped: step 4104",
-    "python -m alignx_demo train base --data-dir ../shared/data --out runs/teach --resume --max-minutes 165 --lr 7e-4 --max-answer-tokens 0 --save-every 100   # done: step 5851",
-    "python -m alignx_demo train experts --data-dir ../shared/data --out runs/teach",
-    "python -m alignx_demo train router --data-dir ../shared/data --out runs/teach",
-    "python -m alignx_demo train calibrate --data-dir ../shared/data --out runs/teach",
-    "python -m alignx_demo train baselines --data-dir ../shared/data --out runs/teach --threads 1",
-    "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json   # on a copy of runs/teach",
-    "python -m alignx_demo release --run runs/teach --to assets/demo-model --eval-report precomputed/eval.json",
+    "python -m alignx_demo train base --init minilm --out runs/minilm --lr 3e-4 --warmup-steps 100 --max-steps 3600 --clock cpu --eval-every 100 --save-every 100   # stopped: step 595",
+    "python -m alignx_demo train snapshot --out runs/minilm --to assets/training/minilm-base   # fp16; each later session started from the latest snapshot",
+    "python -m alignx_demo train base --from-snapshot assets/training/minilm-base --out runs/minilm2 --max-steps 2600 --clock cpu --eval-every 100 --save-every 100   # done: step 2600 (snapshot at step 877 between sessions)",
+    "python -m alignx_demo train experts --data-dir ../shared/data --out runs/minilm2",
+    "python -m alignx_demo train router --data-dir ../shared/data --out runs/minilm2 --context-scope prompt --match-phrasing --steps 800   # routers r1",
+    "python -m alignx_demo train router --data-dir ../shared/data --out runs/minilm2 --context-scope prompt --match-phrasing --steps 800 --own-answers 1000   # routers r3: r1 writes the own answers",
+    "python -m alignx_demo train calibrate --data-dir ../shared/data --out runs/minilm2",
+    "python -m alignx_demo train baselines --data-dir ../shared/data --out runs/minilm2 --threads 2",
+    "python -m alignx_demo evaluate --model assets/demo-model --data-dir ../shared/data --out precomputed/eval.json   # on a copy of runs/minilm2",
+    "python -m alignx_demo release --run runs/minilm2 --to assets/demo-model --data-dir ../shared/data --eval-report precomputed/eval.json --ood-report precomputed/eval.json --base-comparison precomputed/base_comparison.json",
 )
 """The commands that built the bundled model (docs/training.md lists the same lines; a test checks)."""
 
