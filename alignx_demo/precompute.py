@@ -52,7 +52,7 @@ from alignx_demo.analysis.regimes import (
 )
 from alignx_demo.analysis.stories import build_stories
 from alignx_demo.config import AXES, GenerationSettings, RoutingSettings
-from alignx_demo.data.ood import OOD_SLICE_NAMES, OOD_SLICES, SEEN_BY_DEFAULT_TRAINING, ood_prompt_rows
+from alignx_demo.data.ood import OOD_SLICE_NAMES, UNSEEN_SLICES, ood_prompt_rows
 
 MODEL_DEFAULT = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
 BASELINES_SUMMARY = Path("logs") / "baselines_summary.json"
@@ -389,10 +389,9 @@ def shipped_analysis(loaded: Any, pairs: list[tuple[str, str]], data_dir: str | 
                             ("the Axis Collapse map's prompts, each labelled with the axis it was written for "
                              "(`alignx_demo/analysis/map_prompts.py`); none is a training prompt"))}
     if data_dir is not None:
-        unseen = [name for name in OOD_SLICES if name not in SEEN_BY_DEFAULT_TRAINING]
         per_slice = 4 if quick else EvalConfig.ood_per_slice
-        rows = ood_prompt_rows(data_dir, per_slice=per_slice, slices=unseen)
-        sets["ood"] = (rows, f"Out of distribution ({len(rows)} prompts: {', '.join(OOD_SLICE_NAMES[n] for n in unseen)})",
+        rows = ood_prompt_rows(data_dir, per_slice=per_slice, slices=UNSEEN_SLICES)
+        sets["ood"] = (rows, f"Out of distribution ({len(rows)} prompts: {', '.join(OOD_SLICE_NAMES[n] for n in UNSEEN_SLICES)})",
                        (f"the first {per_slice} prompts of each out-of-distribution slice that no training or calibration "
                         "step sees (`alignx_demo/data/ood.py`), labelled by the axis they belong to; shown by data ids"))
     slices = {}

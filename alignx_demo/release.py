@@ -29,7 +29,7 @@ from alignx_demo.evaluation.presets import OOD_RATES
 from alignx_demo.evaluation.presets import target_lines as preset_lines
 from alignx_demo.evaluation.routing_eval import CALIBRATION_VARIANTS, ood_lines
 from alignx_demo.generation import RoutedGeneration
-from alignx_demo.modeling.checkpoint import base_init, load_mocae
+from alignx_demo.modeling.checkpoint import load_mocae, pretrained_name
 
 SKIP = ("checkpoints", "tokenizer", "base.pid")
 MAX_BUNDLE_BYTES = 60 * 1024 * 1024
@@ -163,7 +163,7 @@ def target_lines(report: dict[str, Any], base: dict[str, Any] | None = None) -> 
 
     lines = ["", "## Targets", ""]
     helpful_loss = (base or {}).get("final_heldout_loss", {}).get("helpful")
-    if helpful_loss is not None and ((base or {}).get("config") or {}).get("init") in (None, "scratch"):
+    if helpful_loss is not None and pretrained_name(base or {}) is None:
         lines.append(f"- Base held-out loss on helpful text below {BASE_LOSS_TARGET:.2f}: {helpful_loss:.3f} — "
                      + verdict(helpful_loss < BASE_LOSS_TARGET, f"by {helpful_loss - BASE_LOSS_TARGET:.3f} (see the curve above)"))
     elif helpful_loss is not None:
@@ -342,7 +342,7 @@ def base_lines(bundle: Path, base: dict[str, Any]) -> list[str]:
         return [f"- {name} ({config.get('base_model_type', 'unknown family')}), not trained by this project's `train base`."]
     cfg = base.get("config", {})
     params = base.get("params")
-    init = base_init(bundle)
+    init = pretrained_name(base)
     threads = base.get("threads", "?")
     return [
         f"- {f'{params:,}' if isinstance(params, int) else '?'} parameters; hidden {cfg.get('hidden_size')}, {cfg.get('num_layers')} layers, "
@@ -411,7 +411,7 @@ def model_card(bundle: Path, report: dict[str, Any], sample_rows: dict[str, list
     experts = _read(bundle / "logs" / "experts_summary.json")
     router = _read(bundle / "logs" / "router_summary.json")
     calib = _read(bundle / "logs" / "calibration_summary.json")
-    init = base_init(bundle)
+    init = pretrained_name(base)
     intro = ("A MoCaE checkpoint on the base named below, with three HHH LoRA" if not base else
              "A small Llama-architecture model trained from scratch on the offline corpus, with three HHH LoRA"
              if init is None else

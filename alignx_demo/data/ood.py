@@ -70,6 +70,9 @@ SEEN_BY_DEFAULT_TRAINING = {
 }
 """Slices that a bundle trained with the default data did see, with what it saw."""
 
+UNSEEN_SLICES = tuple(name for name in OOD_SLICES if name not in SEEN_BY_DEFAULT_TRAINING)
+"""The slices no bundle saw, whatever its training data: the pool that compares across bundles."""
+
 XSTEST_SPLITS = ("train", "eval")
 
 CALIBRATION_SHIFT_SETS: dict[str, str] = {"stl_controversial": "harmless", "stl_alpaca": "helpful", "stl_physical_safe": "helpful"}

@@ -198,15 +198,19 @@ def checkpoint_axes(path: str | Path) -> tuple[str, ...]:
 PRETRAINED_NAMES = {"minilm": "all-MiniLM-L6-v2"}
 
 
+def pretrained_name(train_summary: dict) -> str | None:
+    """The pretrained model a base was warm-started from, by its public name, from its training summary
+    (`base/train_summary.json`'s `config.init`); None when it was trained from scratch or the summary says nothing."""
+    init = (train_summary.get("config") or {}).get("init")
+    return None if init in (None, "", "scratch") else PRETRAINED_NAMES.get(init, init)
+
+
 def base_init(path: str | Path) -> str | None:
-    """The pretrained model a checkpoint's base was warm-started from, by its public name; None when the
-    base was trained from scratch or its training summary is absent (`base/train_summary.json`'s `init`)."""
-    summary = Path(path) / "base" / "train_summary.json"
+    """`pretrained_name` of a checkpoint folder's base; None when its training summary is absent or unreadable."""
     try:
-        init = (json.loads(summary.read_text()).get("config") or {}).get("init")
+        return pretrained_name(json.loads((Path(path) / "base" / "train_summary.json").read_text()))
     except (OSError, ValueError):
         return None
-    return None if init in (None, "", "scratch") else PRETRAINED_NAMES.get(init, init)
 
 
 def require_hhh(path: str | Path, tool: str) -> None:

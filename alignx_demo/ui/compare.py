@@ -16,7 +16,7 @@ import gradio as gr
 
 from alignx_demo.analysis.artefacts import Artefacts
 from alignx_demo.config import AXES, is_hhh
-from alignx_demo.data.ood import OOD_SLICE_NAMES, OOD_SLICES, SEEN_BY_DEFAULT_TRAINING
+from alignx_demo.data.ood import OOD_SLICE_NAMES, UNSEEN_SLICES
 from alignx_demo.ui import stops
 from alignx_demo.ui.chips import chips_html, legend_html, notice_html
 from alignx_demo.ui.links import LinkTarget, copy_link_row
@@ -129,8 +129,7 @@ def compare_downloads(result: dict[str, Any] | None, worth: str | None) -> list[
 
 
 SPLIT_TITLES = {"eval": "Evaluation split", "xstest_shifted": "Shifted: XSTest",
-                "ood": "Out of distribution: " + ", ".join(OOD_SLICE_NAMES[name] for name in OOD_SLICES
-                                                          if name not in SEEN_BY_DEFAULT_TRAINING)}
+                "ood": "Out of distribution: " + ", ".join(OOD_SLICE_NAMES[name] for name in UNSEEN_SLICES)}
 """Titles of the reliability data's held-out sets (the "ood" split pools the slices every bundle never saw)."""
 SPLIT_WORDS = {"eval": "the evaluation split's prompts", "xstest_shifted": "XSTest's prompts (a shifted set)",
                "ood": "prompts of sources no training or calibration step saw"}
